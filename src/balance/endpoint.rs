@@ -1,0 +1,199 @@
+//! Per-backend shared state: what many requests touch at once.
+//!
+//! One [`Endpoint`] per configured backend, shared by `Arc` between the balancer, the
+//! forwarder, the health checker and the admin routes. Counters are atomics; the latency
+//! estimate and the health record each have their own small lock. Nothing here is shared
+//! between backends, so two requests to different backends never contend.
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant, SystemTime},
+};
+
+use http::{uri::Authority, HeaderValue};
+use serde::Serialize;
+
+use super::ewma::PeakEwma;
+use crate::config::{AdaptiveConfig, BackendConfig};
+
+/// Index of a backend in the config's `backends` list: stable for the process's life.
+pub type BackendId = usize;
+
+/// A backend and everything the balancer knows about it.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// Position in the config.
+    pub id: BackendId,
+    /// The URL as configured.
+    pub url: String,
+    /// `host:port`, used to connect and as the backend's name everywhere.
+    pub authority: Authority,
+    /// `x-alb-backend` value, built once.
+    pub header_value: HeaderValue,
+    /// Relative share of traffic.
+    pub weight: u32,
+    /// Seed for rendezvous hashing, derived from the name so it is stable across restarts.
+    pub hash_seed: u64,
+    in_flight: AtomicUsize,
+    requests: AtomicU64,
+    failures: AtomicU64,
+    up: AtomicBool,
+    ewma: PeakEwma,
+    tuning: AdaptiveConfig,
+    last_transition: Mutex<Option<Transition>>,
+}
+
+/// A change of health state and why it happened.
+#[derive(Debug, Clone, Serialize)]
+pub struct Transition {
+    /// Seconds since the Unix epoch.
+    pub at_unix: f64,
+    /// The new state.
+    pub up: bool,
+    /// A human-readable cause.
+    pub cause: String,
+}
+
+impl Endpoint {
+    /// Builds the state of one configured backend; it starts up, as in the original project.
+    pub fn new(id: BackendId, config: &BackendConfig, tuning: &AdaptiveConfig) -> Self {
+        let name = config.authority.as_str();
+        Endpoint {
+            id,
+            url: config.url.clone(),
+            authority: config.authority.clone(),
+            header_value: HeaderValue::from_str(name).expect("an authority is a valid header"),
+            weight: config.weight,
+            hash_seed: stable_hash(name.as_bytes()),
+            in_flight: AtomicUsize::new(0),
+            requests: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            up: AtomicBool::new(true),
+            ewma: PeakEwma::new(tuning.default_rtt, tuning.decay),
+            tuning: tuning.clone(),
+            last_transition: Mutex::new(None),
+        }
+    }
+
+    /// `host:port`.
+    pub fn name(&self) -> &str {
+        self.authority.as_str()
+    }
+
+    /// Marks a request as started; it stays in flight until the guard drops.
+    pub fn start(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        InFlight {
+            endpoint: self.clone(),
+            started: Instant::now(),
+        }
+    }
+
+    /// Requests sent and not yet finished (response body included).
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Requests sent since start.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Requests that failed (5xx, connect error, timeout) since start.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// The peak-EWMA latency estimate now, in seconds.
+    pub fn ewma_secs(&self, now: Instant) -> f64 {
+        self.ewma.estimate(now)
+    }
+
+    /// Records how a request went. A failure is charged at least the failure penalty, so a
+    /// backend that fails fast does not look fast (ingress-nginx #5540, linkerd2-proxy #4537).
+    pub fn record(&self, latency: Duration, failed: bool, now: Instant) {
+        let sample = if failed {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+            latency.max(self.tuning.failure_penalty)
+        } else {
+            latency
+        };
+        self.ewma.observe(sample, now);
+    }
+
+    /// Whether the health checker currently counts this backend as up.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// Records a health transition. A backend that comes back starts from the default RTT:
+    /// its old estimate describes a process that no longer exists.
+    pub fn set_up(&self, up: bool, cause: String) {
+        self.up.store(up, Ordering::Relaxed);
+        if up {
+            self.ewma.reset(self.tuning.default_rtt);
+        }
+        let at_unix = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        *self
+            .last_transition
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(Transition { at_unix, up, cause });
+    }
+
+    /// The last health transition, if any.
+    pub fn last_transition(&self) -> Option<Transition> {
+        self.last_transition
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// A request in flight on one endpoint; dropping it ends the request.
+#[derive(Debug)]
+pub struct InFlight {
+    endpoint: Arc<Endpoint>,
+    started: Instant,
+}
+
+impl InFlight {
+    /// The endpoint the request went to.
+    pub fn endpoint(&self) -> &Arc<Endpoint> {
+        &self.endpoint
+    }
+
+    /// When the request was handed to the forwarder.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// FNV-1a followed by a 64-bit finaliser: stable across runs and platforms, unlike std's
+/// randomly keyed hasher, so sticky clients keep their backend over restarts.
+pub fn stable_hash(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    mix64(h)
+}
+
+/// SplitMix64's finaliser: spreads every input bit over the whole output.
+pub fn mix64(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}

@@ -1,0 +1,85 @@
+//! Round robin: strict rotation, weighted the way nginx does it.
+//!
+//! nginx's smooth weighted round robin: every pick, each backend's `current` grows by its
+//! weight, the largest `current` wins and loses the total weight. For weights 3:1:1 that gives
+//! `a b a c a`, spreading a heavy backend's turns instead of bunching them.
+//!
+//! Running that algorithm per request would need a lock over all backends. Instead the whole
+//! cycle (sum of weights, reduced by their gcd) is computed once per backend-set change, and
+//! requests walk it with one atomic counter: exact shares, no lock.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::BackendSet;
+
+/// Round-robin state: a cursor into the set's precomputed cycle.
+#[derive(Debug, Default)]
+pub struct RoundRobin {
+    cursor: AtomicUsize,
+}
+
+impl RoundRobin {
+    /// The next backend in the cycle, as an index into `set.endpoints`.
+    pub fn pick(&self, set: &BackendSet) -> usize {
+        let cycle = &set.cycle;
+        let n = self.cursor.fetch_add(1, Ordering::Relaxed);
+        cycle[n % cycle.len()] as usize
+    }
+}
+
+/// Longest cycle stored; beyond it weights are scaled down (keeping their ratios roughly).
+const MAX_CYCLE: u64 = 1 << 16;
+
+/// The smooth weighted round-robin cycle for these weights, as indices.
+pub fn smooth_cycle(weights: &[u32]) -> Vec<u32> {
+    if weights.is_empty() {
+        return Vec::new();
+    }
+    let g = weights.iter().fold(0u32, |g, &w| gcd(g, w)).max(1);
+    let mut weights: Vec<i64> = weights.iter().map(|&w| i64::from(w / g)).collect();
+    let total: i64 = weights.iter().sum();
+    if total as u64 > MAX_CYCLE {
+        let scale = MAX_CYCLE as f64 / total as f64;
+        for w in &mut weights {
+            *w = ((*w as f64 * scale).round() as i64).max(1);
+        }
+    }
+    let total: i64 = weights.iter().sum();
+    let mut current = vec![0i64; weights.len()];
+    let mut cycle = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        let mut best = 0;
+        for i in 0..weights.len() {
+            current[i] += weights[i];
+            if current[i] > current[best] {
+                best = i;
+            }
+        }
+        current[best] -= total;
+        cycle.push(best as u32);
+    }
+    cycle
+}
+
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nginx_order_for_3_1_1() {
+        assert_eq!(smooth_cycle(&[3, 1, 1]), vec![0, 1, 0, 2, 0]);
+    }
+
+    #[test]
+    fn equal_weights_rotate() {
+        assert_eq!(smooth_cycle(&[2, 2, 2]), vec![0, 1, 2]);
+    }
+}

@@ -1,0 +1,52 @@
+//! Sticky: client-IP affinity by weighted rendezvous hashing.
+//!
+//! Each backend scores `weight / -ln(u)`, with `u` in (0, 1) a hash of the client address and
+//! the backend's name; the highest score wins (Thaler and Ravishankar's highest random weight,
+//! weighted as in Schindelhauer and Schomaker). When a backend leaves the set only the clients
+//! it was winning move, unlike `hash % n`, which remaps almost everyone. The hash is stable
+//! across restarts, so clients keep their backend when `alb` restarts too.
+
+use std::net::IpAddr;
+
+use super::endpoint::mix64;
+use super::BackendSet;
+
+/// Sticky strategy; stateless, all state is in the hash.
+#[derive(Debug, Default)]
+pub struct Sticky;
+
+impl Sticky {
+    /// The backend this client maps to among the current set.
+    pub fn pick(&self, set: &BackendSet, client: Option<IpAddr>) -> usize {
+        let key = client.map_or(0, ip_key);
+        let mut best = 0;
+        let mut best_score = f64::MIN;
+        for (i, ep) in set.endpoints.iter().enumerate() {
+            let score = rendezvous_score(key, ep.hash_seed, ep.weight);
+            if score > best_score {
+                best = i;
+                best_score = score;
+            }
+        }
+        best
+    }
+}
+
+/// A client address folded to 64 bits.
+fn ip_key(ip: IpAddr) -> u64 {
+    match ip {
+        IpAddr::V4(v4) => mix64(u64::from(u32::from(v4))),
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6);
+            mix64((bits as u64) ^ mix64((bits >> 64) as u64))
+        }
+    }
+}
+
+/// The weighted rendezvous score of one (client, backend) pair.
+pub fn rendezvous_score(client_key: u64, backend_seed: u64, weight: u32) -> f64 {
+    let h = mix64(client_key ^ backend_seed);
+    // 53 random bits into (0, 1): never 0, so the logarithm is finite.
+    let u = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+    f64::from(weight) / -u.ln()
+}

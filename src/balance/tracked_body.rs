@@ -1,0 +1,60 @@
+//! A response body that keeps its request in flight until it ends.
+//!
+//! tower's `CompleteOnResponse` ends a request at the response headers, but a proxied
+//! response streams its body afterwards, and a backend busy streaming is busy. The
+//! [`InFlight`] guard rides inside the body and is dropped at end of stream, or when the
+//! body is dropped because the client went away (the idea of linkerd's `hyper-balance`).
+
+use std::{
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+use super::endpoint::InFlight;
+
+pin_project! {
+    /// `B`, carrying an in-flight guard until its last frame.
+    pub struct TrackedBody<B> {
+        #[pin]
+        inner: B,
+        guard: Option<InFlight>,
+    }
+}
+
+impl<B> TrackedBody<B> {
+    /// Wraps `inner`; `guard` is released when it ends.
+    pub fn new(inner: B, guard: InFlight) -> Self {
+        TrackedBody {
+            inner,
+            guard: Some(guard),
+        }
+    }
+}
+
+impl<B: Body> Body for TrackedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            this.guard.take();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

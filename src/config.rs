@@ -1,0 +1,683 @@
+//! The configuration file.
+//!
+//! The original project's `config/config.json` (ports as strings, `health_check_interval` in
+//! seconds) parses unchanged; every key added since is optional and has its default here, in
+//! one place ([`Defaults`]). Parsing happens in two steps: serde reads the JSON into a loose
+//! [`RawConfig`] (unknown keys are rejected, and `serde_path_to_error` names the key of a type
+//! error), then [`RawConfig::validate`] checks values and builds the typed [`Config`]. Every
+//! error names the key, the value and what was expected, so `alb run` can refuse a bad file
+//! before it binds anything.
+
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use http::uri::{Authority, Uri};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::balance::StrategyKind;
+
+/// Defaults for every optional key: the one place they are written down.
+pub struct Defaults;
+
+impl Defaults {
+    /// Plain HTTP port (the original project's).
+    pub const PORT: u16 = 8080;
+    /// Listeners bind every IPv4 interface, as the original project's `:8080` did.
+    pub const BIND_ADDRESS: IpAddr = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+    /// Strategy when `strategy` is absent.
+    pub const STRATEGY: StrategyKind = StrategyKind::RoundRobin;
+    /// Health-check path when `health_check_path` is absent.
+    pub const HEALTH_CHECK_PATH: &'static str = "/health";
+    /// Seconds between health checks.
+    pub const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+    /// The original project's health-check timeout.
+    pub const HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+    /// Consecutive good checks that bring a backend back.
+    pub const HEALTHY_THRESHOLD: u32 = 2;
+    /// Consecutive failed checks that take a backend out.
+    pub const UNHEALTHY_THRESHOLD: u32 = 2;
+    /// TCP connect timeout towards a backend.
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+    /// Time a backend has to produce response headers (nginx's `proxy_read_timeout`).
+    pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+    /// Admin listener: loopback only unless configured.
+    pub const ADMIN_ADDR: &'static str = "127.0.0.1:9901";
+    /// Peak-EWMA decay window (Linkerd's default).
+    pub const EWMA_DECAY: Duration = Duration::from_secs(10);
+    /// RTT assumed for a backend that has not answered yet (Linkerd's default).
+    pub const DEFAULT_RTT: Duration = Duration::from_millis(30);
+    /// Latency charged to the EWMA for a failed request, so that failing fast is not cheap.
+    pub const FAILURE_PENALTY: Duration = Duration::from_secs(1);
+    /// Weight of a backend given as a plain URL.
+    pub const WEIGHT: u32 = 1;
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    /// Plain HTTP port (`port`).
+    pub port: u16,
+    /// Address the proxy listeners bind (`bind_address`).
+    pub bind_address: IpAddr,
+    /// TLS settings, present when `tls_port`, `cert_file` and `key_file` are all given.
+    pub tls: Option<TlsConfig>,
+    /// Balancing strategy.
+    pub strategy: StrategyKind,
+    /// Backends in file order.
+    pub backends: Vec<BackendConfig>,
+    /// Active health checking.
+    pub health: HealthConfig,
+    /// Runtime worker threads.
+    pub workers: usize,
+    /// TCP connect timeout towards backends.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Time allowed for response headers from a backend; past it the client gets `504`.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Where the admin routes listen.
+    pub admin_addr: SocketAddr,
+    /// Tuning of the `adaptive` strategy.
+    pub adaptive: AdaptiveConfig,
+    /// Peers whose `X-Forwarded-For` is believed (for stickiness and rate limits).
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+/// TLS termination settings.
+#[derive(Debug, Clone, Serialize)]
+pub struct TlsConfig {
+    /// HTTPS port.
+    pub port: u16,
+    /// PEM certificate chain.
+    pub cert_file: PathBuf,
+    /// PEM private key.
+    pub key_file: PathBuf,
+}
+
+/// One backend.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackendConfig {
+    /// The URL as written.
+    pub url: String,
+    /// `host:port`, the backend's name in headers, metrics and logs.
+    #[serde(skip)]
+    pub authority: Authority,
+    /// Relative share of traffic (round robin, least_conn, sticky, adaptive).
+    pub weight: u32,
+}
+
+/// Active health checks.
+#[derive(Debug, Clone, Serialize)]
+pub struct HealthConfig {
+    /// Path requested on every backend.
+    pub path: String,
+    /// Time between checks.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Time a check may take.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Consecutive good checks to come back.
+    pub healthy_threshold: u32,
+    /// Consecutive failed checks to leave.
+    pub unhealthy_threshold: u32,
+}
+
+/// Peak-EWMA tuning.
+#[derive(Debug, Clone, Serialize)]
+pub struct AdaptiveConfig {
+    /// Decay window of the latency estimate.
+    #[serde(with = "humantime_serde")]
+    pub decay: Duration,
+    /// Estimate for a backend that has not answered yet.
+    #[serde(with = "humantime_serde")]
+    pub default_rtt: Duration,
+    /// Latency charged for a failed request.
+    #[serde(with = "humantime_serde")]
+    pub failure_penalty: Duration,
+}
+
+/// Serialises durations as readable text (`"250ms"`) in `check-config` output.
+mod humantime_serde {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(*d))
+    }
+}
+
+/// Why a configuration was refused. Each message names the key, the value and what was expected.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file is not valid JSON.
+    #[error("config file {path}: invalid JSON at line {line}, column {column}: {message}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What the parser said.
+        message: String,
+    },
+    /// A key has a value of the wrong shape, or is not a known key.
+    #[error("config key `{key}`: {message}")]
+    Shape {
+        /// Path of the key, `backends[1].weight` style.
+        key: String,
+        /// What serde said, which includes the expected type or the known keys.
+        message: String,
+    },
+    /// A key has a value of the right type that is not acceptable.
+    #[error("config key `{key}`: got {value}, expected {expected}")]
+    Invalid {
+        /// Path of the key.
+        key: String,
+        /// The value as written.
+        value: String,
+        /// What would have been accepted.
+        expected: String,
+    },
+}
+
+impl ConfigError {
+    fn invalid(
+        key: impl Into<String>,
+        value: impl fmt::Display,
+        expected: impl Into<String>,
+    ) -> Self {
+        ConfigError::Invalid {
+            key: key.into(),
+            value: value.to_string(),
+            expected: expected.into(),
+        }
+    }
+}
+
+/// A port as the original project wrote it (`"8080"`) or as a number.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged, expecting = "a port number or a string holding one")]
+pub enum PortValue {
+    /// `8080`
+    Number(i64),
+    /// `"8080"`
+    Text(String),
+}
+
+/// A duration as seconds (`10`, `0.5`) or as text (`"500ms"`, `"2s"`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "seconds as a number, or a duration such as \"500ms\""
+)]
+pub enum DurationValue {
+    /// Seconds.
+    Seconds(f64),
+    /// Humantime text.
+    Text(String),
+}
+
+/// The file as serde reads it: loose types, no defaults applied yet.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    port: Option<PortValue>,
+    bind_address: Option<String>,
+    tls_port: Option<PortValue>,
+    cert_file: Option<String>,
+    key_file: Option<String>,
+    strategy: Option<String>,
+    backends: Option<Vec<serde_json::Value>>,
+    health_check_path: Option<String>,
+    health_check_interval: Option<DurationValue>,
+    health_check_timeout: Option<DurationValue>,
+    healthy_threshold: Option<u32>,
+    unhealthy_threshold: Option<u32>,
+    workers: Option<usize>,
+    connect_timeout: Option<DurationValue>,
+    request_timeout: Option<DurationValue>,
+    admin_addr: Option<String>,
+    adaptive: Option<RawAdaptive>,
+    trusted_proxies: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdaptive {
+    decay: Option<DurationValue>,
+    default_rtt: Option<DurationValue>,
+    failure_penalty: Option<DurationValue>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackend {
+    url: String,
+    weight: Option<i64>,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates config text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        // Syntax first, so a broken file reports line and column rather than a key.
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| ConfigError::Syntax {
+                path: path.to_owned(),
+                line: e.line(),
+                column: e.column(),
+                message: strip_position(&e.to_string()),
+            })?;
+        let raw: RawConfig = serde_path_to_error::deserialize(value).map_err(|e| {
+            let key = match e.path().to_string() {
+                p if p == "." => "(top level)".to_owned(),
+                p => p,
+            };
+            ConfigError::Shape {
+                key,
+                message: e.into_inner().to_string(),
+            }
+        })?;
+        raw.validate()
+    }
+}
+
+/// serde_json appends " at line L column C"; the Syntax error reports those separately.
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+impl RawConfig {
+    /// Applies defaults and checks every value.
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let port = match &self.port {
+            Some(p) => port_value("port", p)?,
+            None => Defaults::PORT,
+        };
+        let bind_address = match &self.bind_address {
+            Some(text) => text.parse::<IpAddr>().map_err(|_| {
+                ConfigError::invalid(
+                    "bind_address",
+                    format!("{text:?}"),
+                    "an IP address such as \"0.0.0.0\" or \"127.0.0.1\"",
+                )
+            })?,
+            None => Defaults::BIND_ADDRESS,
+        };
+        let tls = match (&self.tls_port, &self.cert_file, &self.key_file) {
+            (None, None, None) => None,
+            (Some(p), Some(cert), Some(key)) => {
+                let tls_port = port_value("tls_port", p)?;
+                if tls_port == port {
+                    return Err(ConfigError::invalid(
+                        "tls_port",
+                        tls_port,
+                        "a port different from `port`",
+                    ));
+                }
+                Some(TlsConfig {
+                    port: tls_port,
+                    cert_file: non_empty_path("cert_file", cert)?,
+                    key_file: non_empty_path("key_file", key)?,
+                })
+            }
+            _ => {
+                let missing = [
+                    ("tls_port", self.tls_port.is_none()),
+                    ("cert_file", self.cert_file.is_none()),
+                    ("key_file", self.key_file.is_none()),
+                ]
+                .iter()
+                .filter(|(_, m)| *m)
+                .map(|(k, _)| *k)
+                .collect::<Vec<_>>()
+                .join(", ");
+                return Err(ConfigError::invalid(
+                    missing,
+                    "nothing",
+                    "`tls_port`, `cert_file` and `key_file` to be given together",
+                ));
+            }
+        };
+        let strategy = match &self.strategy {
+            Some(s) => s.parse::<StrategyKind>().map_err(|_| {
+                ConfigError::invalid("strategy", format!("{s:?}"), StrategyKind::EXPECTED)
+            })?,
+            None => Defaults::STRATEGY,
+        };
+        let backends = backends(self.backends.as_deref())?;
+        let path = self
+            .health_check_path
+            .unwrap_or_else(|| Defaults::HEALTH_CHECK_PATH.to_owned());
+        if !path.starts_with('/') || path.parse::<http::uri::PathAndQuery>().is_err() {
+            return Err(ConfigError::invalid(
+                "health_check_path",
+                format!("{path:?}"),
+                "a path starting with `/`",
+            ));
+        }
+        let health = HealthConfig {
+            path,
+            interval: duration(
+                "health_check_interval",
+                self.health_check_interval,
+                Defaults::HEALTH_CHECK_INTERVAL,
+            )?,
+            timeout: duration(
+                "health_check_timeout",
+                self.health_check_timeout,
+                Defaults::HEALTH_CHECK_TIMEOUT,
+            )?,
+            healthy_threshold: threshold(
+                "healthy_threshold",
+                self.healthy_threshold,
+                Defaults::HEALTHY_THRESHOLD,
+            )?,
+            unhealthy_threshold: threshold(
+                "unhealthy_threshold",
+                self.unhealthy_threshold,
+                Defaults::UNHEALTHY_THRESHOLD,
+            )?,
+        };
+        let workers = match self.workers {
+            Some(0) => return Err(ConfigError::invalid("workers", 0, "at least 1")),
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        let admin_text = self
+            .admin_addr
+            .unwrap_or_else(|| Defaults::ADMIN_ADDR.to_owned());
+        let admin_addr = admin_text.parse::<SocketAddr>().map_err(|_| {
+            ConfigError::invalid(
+                "admin_addr",
+                format!("{admin_text:?}"),
+                "an address and port such as \"127.0.0.1:9901\"",
+            )
+        })?;
+        let raw_adaptive = self.adaptive.unwrap_or_default();
+        let adaptive = AdaptiveConfig {
+            decay: duration("adaptive.decay", raw_adaptive.decay, Defaults::EWMA_DECAY)?,
+            default_rtt: duration(
+                "adaptive.default_rtt",
+                raw_adaptive.default_rtt,
+                Defaults::DEFAULT_RTT,
+            )?,
+            failure_penalty: duration(
+                "adaptive.failure_penalty",
+                raw_adaptive.failure_penalty,
+                Defaults::FAILURE_PENALTY,
+            )?,
+        };
+        let trusted_proxies = self
+            .trusted_proxies
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .map(|(i, s)| cidr(&format!("trusted_proxies[{i}]"), s))
+            .collect::<Result<_, _>>()?;
+        Ok(Config {
+            port,
+            bind_address,
+            tls,
+            strategy,
+            backends,
+            health,
+            workers,
+            connect_timeout: duration(
+                "connect_timeout",
+                self.connect_timeout,
+                Defaults::CONNECT_TIMEOUT,
+            )?,
+            request_timeout: duration(
+                "request_timeout",
+                self.request_timeout,
+                Defaults::REQUEST_TIMEOUT,
+            )?,
+            admin_addr,
+            adaptive,
+            trusted_proxies,
+        })
+    }
+}
+
+fn port_value(key: &str, value: &PortValue) -> Result<u16, ConfigError> {
+    const EXPECTED: &str = "a port from 1 to 65535";
+    let (n, shown) = match value {
+        PortValue::Number(n) => (Some(*n), n.to_string()),
+        PortValue::Text(s) => (s.trim().parse::<i64>().ok(), format!("{s:?}")),
+    };
+    match n {
+        Some(n) if (1..=65535).contains(&n) => Ok(n as u16),
+        _ => Err(ConfigError::invalid(key, shown, EXPECTED)),
+    }
+}
+
+fn non_empty_path(key: &str, value: &str) -> Result<PathBuf, ConfigError> {
+    if value.trim().is_empty() {
+        return Err(ConfigError::invalid(key, "\"\"", "a file path"));
+    }
+    Ok(PathBuf::from(value))
+}
+
+fn duration(
+    key: &str,
+    value: Option<DurationValue>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    const EXPECTED: &str = "a positive number of seconds or a duration such as \"500ms\"";
+    let d = match value {
+        None => return Ok(default),
+        Some(DurationValue::Seconds(s)) => {
+            if !(s > 0.0 && s.is_finite() && s < 1e9) {
+                return Err(ConfigError::invalid(key, s, EXPECTED));
+            }
+            Duration::from_secs_f64(s)
+        }
+        Some(DurationValue::Text(t)) => humantime::parse_duration(t.trim())
+            .map_err(|_| ConfigError::invalid(key, format!("{t:?}"), EXPECTED))?,
+    };
+    if d.is_zero() {
+        return Err(ConfigError::invalid(key, "0", EXPECTED));
+    }
+    Ok(d)
+}
+
+fn threshold(key: &str, value: Option<u32>, default: u32) -> Result<u32, ConfigError> {
+    match value {
+        Some(0) => Err(ConfigError::invalid(key, 0, "at least 1")),
+        Some(n) => Ok(n),
+        None => Ok(default),
+    }
+}
+
+fn cidr(key: &str, text: &str) -> Result<IpNet, ConfigError> {
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| {
+            ConfigError::invalid(
+                key,
+                format!("{text:?}"),
+                "an IP address or CIDR such as \"10.0.0.0/8\"",
+            )
+        })
+}
+
+fn backends(values: Option<&[serde_json::Value]>) -> Result<Vec<BackendConfig>, ConfigError> {
+    let values = match values {
+        Some(v) if !v.is_empty() => v,
+        Some(_) => {
+            return Err(ConfigError::invalid(
+                "backends",
+                "[]",
+                "at least one backend URL",
+            ))
+        }
+        None => {
+            return Err(ConfigError::invalid(
+                "backends",
+                "nothing",
+                "a list of backend URLs such as [\"http://127.0.0.1:8081\"]",
+            ))
+        }
+    };
+    let mut out: Vec<BackendConfig> = Vec::with_capacity(values.len());
+    for (i, value) in values.iter().enumerate() {
+        let key = format!("backends[{i}]");
+        let (url, weight) = match value {
+            serde_json::Value::String(url) => (url.clone(), Defaults::WEIGHT as i64),
+            serde_json::Value::Object(_) => {
+                let raw: RawBackend =
+                    serde_path_to_error::deserialize(value.clone()).map_err(|e| {
+                        ConfigError::Shape {
+                            key: format!("{key}.{}", e.path()),
+                            message: e.into_inner().to_string(),
+                        }
+                    })?;
+                (raw.url, raw.weight.unwrap_or(Defaults::WEIGHT as i64))
+            }
+            other => {
+                return Err(ConfigError::invalid(
+                    key,
+                    other,
+                    "a URL string or {\"url\": \"...\", \"weight\": N}",
+                ))
+            }
+        };
+        if !(1..=10_000).contains(&weight) {
+            return Err(ConfigError::invalid(
+                format!("{key}.weight"),
+                weight,
+                "a weight from 1 to 10000",
+            ));
+        }
+        let authority = backend_authority(&url).ok_or_else(|| {
+            ConfigError::invalid(
+                key.clone(),
+                format!("{url:?}"),
+                "an http URL with a host, such as \"http://127.0.0.1:8081\"",
+            )
+        })?;
+        if out.iter().any(|b| b.authority == authority) {
+            return Err(ConfigError::invalid(
+                key,
+                format!("{url:?}"),
+                "each backend once (this host:port is listed twice)",
+            ));
+        }
+        out.push(BackendConfig {
+            url,
+            authority,
+            weight: weight as u32,
+        });
+    }
+    Ok(out)
+}
+
+/// `http://host[:port][/]` to `host:port`; anything else (other schemes, paths, queries,
+/// user info) is refused because the proxy would silently ignore it.
+fn backend_authority(url: &str) -> Option<Authority> {
+    let uri: Uri = url.trim().parse().ok()?;
+    if uri.scheme_str() != Some("http") {
+        return None;
+    }
+    let authority = uri.authority()?;
+    if authority.as_str().contains('@') || authority.host().is_empty() {
+        return None;
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return None;
+    }
+    let port = authority.port_u16().unwrap_or(80);
+    if port == 0 {
+        return None;
+    }
+    format!("{}:{port}", authority.host()).parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.json"))
+    }
+
+    #[test]
+    fn ports_as_strings_or_numbers() {
+        let c = parse(r#"{"port": "9000", "backends": ["http://a:1"]}"#).unwrap();
+        assert_eq!(c.port, 9000);
+        let c = parse(r#"{"port": 9001, "backends": ["http://a:1"]}"#).unwrap();
+        assert_eq!(c.port, 9001);
+    }
+
+    #[test]
+    fn weights_and_default_port() {
+        let c =
+            parse(r#"{"backends": [{"url": "http://a", "weight": 3}, "http://b:2/"]}"#).unwrap();
+        assert_eq!(c.backends[0].authority.as_str(), "a:80");
+        assert_eq!(c.backends[0].weight, 3);
+        assert_eq!(c.backends[1].authority.as_str(), "b:2");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            (r#"{"backends": ["http://a:1"], "prot": 1}"#, "prot"),
+            (r#"{"backends": ["http://a:1"], "port": "99999"}"#, "port"),
+            (r#"{"backends": ["http://a:1"], "port": true}"#, "port"),
+            (r#"{"backends": ["ftp://a:1"]}"#, "backends[0]"),
+            (
+                r#"{"backends": [{"url": "http://a:1", "weight": 0}]}"#,
+                "backends[0].weight",
+            ),
+            (
+                r#"{"backends": [{"url": "http://a:1", "wieght": 2}]}"#,
+                "wieght",
+            ),
+            (r#"{"backends": []}"#, "backends"),
+            (
+                r#"{"backends": ["http://a:1"], "strategy": "random"}"#,
+                "strategy",
+            ),
+            (
+                r#"{"backends": ["http://a:1"], "adaptive": {"decay": -1}}"#,
+                "adaptive.decay",
+            ),
+        ];
+        for (text, key) in cases {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn syntax_error_has_line_and_column() {
+        let e = parse("{\n  \"port\": ,\n}").unwrap_err();
+        assert!(matches!(e, ConfigError::Syntax { line: 2, .. }), "{e}");
+    }
+}

@@ -1,0 +1,372 @@
+//! The forwarder: sends a routed request to its backend over a pooled HTTP/1.1 connection.
+//!
+//! What it does to a request, in order:
+//! - the URI becomes `http://<backend><path?query>`; the version becomes HTTP/1.1 whatever
+//!   the client spoke (an HTTP/2 request kept as HTTP/2 makes hyper-util's HTTP/1 client
+//!   fail with `UserUnsupportedVersion`);
+//! - `Host` is kept; an HTTP/2 request has none (it has `:authority`), so it is set from the
+//!   URI authority;
+//! - hop-by-hop headers (RFC 9110 §7.6.1, plus every name listed in `Connection`) are
+//!   removed, except the `Upgrade` pair of a WebSocket handshake;
+//! - `X-Forwarded-For` gets the peer appended; `X-Forwarded-Proto` and `X-Forwarded-Host`
+//!   are set.
+//!
+//! Bodies stream both ways; nothing is buffered whole. A `101 Switching Protocols` answer
+//! to an upgrade request joins the two upgraded connections with a byte tunnel.
+
+use std::{
+    fmt,
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use axum::body::Body;
+use http::{
+    header::{self, HeaderMap, HeaderName, HeaderValue},
+    uri::{PathAndQuery, Scheme, Uri},
+    Request, Response, StatusCode, Version,
+};
+use hyper::body::Incoming;
+use hyper_util::{
+    client::legacy::{connect::HttpConnector, Client},
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+};
+use tower::Service;
+
+use crate::{balance::Routed, client_ip::ClientIp, local_reply::local_reply};
+
+/// How long an idle pooled connection to a backend is kept.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Hop-by-hop headers of RFC 9110 §7.6.1 and the legacy ones proxies also drop.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("keep-alive"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+];
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// The scheme clients used to reach `alb`, for `X-Forwarded-Proto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientProto {
+    /// Plain HTTP listener.
+    Http,
+    /// TLS listener.
+    Https,
+}
+
+impl ClientProto {
+    fn header_value(self) -> HeaderValue {
+        HeaderValue::from_static(match self {
+            ClientProto::Http => "http",
+            ClientProto::Https => "https",
+        })
+    }
+}
+
+/// The pooled HTTP/1.1 client shared by every forwarder and the health checker.
+pub type BackendClient = Client<HttpConnector, Body>;
+
+/// Builds the pooled client: `TCP_NODELAY`, a connect timeout, idle connections expire.
+pub fn backend_client(connect_timeout: Duration) -> BackendClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(connect_timeout));
+    connector.enforce_http(true);
+    Client::builder(TokioExecutor::new())
+        // pool_idle_timeout only takes effect with a timer (NOTES §2).
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .build(connector)
+}
+
+/// Why a request could not be forwarded.
+#[derive(Debug)]
+pub enum ForwardError {
+    /// No TCP connection could be made (refused, unreachable, connect timeout).
+    Connect(hyper_util::client::legacy::Error),
+    /// The backend did not send response headers within the request timeout.
+    Timeout(Duration),
+    /// The connection failed after it was made (reset, malformed response, closed early).
+    Upstream(hyper_util::client::legacy::Error),
+}
+
+impl ForwardError {
+    /// Short label for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ForwardError::Connect(_) => "connect",
+            ForwardError::Timeout(_) => "timeout",
+            ForwardError::Upstream(_) => "upstream",
+        }
+    }
+
+    /// The client's answer: `504` for a timeout, `502` otherwise, with a one-line reason.
+    pub fn into_response(self, backend: &str) -> Response<Body> {
+        let status = match self {
+            ForwardError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            _ => StatusCode::BAD_GATEWAY,
+        };
+        tracing::warn!(backend, error = %self, "forwarding failed");
+        local_reply(status, format_args!("backend {backend}: {self}"))
+    }
+}
+
+impl fmt::Display for ForwardError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ForwardError::Connect(e) => write!(f, "cannot connect ({})", root_cause(e)),
+            ForwardError::Timeout(t) => {
+                write!(f, "no response within {}", humantime::format_duration(*t))
+            }
+            ForwardError::Upstream(e) => write!(f, "connection failed ({})", root_cause(e)),
+        }
+    }
+}
+
+impl std::error::Error for ForwardError {}
+
+/// The innermost error's message: "connection refused" rather than "client error (Connect)".
+pub(crate) fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+/// The forwarding service. Cheap to clone: the pool is shared.
+#[derive(Clone)]
+pub struct Forward {
+    client: BackendClient,
+    proto: ClientProto,
+    request_timeout: Duration,
+}
+
+impl fmt::Debug for Forward {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Forward")
+            .field("proto", &self.proto)
+            .field("request_timeout", &self.request_timeout)
+            .finish()
+    }
+}
+
+impl Forward {
+    /// A forwarder for requests that arrived over `proto`.
+    pub fn new(client: BackendClient, proto: ClientProto, request_timeout: Duration) -> Self {
+        Forward {
+            client,
+            proto,
+            request_timeout,
+        }
+    }
+}
+
+type ForwardFuture = Pin<Box<dyn Future<Output = Result<Response<Incoming>, ForwardError>> + Send>>;
+
+impl Service<Routed<Body>> for Forward {
+    type Response = Response<Incoming>;
+    type Error = ForwardError;
+    type Future = ForwardFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ForwardError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, routed: Routed<Body>) -> ForwardFuture {
+        let Routed {
+            mut request,
+            endpoint,
+        } = routed;
+        let peer = ClientIp::peer(&request);
+        let client_upgrade = upgrade_protocol(request.headers())
+            .is_some()
+            .then(|| hyper::upgrade::on(&mut request));
+        rewrite_request(&mut request, &endpoint.authority, peer, self.proto);
+        let sent = self.client.request(request);
+        let timeout = self.request_timeout;
+        Box::pin(async move {
+            let mut response = match tokio::time::timeout(timeout, sent).await {
+                Err(_) => return Err(ForwardError::Timeout(timeout)),
+                Ok(Err(e)) if e.is_connect() => return Err(ForwardError::Connect(e)),
+                Ok(Err(e)) => return Err(ForwardError::Upstream(e)),
+                Ok(Ok(response)) => response,
+            };
+            let upgraded = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+            match client_upgrade {
+                Some(client_side) if upgraded => {
+                    let backend_side = hyper::upgrade::on(&mut response);
+                    tokio::spawn(tunnel(client_side, backend_side));
+                }
+                _ => strip_hop_by_hop(response.headers_mut(), false),
+            }
+            Ok(response)
+        })
+    }
+}
+
+/// Rewrites a client request into the request sent to `backend` (see the module docs).
+pub fn rewrite_request<B>(
+    request: &mut Request<B>,
+    backend: &http::uri::Authority,
+    peer: Option<SocketAddr>,
+    proto: ClientProto,
+) {
+    let original_authority = request.uri().authority().cloned();
+    let path_and_query = request
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(backend.clone());
+    parts.path_and_query = Some(path_and_query);
+    *request.uri_mut() = Uri::from_parts(parts).expect("scheme, authority and path are set");
+    *request.version_mut() = Version::HTTP_11;
+
+    let keep_upgrade = upgrade_protocol(request.headers()).is_some();
+    let headers = request.headers_mut();
+    strip_hop_by_hop(headers, keep_upgrade);
+    if !headers.contains_key(header::HOST) {
+        if let Some(authority) = &original_authority {
+            if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+                headers.insert(header::HOST, host);
+            }
+        }
+    }
+    if let Some(host) = headers.get(header::HOST).cloned() {
+        headers.insert(X_FORWARDED_HOST.clone(), host);
+    }
+    if let Some(peer) = peer {
+        append_forwarded_for(headers, peer);
+    }
+    headers.insert(X_FORWARDED_PROTO.clone(), proto.header_value());
+}
+
+/// `X-Forwarded-For: <existing>, <peer>`, folding repeated headers into one.
+fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
+    let ip = peer.ip().to_string();
+    let mut value = String::new();
+    for existing in headers.get_all(&X_FORWARDED_FOR) {
+        if let Ok(text) = existing.to_str() {
+            value.push_str(text);
+            value.push_str(", ");
+        }
+    }
+    value.push_str(&ip);
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        headers.insert(X_FORWARDED_FOR.clone(), value);
+    }
+}
+
+/// The `Upgrade` protocol if this is an upgrade request (`Connection: upgrade` + `Upgrade`).
+fn upgrade_protocol(headers: &HeaderMap) -> Option<&HeaderValue> {
+    let connection_says_upgrade = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    connection_says_upgrade
+        .then(|| headers.get(header::UPGRADE))
+        .flatten()
+}
+
+/// Removes hop-by-hop headers. With `keep_upgrade`, the handshake's `Connection: upgrade`
+/// and `Upgrade` survive so the backend sees the upgrade request.
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let upgrade = keep_upgrade
+        .then(|| headers.get(header::UPGRADE).cloned())
+        .flatten();
+    // Names listed in Connection are hop-by-hop too (RFC 9110 §7.6.1).
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+    if let Some(upgrade) = upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, upgrade);
+    }
+}
+
+/// Joins an upgraded client connection to an upgraded backend connection.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, backend: hyper::upgrade::OnUpgrade) {
+    let (client, backend) = match tokio::try_join!(client, backend) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut backend = TokioIo::new(backend);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
+        tracing::debug!(error = %e, "upgraded connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rewrite_strips_and_forwards() {
+        let mut req = Request::builder()
+            .uri("/a?b=1")
+            .header("host", "example.test")
+            .header("connection", "keep-alive, x-secret")
+            .header("x-secret", "1")
+            .header("te", "trailers")
+            .header("x-forwarded-for", "10.0.0.1")
+            .body(())
+            .unwrap();
+        let backend: http::uri::Authority = "127.0.0.1:9000".parse().unwrap();
+        rewrite_request(
+            &mut req,
+            &backend,
+            Some("127.0.0.5:1234".parse().unwrap()),
+            ClientProto::Https,
+        );
+        assert_eq!(req.uri(), "http://127.0.0.1:9000/a?b=1");
+        let h = req.headers();
+        assert_eq!(h["host"], "example.test");
+        assert!(h.get("x-secret").is_none() && h.get("te").is_none());
+        assert!(h.get("connection").is_none());
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.5");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "example.test");
+    }
+
+    #[test]
+    fn http2_authority_becomes_host() {
+        let mut req = Request::builder()
+            .uri("http://svc.test:8080/x")
+            .version(Version::HTTP_2)
+            .body(())
+            .unwrap();
+        let backend: http::uri::Authority = "127.0.0.1:9000".parse().unwrap();
+        rewrite_request(&mut req, &backend, None, ClientProto::Http);
+        assert_eq!(req.version(), Version::HTTP_11);
+        assert_eq!(req.headers()["host"], "svc.test:8080");
+    }
+}

@@ -1,0 +1,36 @@
+//! ALB: an adaptive, observable HTTP/HTTPS load balancer.
+//!
+//! The data plane is a Tower stack behind an axum/hyper server:
+//!
+//! ```text
+//!  client ─► listener (axum-server: HTTP/1.1, h2c)
+//!            └─► Balance ── picks an Endpoint with the configured Strategy
+//!                 │          (round_robin | least_conn | sticky | adaptive), counts it in flight
+//!                 └─► Forward ── hyper-util pooled HTTP/1.1 client ─► backend
+//!
+//!  HealthChecker ── Change::Insert / Change::Remove ─► Discover stream ─► Balancer snapshot
+//! ```
+//!
+//! One concern per module: [`config`] (the file format), [`server`] (listeners and the
+//! assembled stack), [`balance`] (selection, per-backend state, discovery), [`forward`]
+//! (the request rewrite and the pooled client), [`health`] (active checks), [`client_ip`]
+//! (who the client is), [`sim`] (simulated backends for the demo, tests and the lab) and
+//! [`demo`] (the one-command demo).
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod balance;
+pub mod client_ip;
+pub mod config;
+pub mod demo;
+pub mod forward;
+pub mod health;
+pub mod local_reply;
+pub mod server;
+pub mod sim;
+
+pub use balance::{Balance, Balancer, Strategy, StrategyKind};
+pub use config::Config;
+pub use forward::Forward;
+pub use server::{Proxy, Server};

@@ -1,0 +1,149 @@
+//! The `alb` command line: the load balancer, the demo, a simulated backend, a config check.
+
+#![forbid(unsafe_code)]
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{Parser, Subcommand};
+
+use alb::{
+    config::Config,
+    server::{shutdown_signal, Server},
+    sim::{self, SimSettings},
+};
+
+/// An adaptive, observable HTTP/HTTPS load balancer.
+#[derive(Parser)]
+#[command(name = "alb", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the load balancer.
+    Run {
+        /// Config file (the original project's format; see the README).
+        #[arg(long, default_value = "config/config.json")]
+        config: PathBuf,
+    },
+    /// Start three simulated backends and an adaptive balancer in one process.
+    Demo {
+        /// Port of the balancer (0 picks a free one).
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+    },
+    /// Run a simulated backend answering `backend PORT` on every path.
+    Backend {
+        /// Port to listen on (127.0.0.1).
+        port: u16,
+        /// Service time of each request, e.g. `20ms`.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "0ms")]
+        delay: Duration,
+        /// Fraction of requests answered with 503 (`/health` excepted).
+        #[arg(long, value_parser = parse_error_rate, default_value_t = 0.0)]
+        error_rate: f64,
+        /// Requests served at once; the rest wait in a FIFO queue (default: unbounded).
+        #[arg(long)]
+        slots: Option<usize>,
+        /// Start with `/health` answering 503.
+        #[arg(long)]
+        unhealthy: bool,
+    },
+    /// Validate a config file and print the effective settings, defaults included.
+    CheckConfig {
+        /// Config file.
+        path: PathBuf,
+    },
+}
+
+fn parse_error_rate(text: &str) -> Result<f64, String> {
+    let rate: f64 = text.parse().map_err(|_| format!("not a number: {text}"))?;
+    sim::valid_error_rate(rate)
+}
+
+fn main() -> ExitCode {
+    init_tracing();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { config } => run(&config),
+        Command::CheckConfig { path } => match Config::load(&path) {
+            Ok(config) => {
+                let text = serde_json::to_string_pretty(&config).expect("config serialises");
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
+        Command::Demo { port } => block_on(None, async move { alb::demo::run(port).await }),
+        Command::Backend {
+            port,
+            delay,
+            error_rate,
+            slots,
+            unhealthy,
+        } => {
+            let settings = SimSettings {
+                delay,
+                error_rate,
+                healthy: !unhealthy,
+            };
+            block_on(None, async move {
+                let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+                tracing::info!("backend listening on 127.0.0.1:{port}");
+                sim::run(listener, settings, slots).await?;
+                Ok(())
+            })
+        }
+    }
+}
+
+/// `alb run`: the config is read and checked, and every listener bound, before serving;
+/// any failure up to there exits non-zero with one message.
+fn run(path: &std::path::Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let workers = config.workers;
+    block_on(Some(workers), async move {
+        let server = Server::bind(config)?;
+        server.serve(shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn block_on(
+    workers: Option<usize>,
+    main: impl std::future::Future<Output = Result<(), BoxError>>,
+) -> ExitCode {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        builder.worker_threads(n);
+    }
+    let runtime = match builder.enable_all().build() {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    match runtime.block_on(main) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
+}
+
+fn fail(error: impl std::fmt::Display) -> ExitCode {
+    eprintln!("alb: error: {error}");
+    ExitCode::from(2)
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
