@@ -1,0 +1,164 @@
+//! The forwarding path: headers, streaming, protocols and upstream failures.
+
+mod common;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+
+const HUNDRED_MB: u64 = 100 * 1024 * 1024;
+
+fn echo_header<'a>(echo: &'a Value, name: &str) -> Option<&'a str> {
+    echo["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h[0] == name)
+        .map(|h| h[1].as_str().unwrap())
+}
+
+#[tokio::test]
+async fn host_and_forwarded_headers_are_set_and_hop_by_hop_stripped() {
+    let b = backend(&[]);
+    let lb = alb(json!({"backends": urls(&[&b])}));
+    let response = client()
+        .get(format!("{}/_sim/echo?q=1", lb.url()))
+        .header("host", "app.example")
+        .header("connection", "keep-alive, x-hop")
+        .header("x-hop", "secret")
+        .header("keep-alive", "timeout=5")
+        .header("te", "trailers")
+        .header("proxy-authorization", "Basic Zm9vOmJhcg==")
+        .header("x-forwarded-for", "203.0.113.7")
+        .header("x-end-to-end", "kept")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-alb-backend"], name(&b).as_str());
+    let echo: Value = response.json().await.unwrap();
+    assert_eq!(echo["uri"], "/_sim/echo?q=1");
+    assert_eq!(echo_header(&echo, "host"), Some("app.example"));
+    assert_eq!(echo_header(&echo, "x-forwarded-host"), Some("app.example"));
+    assert_eq!(echo_header(&echo, "x-forwarded-proto"), Some("http"));
+    assert_eq!(
+        echo_header(&echo, "x-forwarded-for"),
+        Some("203.0.113.7, 127.0.0.1")
+    );
+    assert_eq!(echo_header(&echo, "x-end-to-end"), Some("kept"));
+    for hop in ["x-hop", "keep-alive", "te", "proxy-authorization"] {
+        assert_eq!(echo_header(&echo, hop), None, "{hop} was forwarded");
+    }
+    // hyper adds its own Connection handling; the client's token list must not survive
+    assert_ne!(echo_header(&echo, "connection"), Some("keep-alive, x-hop"));
+}
+
+#[tokio::test]
+async fn h2c_client_reaches_an_http1_backend() {
+    let b = backend(&[]);
+    let lb = alb(json!({"backends": urls(&[&b])}));
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let response = h2
+        .get(format!("{}/_sim/echo", lb.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    let echo: Value = response.json().await.unwrap();
+    assert_eq!(echo["version"], "HTTP/1.1");
+    assert_eq!(
+        echo_header(&echo, "host"),
+        Some(format!("127.0.0.1:{}", lb.port).as_str())
+    );
+}
+
+#[tokio::test]
+async fn hundred_megabytes_stream_both_ways_with_flat_memory() {
+    let b = backend(&[]);
+    let lb = alb(json!({"backends": urls(&[&b])}));
+    let client = client();
+
+    // download
+    let mut response = client
+        .get(format!("{}/_sim/bytes?n={HUNDRED_MB}", lb.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut received = 0u64;
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        received += chunk.len() as u64;
+    }
+    assert_eq!(received, HUNDRED_MB);
+
+    // upload, streamed from a generator so the test does not hold it either
+    let chunk = bytes::Bytes::from(vec![b'u'; 1 << 20]);
+    let stream =
+        futures_util::stream::iter((0..100).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
+    let response = client
+        .post(format!("{}/_sim/upload", lb.url()))
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.text().await.unwrap(),
+        format!("received {HUNDRED_MB}\n")
+    );
+
+    // Buffering either body whole would have pushed the peak past 100 MiB.
+    let peak_mib = peak_rss_kib(lb.pid()) / 1024;
+    assert!(peak_mib < 64, "alb peaked at {peak_mib} MiB");
+}
+
+#[tokio::test]
+async fn websocket_is_tunnelled() {
+    let b = backend(&[]);
+    let lb = alb(json!({"backends": urls(&[&b])}));
+    let (mut socket, response) =
+        tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/_sim/ws", lb.port))
+            .await
+            .expect("websocket handshake through alb");
+    assert_eq!(response.headers()["x-alb-backend"], name(&b).as_str());
+    for text in ["hello", "through", "alb"] {
+        socket
+            .send(tokio_tungstenite::tungstenite::Message::text(text))
+            .await
+            .unwrap();
+        let echoed = socket.next().await.unwrap().unwrap();
+        assert_eq!(echoed.into_text().unwrap().as_str(), text);
+    }
+}
+
+#[tokio::test]
+async fn refused_backend_gives_502() {
+    let dead_port = free_port();
+    let lb = alb(json!({
+        "backends": [format!("http://127.0.0.1:{dead_port}")],
+        "health_check_interval": 3600
+    }));
+    let answer = get(&client(), &lb.url()).await;
+    assert_eq!(answer.status, 502);
+    assert!(
+        answer.body.starts_with(&format!(
+            "alb: backend 127.0.0.1:{dead_port}: cannot connect"
+        )),
+        "{}",
+        answer.body
+    );
+    assert_eq!(answer.body.lines().count(), 1);
+}
+
+#[tokio::test]
+async fn slow_backend_gives_504() {
+    let slow = backend(&["--delay", "3s"]);
+    let lb = alb(json!({"backends": urls(&[&slow]), "request_timeout": "300ms"}));
+    let answer = get(&client(), &lb.url()).await;
+    assert_eq!(answer.status, 504);
+    assert_eq!(
+        answer.body,
+        format!("alb: backend {}: no response within 300ms\n", name(&slow))
+    );
+}
