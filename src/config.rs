@@ -66,6 +66,8 @@ pub struct Config {
     pub bind_address: IpAddr,
     /// TLS settings, present when `tls_port`, `cert_file` and `key_file` are all given.
     pub tls: Option<TlsConfig>,
+    /// With TLS on, whether the plain port redirects to HTTPS (or serves the proxy too).
+    pub redirect_to_https: bool,
     /// Balancing strategy.
     pub strategy: StrategyKind,
     /// Backends in file order.
@@ -86,6 +88,33 @@ pub struct Config {
     pub adaptive: AdaptiveConfig,
     /// Peers whose `X-Forwarded-For` is believed (for stickiness and rate limits).
     pub trusted_proxies: Vec<IpNet>,
+    /// Token-bucket rate limiting; `None` means no limit.
+    pub rate_limit: Option<RateLimitConfig>,
+    /// Requests in flight over all backends before new ones are shed with `503`.
+    pub max_in_flight: Option<usize>,
+    /// Requests in flight on one backend before it counts as full.
+    pub max_connections: Option<usize>,
+}
+
+/// Token-bucket rate limiting.
+#[derive(Debug, Clone, Serialize)]
+pub struct RateLimitConfig {
+    /// Refill rate.
+    pub requests_per_second: u32,
+    /// Bucket size: requests allowed at once after a quiet period.
+    pub burst: u32,
+    /// One bucket per client address, or one for everyone.
+    pub key: RateLimitKey,
+}
+
+/// What a rate-limit bucket belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RateLimitKey {
+    /// One bucket per client IP (socket peer, or `X-Forwarded-For` from trusted proxies).
+    Ip,
+    /// One bucket shared by all clients.
+    Global,
 }
 
 /// TLS termination settings.
@@ -240,6 +269,7 @@ pub struct RawConfig {
     tls_port: Option<PortValue>,
     cert_file: Option<String>,
     key_file: Option<String>,
+    redirect_to_https: Option<bool>,
     strategy: Option<String>,
     backends: Option<Vec<serde_json::Value>>,
     health_check_path: Option<String>,
@@ -253,6 +283,17 @@ pub struct RawConfig {
     admin_addr: Option<String>,
     adaptive: Option<RawAdaptive>,
     trusted_proxies: Option<Vec<String>>,
+    rate_limit: Option<RawRateLimit>,
+    max_in_flight: Option<usize>,
+    max_connections: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRateLimit {
+    requests_per_second: u32,
+    burst: Option<u32>,
+    key: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -440,10 +481,23 @@ impl RawConfig {
             .enumerate()
             .map(|(i, s)| cidr(&format!("trusted_proxies[{i}]"), s))
             .collect::<Result<_, _>>()?;
+        let rate_limit = match self.rate_limit {
+            None => None,
+            Some(r) => Some(rate_limit(r)?),
+        };
+        for (key, value) in [
+            ("max_in_flight", self.max_in_flight),
+            ("max_connections", self.max_connections),
+        ] {
+            if value == Some(0) {
+                return Err(ConfigError::invalid(key, 0, "at least 1 (or leave it out)"));
+            }
+        }
         Ok(Config {
             port,
             bind_address,
             tls,
+            redirect_to_https: self.redirect_to_https.unwrap_or(true),
             strategy,
             backends,
             health,
@@ -461,8 +515,41 @@ impl RawConfig {
             admin_addr,
             adaptive,
             trusted_proxies,
+            rate_limit,
+            max_in_flight: self.max_in_flight,
+            max_connections: self.max_connections,
         })
     }
+}
+
+fn rate_limit(raw: RawRateLimit) -> Result<RateLimitConfig, ConfigError> {
+    if raw.requests_per_second == 0 {
+        return Err(ConfigError::invalid(
+            "rate_limit.requests_per_second",
+            0,
+            "at least 1",
+        ));
+    }
+    let burst = raw.burst.unwrap_or(raw.requests_per_second);
+    if burst == 0 {
+        return Err(ConfigError::invalid("rate_limit.burst", 0, "at least 1"));
+    }
+    let key = match raw.key.as_deref() {
+        None | Some("ip") => RateLimitKey::Ip,
+        Some("global") => RateLimitKey::Global,
+        Some(other) => {
+            return Err(ConfigError::invalid(
+                "rate_limit.key",
+                format!("{other:?}"),
+                "\"ip\" or \"global\"",
+            ))
+        }
+    };
+    Ok(RateLimitConfig {
+        requests_per_second: raw.requests_per_second,
+        burst,
+        key,
+    })
 }
 
 fn port_value(key: &str, value: &PortValue) -> Result<u16, ConfigError> {

@@ -2,7 +2,9 @@
 //!
 //! Nothing to install or configure: the backends listen on free loopback ports, one of them
 //! ten times slower than the others, and the balancer uses `adaptive`, so a few requests show
-//! traffic moving away from the slow one (watch the `x-alb-backend` header).
+//! traffic moving away from the slow one (watch the `x-alb-backend` header). HTTPS is served
+//! too, with a self-signed certificate generated in memory at start, and the admin routes on
+//! loopback.
 
 use std::time::Duration;
 
@@ -10,15 +12,27 @@ use crate::{
     config::Config,
     server::{shutdown_signal, Server},
     sim::{self, SimSettings},
+    tls,
 };
+
+/// Ports of the demo's listeners; 0 picks a free one.
+#[derive(Debug, Clone, Copy)]
+pub struct DemoPorts {
+    /// Plain HTTP (serves the proxy; no redirect in the demo).
+    pub http: u16,
+    /// HTTPS with a self-signed certificate.
+    pub https: u16,
+    /// Admin routes on 127.0.0.1.
+    pub admin: u16,
+}
 
 /// Service times of the demo's backends: the last one is clearly slower.
 const DEMO_DELAYS_MS: [u64; 3] = [10, 10, 100];
 /// Worker slots per demo backend, so the slow one queues under load.
 const DEMO_SLOTS: usize = 8;
 
-/// Runs the demo until Ctrl-C; `port` 0 picks a free port.
-pub async fn run(port: u16) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// Runs the demo until Ctrl-C.
+pub async fn run(ports: DemoPorts) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let mut backends = Vec::new();
     for delay in DEMO_DELAYS_MS {
         let settings = SimSettings {
@@ -28,8 +42,18 @@ pub async fn run(port: u16) -> Result<(), Box<dyn std::error::Error + Send + Syn
         let (addr, _task) = sim::spawn(0, settings, Some(DEMO_SLOTS)).await?;
         backends.push(addr);
     }
+    let ports = DemoPorts {
+        http: or_free_port(ports.http)?,
+        https: or_free_port(ports.https)?,
+        admin: or_free_port(ports.admin)?,
+    };
     let config_text = serde_json::json!({
-        "port": port,
+        "port": ports.http,
+        "tls_port": ports.https,
+        "cert_file": "(generated in memory)",
+        "key_file": "(generated in memory)",
+        "redirect_to_https": false,
+        "admin_addr": format!("127.0.0.1:{}", ports.admin),
         "bind_address": "127.0.0.1",
         "strategy": "adaptive",
         "backends": backends.iter().map(|a| format!("http://{a}")).collect::<Vec<_>>(),
@@ -38,8 +62,10 @@ pub async fn run(port: u16) -> Result<(), Box<dyn std::error::Error + Send + Syn
     })
     .to_string();
     let config = Config::parse(&config_text, std::path::Path::new("(demo)"))?;
-    let server = Server::bind(config)?;
+    let server = Server::bind_with_tls(config, Some(tls::self_signed_server_config()?))?;
     let url = format!("http://{}/", server.http_addr());
+    let https_port = server.https_addr().map_or(0, |a| a.port());
+    let admin = format!("http://{}", server.admin_addr());
     println!("ALB demo: adaptive balancing over three simulated backends");
     for (addr, delay) in backends.iter().zip(DEMO_DELAYS_MS) {
         println!("  backend http://{addr}  service time {delay} ms");
@@ -48,9 +74,21 @@ pub async fn run(port: u16) -> Result<(), Box<dyn std::error::Error + Send + Syn
     println!("Try:   curl -i {url}");
     println!("       (the x-alb-backend header says which backend answered;");
     println!("        under load the slow one gets little traffic)");
+    println!("       curl -ik https://localhost:{https_port}/   (self-signed certificate)");
+    println!("Admin: {admin}/backends   {admin}/metrics   {admin}/health");
     println!("Load:  for i in $(seq 200); do curl -s {url} & done | sort | uniq -c");
     println!("Stop:  Ctrl-C");
     println!("Listening on {url}");
     server.serve(shutdown_signal()).await?;
     Ok(())
+}
+
+/// `port`, or a currently free one for 0 (the config format, like nginx, refuses port 0).
+fn or_free_port(port: u16) -> std::io::Result<u16> {
+    if port != 0 {
+        return Ok(port);
+    }
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }

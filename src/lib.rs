@@ -20,15 +20,21 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod balance;
 pub mod client_ip;
 pub mod config;
 pub mod demo;
 pub mod forward;
+pub mod guarded_body;
 pub mod health;
+pub mod layer;
 pub mod local_reply;
+pub mod prometheus;
+pub mod redirect;
 pub mod server;
 pub mod sim;
+pub mod tls;
 
 pub use balance::{Balance, Balancer, Strategy, StrategyKind};
 pub use config::Config;

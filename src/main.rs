@@ -30,9 +30,15 @@ enum Command {
     },
     /// Start three simulated backends and an adaptive balancer in one process.
     Demo {
-        /// Port of the balancer (0 picks a free one).
+        /// Plain HTTP port of the balancer (0 picks a free one).
         #[arg(long, default_value_t = 8080)]
         port: u16,
+        /// HTTPS port (self-signed certificate; 0 picks a free one).
+        #[arg(long, default_value_t = 8443)]
+        tls_port: u16,
+        /// Admin port on 127.0.0.1 (0 picks a free one).
+        #[arg(long, default_value_t = 9901)]
+        admin_port: u16,
     },
     /// Run a simulated backend answering `backend PORT` on every path.
     Backend {
@@ -76,7 +82,18 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(e),
         },
-        Command::Demo { port } => block_on(None, async move { alb::demo::run(port).await }),
+        Command::Demo {
+            port,
+            tls_port,
+            admin_port,
+        } => {
+            let ports = alb::demo::DemoPorts {
+                http: port,
+                https: tls_port,
+                admin: admin_port,
+            };
+            block_on(None, async move { alb::demo::run(ports).await })
+        }
         Command::Backend {
             port,
             delay,

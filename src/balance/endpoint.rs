@@ -17,7 +17,10 @@ use http::{uri::Authority, HeaderValue};
 use serde::Serialize;
 
 use super::ewma::PeakEwma;
-use crate::config::{AdaptiveConfig, BackendConfig};
+use crate::{
+    config::{AdaptiveConfig, BackendConfig},
+    prometheus::EndpointMetrics,
+};
 
 /// Index of a backend in the config's `backends` list: stable for the process's life.
 pub type BackendId = usize;
@@ -37,6 +40,8 @@ pub struct Endpoint {
     pub weight: u32,
     /// Seed for rendezvous hashing, derived from the name so it is stable across restarts.
     pub hash_seed: u64,
+    /// This backend's metric handles.
+    pub metrics: EndpointMetrics,
     in_flight: AtomicUsize,
     requests: AtomicU64,
     failures: AtomicU64,
@@ -68,6 +73,7 @@ impl Endpoint {
             header_value: HeaderValue::from_str(name).expect("an authority is a valid header"),
             weight: config.weight,
             hash_seed: stable_hash(name.as_bytes()),
+            metrics: EndpointMetrics::new(name),
             in_flight: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),

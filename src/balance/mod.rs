@@ -20,7 +20,6 @@ pub mod ewma;
 pub mod least_conn;
 pub mod round_robin;
 pub mod sticky;
-pub mod tracked_body;
 
 use std::{
     collections::BTreeMap,
@@ -41,9 +40,11 @@ use http::{HeaderName, Request, Response, StatusCode};
 use serde::Serialize;
 use tower::{discover::Change, discover::Discover, Service};
 
-use crate::{client_ip::ClientIp, forward::ForwardError, local_reply::local_reply};
+use crate::{
+    client_ip::ClientIp, forward::ForwardError, guarded_body::GuardedBody,
+    layer::backpressure::overloaded, local_reply::local_reply,
+};
 use endpoint::{BackendId, Endpoint};
-use tracked_body::TrackedBody;
 
 /// Response header naming the backend that served a request.
 pub static X_ALB_BACKEND: HeaderName = HeaderName::from_static("x-alb-backend");
@@ -186,13 +187,21 @@ pub struct Balancer {
     set: ArcSwap<BackendSet>,
     strategy: Strategy,
     client_ip: ClientIp,
+    max_connections: Option<usize>,
 }
 
 impl Balancer {
     /// A balancer fed by `discover`. Changes already waiting in the stream (the initial
     /// backends) are applied before this returns, so the first request sees them; later ones
     /// are applied by a background task.
-    pub fn new<D>(strategy: Strategy, client_ip: ClientIp, discover: D) -> Arc<Self>
+    /// A backend with `max_connections` requests in flight is full: it is passed over, and
+    /// when every backend is full the request is shed with `503`.
+    pub fn new<D>(
+        strategy: Strategy,
+        client_ip: ClientIp,
+        max_connections: Option<usize>,
+        discover: D,
+    ) -> Arc<Self>
     where
         D: Discover<Key = BackendId, Service = Arc<Endpoint>> + Send + Unpin + 'static,
         D::Error: fmt::Display,
@@ -201,6 +210,7 @@ impl Balancer {
             set: ArcSwap::from_pointee(BackendSet::default()),
             strategy,
             client_ip,
+            max_connections,
         });
         let mut discover = discover;
         let mut members = BTreeMap::new();
@@ -323,7 +333,26 @@ where
         } else {
             None
         };
-        let endpoint = &set.endpoints[balancer.strategy.pick(&set, client)];
+        let mut endpoint = &set.endpoints[balancer.strategy.pick(&set, client)];
+        if let Some(max) = balancer.max_connections {
+            if endpoint.in_flight() >= max {
+                // The strategy's choice is full: take the least busy one with room, if any.
+                match set
+                    .endpoints
+                    .iter()
+                    .filter(|e| e.in_flight() < max)
+                    .min_by_key(|e| e.in_flight())
+                {
+                    Some(e) => endpoint = e,
+                    None => {
+                        let reply = overloaded(format_args!(
+                            "overloaded: every backend has {max} requests in flight"
+                        ));
+                        return Box::pin(std::future::ready(Ok(reply)));
+                    }
+                }
+            }
+        }
         let guard = endpoint.start();
         let endpoint = endpoint.clone();
         let response = self.inner.call(Routed {
@@ -336,14 +365,20 @@ where
             let latency = now.saturating_duration_since(guard.started());
             let mut response = match result {
                 Ok(response) => {
-                    endpoint.record(latency, response.status().is_server_error(), now);
-                    response.map(|body| Body::new(TrackedBody::new(body, guard)))
+                    let failed = response.status().is_server_error();
+                    endpoint.record(latency, failed, now);
+                    if failed {
+                        endpoint.metrics.error("status_5xx");
+                    }
+                    response.map(|body| Body::new(GuardedBody::new(body, guard)))
                 }
                 Err(error) => {
                     endpoint.record(latency, true, now);
+                    endpoint.metrics.error(error.kind());
                     error.into_response(endpoint.name())
                 }
             };
+            endpoint.metrics.request(response.status());
             response
                 .headers_mut()
                 .insert(X_ALB_BACKEND.clone(), endpoint.header_value.clone());

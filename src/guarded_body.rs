@@ -1,9 +1,10 @@
-//! A response body that keeps its request in flight until it ends.
+//! A response body that holds a guard until it ends.
 //!
 //! tower's `CompleteOnResponse` ends a request at the response headers, but a proxied
-//! response streams its body afterwards, and a backend busy streaming is busy. The
-//! [`InFlight`] guard rides inside the body and is dropped at end of stream, or when the
-//! body is dropped because the client went away (the idea of linkerd's `hyper-balance`).
+//! response streams its body afterwards, and a backend busy streaming is busy. A guard (the
+//! balancer's per-backend in-flight count, the backpressure permit) rides inside the body and
+//! is dropped at end of stream, or when the body is dropped because the client went away
+//! (the idea of linkerd's `hyper-balance`).
 
 use std::{
     pin::Pin,
@@ -13,28 +14,26 @@ use std::{
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use super::endpoint::InFlight;
-
 pin_project! {
-    /// `B`, carrying an in-flight guard until its last frame.
-    pub struct TrackedBody<B> {
+    /// `B`, holding `G` until its last frame.
+    pub struct GuardedBody<B, G> {
         #[pin]
         inner: B,
-        guard: Option<InFlight>,
+        guard: Option<G>,
     }
 }
 
-impl<B> TrackedBody<B> {
-    /// Wraps `inner`; `guard` is released when it ends.
-    pub fn new(inner: B, guard: InFlight) -> Self {
-        TrackedBody {
+impl<B, G> GuardedBody<B, G> {
+    /// Wraps `inner`; `guard` is dropped when it ends.
+    pub fn new(inner: B, guard: G) -> Self {
+        GuardedBody {
             inner,
             guard: Some(guard),
         }
     }
 }
 
-impl<B: Body> Body for TrackedBody<B> {
+impl<B: Body, G> Body for GuardedBody<B, G> {
     type Data = B::Data;
     type Error = B::Error;
 

@@ -1,0 +1,15 @@
+//! The edge layers, outermost first: [`metrics`] (counts every answer, 429s and 503s
+//! included), [`rate_limit`] (token buckets, `429`), [`backpressure`] (a global in-flight cap,
+//! fast `503`). Each is a `Layer` + `Service` pair that any axum or tower app can stack:
+//!
+//! ```text
+//! Metrics ─► RateLimit ─► Backpressure ─► Balance ─► Forward
+//! ```
+
+pub mod backpressure;
+pub mod metrics;
+pub mod rate_limit;
+
+pub use backpressure::{Backpressure, BackpressureLayer};
+pub use metrics::{Metrics, MetricsLayer};
+pub use rate_limit::{RateLimit, RateLimitLayer};

@@ -1,0 +1,119 @@
+//! TLS termination: rustls server configs, self-signed certificates, reload.
+//!
+//! TLS 1.3 and 1.2 only (nothing older is even compiled in), ALPN `h2` then `http/1.1`, the
+//! `ring` provider passed explicitly so no process-wide default is needed (NOTES §2: two
+//! providers enabled through features make `builder()` panic). Certificates are read and
+//! checked against their key before any port is bound; a reload builds a whole new config and
+//! swaps it in, so open connections keep the config they were accepted with.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use rustls::{
+    pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer},
+    ServerConfig,
+};
+
+/// ALPN protocols offered, in preference order.
+pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+/// Why a certificate or key could not be used. Each message names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The file could not be read.
+    #[error("cannot read {what} file {path}: {source}")]
+    Read {
+        /// "certificate" or "key".
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The certificate file holds no PEM certificate.
+    #[error(
+        "certificate file {0}: no PEM certificate found (expected -----BEGIN CERTIFICATE-----)"
+    )]
+    NoCertificate(PathBuf),
+    /// The key file holds no PEM private key.
+    #[error(
+        "key file {0}: no PEM private key found (expected -----BEGIN PRIVATE KEY----- or similar)"
+    )]
+    NoKey(PathBuf),
+    /// rustls refused the pair (a key that does not match the certificate, an unsupported key).
+    #[error("certificate {cert} with key {key}: {reason}")]
+    Invalid {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+        /// What rustls said.
+        reason: rustls::Error,
+    },
+    /// Generating a self-signed certificate failed.
+    #[error("cannot generate a self-signed certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+}
+
+/// Reads a PEM certificate chain and key and builds the server config.
+pub fn load_server_config(cert: &Path, key: &Path) -> Result<ServerConfig, TlsError> {
+    let cert_pem = std::fs::read(cert).map_err(|source| TlsError::Read {
+        what: "certificate",
+        path: cert.to_owned(),
+        source,
+    })?;
+    let key_pem = std::fs::read(key).map_err(|source| TlsError::Read {
+        what: "key",
+        path: key.to_owned(),
+        source,
+    })?;
+    server_config_from_pem(&cert_pem, &key_pem, cert, key)
+}
+
+/// Builds the server config from PEM bytes; the paths only name the sources in errors.
+pub fn server_config_from_pem(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    cert: &Path,
+    key: &Path,
+) -> Result<ServerConfig, TlsError> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
+        .filter_map(Result::ok)
+        .collect();
+    if chain.is_empty() {
+        return Err(TlsError::NoCertificate(cert.to_owned()));
+    }
+    let private_key =
+        PrivateKeyDer::from_pem_slice(key_pem).map_err(|_| TlsError::NoKey(key.to_owned()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .and_then(|b| b.with_no_client_auth().with_single_cert(chain, private_key))
+        .map_err(|reason| TlsError::Invalid {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            reason,
+        })?;
+    config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
+/// A self-signed certificate for `localhost` and `127.0.0.1`, as PEM (certificate, key).
+pub fn self_signed() -> Result<(String, String), TlsError> {
+    let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    let rcgen::CertifiedKey { cert, key_pair } = rcgen::generate_simple_self_signed(names)?;
+    Ok((cert.pem(), key_pair.serialize_pem()))
+}
+
+/// A server config with a fresh self-signed certificate (the demo's; nothing on disk).
+pub fn self_signed_server_config() -> Result<ServerConfig, TlsError> {
+    let (cert, key) = self_signed()?;
+    server_config_from_pem(
+        cert.as_bytes(),
+        key.as_bytes(),
+        Path::new("(generated)"),
+        Path::new("(generated)"),
+    )
+}
