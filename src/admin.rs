@@ -4,19 +4,27 @@
 //! the binary serves it on `admin_addr` (loopback by default: backend state is not for the
 //! public).
 
-use std::time::Instant;
+use std::{sync::Arc, time::Instant};
 
 use axum::{extract::State, http::StatusCode, response::IntoResponse, routing::get, Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 
-use crate::{balance::endpoint::Transition, prometheus::publish_backend_gauges, server::Proxy};
+use crate::{
+    balance::{
+        endpoint::{Endpoint, Transition},
+        Balancer,
+    },
+    prometheus::publish_backend_gauges,
+};
 
 /// What the admin routes read.
 #[derive(Clone, Debug)]
 pub struct AdminState {
-    /// The running proxy.
-    pub proxy: Proxy,
+    /// The balancer whose strategy scores backends.
+    pub balancer: Arc<Balancer>,
+    /// Every backend, up or down.
+    pub endpoints: Vec<Arc<Endpoint>>,
     /// The Prometheus recorder's handle.
     pub prometheus: PrometheusHandle,
 }
@@ -31,7 +39,7 @@ pub fn router(state: AdminState) -> Router {
 }
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
-    publish_backend_gauges(&state.proxy.balancer, &state.proxy.endpoints);
+    publish_backend_gauges(&state.balancer, &state.endpoints);
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -49,7 +57,7 @@ struct Health {
 }
 
 async fn health(State(state): State<AdminState>) -> impl IntoResponse {
-    let alive = state.proxy.endpoints.iter().filter(|e| e.is_up()).count();
+    let alive = state.endpoints.iter().filter(|e| e.is_up()).count();
     let status = if alive > 0 {
         StatusCode::OK
     } else {
@@ -58,7 +66,7 @@ async fn health(State(state): State<AdminState>) -> impl IntoResponse {
     let body = Health {
         status: if alive > 0 { "ok" } else { "no backend alive" },
         backends_alive: alive,
-        backends_total: state.proxy.endpoints.len(),
+        backends_total: state.endpoints.len(),
     };
     (status, Json(body))
 }
@@ -98,11 +106,10 @@ struct Backends {
 
 async fn backends(State(state): State<AdminState>) -> Json<Backends> {
     let now = Instant::now();
-    let strategy = state.proxy.balancer.strategy();
+    let strategy = state.balancer.strategy();
     Json(Backends {
         strategy: strategy.kind().as_str(),
         backends: state
-            .proxy
             .endpoints
             .iter()
             .map(|ep| BackendView {

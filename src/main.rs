@@ -57,6 +57,11 @@ enum Command {
         #[arg(long)]
         unhealthy: bool,
     },
+    /// Write a self-signed certificate for localhost (DIR/localhost.crt, DIR/localhost.key).
+    GenCert {
+        /// Directory to write into (created if missing).
+        dir: PathBuf,
+    },
     /// Validate a config file and print the effective settings, defaults included.
     CheckConfig {
         /// Config file.
@@ -80,6 +85,10 @@ fn main() -> ExitCode {
                 println!("{text}");
                 ExitCode::SUCCESS
             }
+            Err(e) => fail(e),
+        },
+        Command::GenCert { dir } => match gen_cert(&dir) {
+            Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(e),
         },
         Command::Demo {
@@ -132,6 +141,20 @@ fn run(path: &std::path::Path) -> ExitCode {
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn gen_cert(dir: &std::path::Path) -> Result<(), BoxError> {
+    let (cert, key) = alb::tls::self_signed()?;
+    std::fs::create_dir_all(dir)?;
+    let (cert_path, key_path) = (dir.join("localhost.crt"), dir.join("localhost.key"));
+    std::fs::write(&cert_path, cert)?;
+    std::fs::write(&key_path, key)?;
+    println!(
+        "wrote {} and {} (self-signed, for localhost and 127.0.0.1)",
+        cert_path.display(),
+        key_path.display()
+    );
+    Ok(())
+}
 
 fn block_on(
     workers: Option<usize>,

@@ -258,7 +258,8 @@ impl Server {
 
         tracing::info!("admin listening on {admin_addr} (/metrics, /health, /backends)");
         let admin_app = admin::router(AdminState {
-            proxy: proxy.clone(),
+            balancer: proxy.balancer.clone(),
+            endpoints: proxy.endpoints.clone(),
             prometheus: handle,
         });
         let admin = axum_server::from_tcp(self.admin)

@@ -55,6 +55,8 @@ pub struct Proc {
     child: Option<Child>,
     /// The port it serves.
     pub port: u16,
+    /// The admin port (`alb run` only; 0 otherwise).
+    pub admin_port: u16,
     /// Its stderr.
     pub log: PathBuf,
     _dir: tempfile::TempDir,
@@ -73,6 +75,7 @@ impl Proc {
         Proc {
             child: Some(child),
             port,
+            admin_port: 0,
             log,
             _dir: dir,
         }
@@ -99,6 +102,11 @@ impl Proc {
     /// Base URL.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Base URL of the admin listener.
+    pub fn admin_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.admin_port)
     }
 }
 
@@ -137,9 +145,21 @@ pub fn alb(mut config: Value) -> Proc {
             p
         }
     };
-    if config.get("admin_addr").is_none() {
-        config["admin_addr"] = format!("127.0.0.1:{}", free_port()).into();
-    }
+    let admin_port = match config.get("admin_addr") {
+        Some(a) => a
+            .as_str()
+            .unwrap()
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap(),
+        None => {
+            let p = free_port();
+            config["admin_addr"] = format!("127.0.0.1:{p}").into();
+            p
+        }
+    };
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("config.json");
     std::fs::write(&path, config.to_string()).unwrap();
@@ -148,8 +168,10 @@ pub fn alb(mut config: Value) -> Proc {
         "--config".to_owned(),
         path.to_string_lossy().into_owned(),
     ];
-    let p = Proc::spawn(&args, port, dir);
+    let mut p = Proc::spawn(&args, port, dir);
+    p.admin_port = admin_port;
     wait_for_port(port);
+    wait_for_port(admin_port);
     p
 }
 
@@ -287,4 +309,24 @@ pub fn read_until(reader: &mut BufReader<std::process::ChildStdout>, marker: &st
 /// Parses `127.0.0.1:port`.
 pub fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// The admin `/metrics` exposition of an `alb`.
+pub async fn scrape(alb: &Proc) -> String {
+    client()
+        .get(format!("{}/metrics", alb.admin_url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The value of one sample line (`name{labels} value`) in an exposition, if present.
+pub fn sample(exposition: &str, series: &str) -> Option<f64> {
+    exposition.lines().find_map(|line| {
+        let (name, value) = line.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().ok()).flatten()
+    })
 }

@@ -1,0 +1,256 @@
+//! TLS termination and the HTTP→HTTPS redirect, with real TLS clients.
+
+mod common;
+
+use std::{path::Path, process::Command, time::Duration};
+
+use common::*;
+use serde_json::json;
+
+/// Writes a fresh self-signed localhost certificate; returns its PEM.
+fn write_cert(dir: &Path) -> String {
+    let (cert, key) = alb::tls::self_signed().unwrap();
+    std::fs::write(dir.join("cert.pem"), &cert).unwrap();
+    std::fs::write(dir.join("key.pem"), key).unwrap();
+    cert
+}
+
+fn tls_client(cert_pem: &str, http1_only: bool) -> reqwest::Client {
+    let mut b = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(cert_pem.as_bytes()).unwrap())
+        .tls_built_in_root_certs(false)
+        .use_rustls_tls()
+        .timeout(Duration::from_secs(30));
+    if http1_only {
+        b = b.http1_only();
+    }
+    b.build().unwrap()
+}
+
+struct TlsAlb {
+    alb: Proc,
+    tls_port: u16,
+    dir: tempfile::TempDir,
+    cert: String,
+    _backend: Proc,
+}
+
+fn tls_alb(extra: serde_json::Value) -> TlsAlb {
+    let backend = backend(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let cert = write_cert(dir.path());
+    let tls_port = free_port();
+    let mut config = json!({
+        "backends": urls(&[&backend]),
+        "tls_port": tls_port,
+        "cert_file": dir.path().join("cert.pem"),
+        "key_file": dir.path().join("key.pem"),
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        config[k] = v.clone();
+    }
+    let alb = alb(config);
+    wait_for_port(tls_port);
+    TlsAlb {
+        alb,
+        tls_port,
+        dir,
+        cert,
+        _backend: backend,
+    }
+}
+
+#[tokio::test]
+async fn alpn_negotiates_h2_and_http1() {
+    let t = tls_alb(json!({}));
+    let url = format!("https://localhost:{}/", t.tls_port);
+    let h2 = tls_client(&t.cert, false).get(&url).send().await.unwrap();
+    assert_eq!(h2.version(), reqwest::Version::HTTP_2);
+    assert_eq!(h2.status(), 200);
+    let h1 = tls_client(&t.cert, true).get(&url).send().await.unwrap();
+    assert_eq!(h1.version(), reqwest::Version::HTTP_11);
+    assert_eq!(h1.status(), 200);
+    // the backend was told the client came over HTTPS
+    let echo: serde_json::Value = tls_client(&t.cert, true)
+        .get(format!("https://localhost:{}/_sim/echo", t.tls_port))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(echo["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|h| h[0] == "x-forwarded-proto" && h[1] == "https"));
+}
+
+fn openssl_handshake(port: u16, version_flag: &str) -> (bool, String) {
+    let out = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &format!("127.0.0.1:{port}"),
+            version_flag,
+            // allow the old protocol on the client side, so the refusal is the server's
+            "-cipher",
+            "DEFAULT:@SECLEVEL=0",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl is installed");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[tokio::test]
+async fn tls_1_1_is_refused_and_1_2_accepted() {
+    let t = tls_alb(json!({}));
+    let (ok, text) = openssl_handshake(t.tls_port, "-tls1_1");
+    assert!(!ok, "TLS 1.1 handshake succeeded:\n{text}");
+    assert!(
+        text.contains("alert"),
+        "no TLS alert from the server:\n{text}"
+    );
+    assert!(text.contains("no peer certificate available"), "{text}");
+    let (ok, text) = openssl_handshake(t.tls_port, "-tls1_2");
+    assert!(ok && text.contains("Protocol  : TLSv1.2"), "{text}");
+}
+
+#[tokio::test]
+async fn certificate_reload_serves_new_cert_and_keeps_open_connections() {
+    let t = tls_alb(json!({}));
+    let url = format!("https://localhost:{}/", t.tls_port);
+    let old_client = tls_client(&t.cert, true);
+    assert_eq!(old_client.get(&url).send().await.unwrap().status(), 200);
+
+    let new_cert = write_cert(t.dir.path());
+    let status = Command::new("kill")
+        .args(["-HUP", &t.alb.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let new_client = tls_client(&new_cert, true);
+    wait_until(
+        "new connections get the new certificate",
+        Duration::from_secs(20),
+        || async { new_client.get(&url).send().await.is_ok() },
+    )
+    .await;
+    assert!(t.alb.log_text().contains("TLS certificate reloaded"));
+    // A new connection trusting only the old certificate now fails...
+    assert!(tls_client(&t.cert, true).get(&url).send().await.is_err());
+    // ...but the connection opened before the reload is still open and still works.
+    let again = old_client.get(&url).send().await.unwrap();
+    assert_eq!(again.status(), 200);
+}
+
+#[tokio::test]
+async fn bad_certificate_is_refused_before_binding() {
+    let dir = tempfile::tempdir().unwrap();
+    write_cert(dir.path());
+    let other = tempfile::tempdir().unwrap();
+    write_cert(other.path()); // a key that belongs to another certificate
+    let port = free_port();
+    let cases = [
+        (
+            dir.path().join("missing.pem"),
+            dir.path().join("key.pem"),
+            "missing.pem",
+        ),
+        (
+            dir.path().join("key.pem"),
+            dir.path().join("key.pem"),
+            "no PEM certificate",
+        ),
+        (
+            dir.path().join("cert.pem"),
+            other.path().join("key.pem"),
+            "cert.pem",
+        ),
+    ];
+    for (cert, key, expected) in cases {
+        let config = json!({
+            "port": port, "tls_port": free_port(), "backends": ["http://127.0.0.1:1"],
+            "cert_file": cert, "key_file": key,
+        });
+        let path = write_config(dir.path(), "c.json", &config.to_string());
+        let (code, _, stderr) = alb_output(&["run", "--config", path.to_str().unwrap()]);
+        assert_eq!(code, 2, "{stderr}");
+        assert!(stderr.contains(expected), "{expected}: {stderr}");
+        assert!(!stderr.contains("listening"), "{stderr}");
+    }
+}
+
+fn no_redirect_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn plain_port_redirects_to_https() {
+    let t = tls_alb(json!({}));
+    let c = no_redirect_client();
+    let url = format!("{}/some/path?q=1&r=two", t.alb.url());
+    let get = c
+        .get(&url)
+        .header("host", "example.test:1234")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get.status(), 301);
+    assert_eq!(
+        get.headers()["location"],
+        format!("https://example.test:{}/some/path?q=1&r=two", t.tls_port).as_str()
+    );
+    let head = c.head(&url).send().await.unwrap();
+    assert_eq!(head.status(), 301);
+    let post = c.post(&url).body("x").send().await.unwrap();
+    assert_eq!(post.status(), 308);
+    assert_eq!(
+        post.headers()["location"],
+        format!("https://127.0.0.1:{}/some/path?q=1&r=two", t.tls_port).as_str()
+    );
+}
+
+#[tokio::test]
+async fn original_config_listens_on_8080_and_8443() {
+    // config/config.json unchanged but for where its certificate files are.
+    let dir = tempfile::tempdir().unwrap();
+    write_cert(dir.path());
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string("config/config.json").unwrap()).unwrap();
+    config["cert_file"] = dir.path().join("cert.pem").to_str().unwrap().into();
+    config["key_file"] = dir.path().join("key.pem").to_str().unwrap().into();
+    config["admin_addr"] = format!("127.0.0.1:{}", free_port()).into();
+    let path = write_config(dir.path(), "config.json", &config.to_string());
+    let child = std::process::Command::new(alb_bin())
+        .args(["run", "--config", path.to_str().unwrap()])
+        .stderr(std::fs::File::create(dir.path().join("log")).unwrap())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _guard = Kill(child);
+    wait_for_port(8443);
+    wait_for_port(8080);
+    let log = std::fs::read_to_string(dir.path().join("log")).unwrap();
+    assert!(log.contains("HTTP server listening on :8080"), "{log}");
+    assert!(log.contains("HTTPS server listening on :8443"), "{log}");
+    let r = no_redirect_client()
+        .get("http://localhost:8080/x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 301);
+    assert_eq!(r.headers()["location"], "https://localhost:8443/x");
+}
