@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::{
     config::Config,
     server::{shutdown_signal, Server},
-    sim::{self, SimSettings},
+    sim::{self, ServiceTime, SimSettings},
     tls,
 };
 
@@ -36,11 +36,10 @@ pub async fn run(ports: DemoPorts) -> Result<(), Box<dyn std::error::Error + Sen
     let mut backends = Vec::new();
     for delay in DEMO_DELAYS_MS {
         let settings = SimSettings {
-            delay: Duration::from_millis(delay),
+            service: ServiceTime::constant(Duration::from_millis(delay)),
             ..SimSettings::default()
         };
-        let (addr, _task) = sim::spawn(0, settings, Some(DEMO_SLOTS)).await?;
-        backends.push(addr);
+        backends.push(sim::spawn(0, settings, Some(DEMO_SLOTS)).await?.addr);
     }
     let ports = DemoPorts {
         http: or_free_port(ports.http)?,

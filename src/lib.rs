@@ -14,8 +14,9 @@
 //! One concern per module: [`config`] (the file format), [`server`] (listeners and the
 //! assembled stack), [`balance`] (selection, per-backend state, discovery), [`forward`]
 //! (the request rewrite and the pooled client), [`health`] (active checks), [`client_ip`]
-//! (who the client is), [`sim`] (simulated backends for the demo, tests and the lab) and
-//! [`demo`] (the one-command demo).
+//! (who the client is), [`sim`] (simulated backends for the demo, tests and the lab),
+//! [`demo`] (the one-command demo), [`loadgen`] (an open-loop load generator) and [`lab`]
+//! (experiments comparing strategies).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -28,7 +29,9 @@ pub mod demo;
 pub mod forward;
 pub mod guarded_body;
 pub mod health;
+pub mod lab;
 pub mod layer;
+pub mod loadgen;
 pub mod local_reply;
 pub mod prometheus;
 pub mod redirect;

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use alb::{
     config::Config,
     server::{shutdown_signal, Server},
-    sim::{self, SimSettings},
+    sim::{self, ServiceTime, SimSettings},
 };
 
 /// An adaptive, observable HTTP/HTTPS load balancer.
@@ -47,6 +47,10 @@ enum Command {
         /// Service time of each request, e.g. `20ms`.
         #[arg(long, value_parser = humantime::parse_duration, default_value = "0ms")]
         delay: Duration,
+        /// Service-time distribution instead of a constant delay: `exp:10ms`,
+        /// `lognormal:10ms:0.8`, `pareto:5ms:1.5:500ms`, `bimodal:5ms:100ms:0.1`.
+        #[arg(long, conflicts_with = "delay")]
+        service: Option<ServiceTime>,
         /// Fraction of requests answered with 503 (`/health` excepted).
         #[arg(long, value_parser = parse_error_rate, default_value_t = 0.0)]
         error_rate: f64,
@@ -61,6 +65,46 @@ enum Command {
     GenCert {
         /// Directory to write into (created if missing).
         dir: PathBuf,
+    },
+    /// Run experiments comparing the strategies (see load/scenarios and the README).
+    Lab {
+        /// Scenario names (files in --scenarios) or paths; default: all, or the quick set.
+        scenarios: Vec<String>,
+        /// Short runs of null, slow-16x, fail-fast and stall.
+        #[arg(long)]
+        quick: bool,
+        /// Output directory.
+        #[arg(long, default_value = "lab-out")]
+        out: PathBuf,
+        /// Repetitions of every run (default: 1 with --quick, 3 otherwise).
+        #[arg(long)]
+        repetitions: Option<usize>,
+        /// Directory of scenario files.
+        #[arg(long, default_value = alb::lab::SCENARIO_DIR)]
+        scenario_dir: PathBuf,
+    },
+    /// Open-loop load: send at a fixed rate and print latency percentiles and shares.
+    Loadgen {
+        /// Target URL.
+        url: String,
+        /// Requests per second.
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        /// Measured duration, e.g. `30s`.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+        duration: Duration,
+        /// Load before measuring.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+        warmup: Duration,
+        /// Request spacing.
+        #[arg(long, value_enum, default_value = "poisson")]
+        arrival: alb::loadgen::Arrival,
+        /// Distinct client source addresses (127.0.1.1, 127.0.1.2, ...).
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        /// Time after which a request counts as unanswered.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+        timeout: Duration,
     },
     /// Validate a config file and print the effective settings, defaults included.
     CheckConfig {
@@ -87,6 +131,46 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(e),
         },
+        Command::Lab {
+            scenarios,
+            quick,
+            out,
+            repetitions,
+            scenario_dir,
+        } => lab(scenarios, quick, out, repetitions, scenario_dir),
+        Command::Loadgen {
+            url,
+            rate,
+            duration,
+            warmup,
+            arrival,
+            clients,
+            timeout,
+        } => {
+            let Ok(uri) = url.parse::<http::Uri>() else {
+                return fail(format!("not a URL: {url}"));
+            };
+            if !(rate > 0.0 && rate.is_finite()) {
+                return fail(format!("--rate must be positive, got {rate}"));
+            }
+            let plan = alb::loadgen::LoadPlan {
+                rate,
+                rate_end: rate,
+                duration,
+                warmup,
+                arrival,
+                clients,
+                timeout,
+            };
+            block_on(None, async move {
+                let start = tokio::time::Instant::now() + Duration::from_millis(20);
+                let result =
+                    alb::loadgen::run(alb::loadgen::Target::Url(uri), &plan, Vec::new(), start)
+                        .await;
+                alb::loadgen::print_summary(&result);
+                Ok(())
+            })
+        }
         Command::GenCert { dir } => match gen_cert(&dir) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(e),
@@ -106,14 +190,16 @@ fn main() -> ExitCode {
         Command::Backend {
             port,
             delay,
+            service,
             error_rate,
             slots,
             unhealthy,
         } => {
             let settings = SimSettings {
-                delay,
+                service: service.unwrap_or(ServiceTime::constant(delay)),
                 error_rate,
                 healthy: !unhealthy,
+                ..SimSettings::default()
             };
             block_on(None, async move {
                 let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
@@ -141,6 +227,53 @@ fn run(path: &std::path::Path) -> ExitCode {
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// `alb lab`: scenario files are all checked before anything runs; the lab pins itself to
+/// CPU 1 and each balancer to CPU 0.
+fn lab(
+    names: Vec<String>,
+    quick: bool,
+    out: PathBuf,
+    repetitions: Option<usize>,
+    dir: PathBuf,
+) -> ExitCode {
+    let scenarios = match alb::lab::load_scenarios(&names, &dir, quick) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let alb = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => return fail(e),
+    };
+    let pin = alb::lab::runner::pin_self_to_cpu1();
+    let options = alb::lab::LabOptions {
+        quick,
+        repetitions: repetitions.unwrap_or(if quick { 1 } else { 3 }).max(1),
+        alb,
+        pin,
+    };
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    let contenders = alb::lab::Contender::all();
+    let outcome = runtime.block_on(async {
+        let results = alb::lab::runner::run_lab(scenarios, &contenders, &options).await?;
+        alb::lab::report::write_all(&results, &out, &command)?;
+        Ok::<_, BoxError>(())
+    });
+    match outcome {
+        Ok(()) => {
+            println!("wrote {}", out.join("report.md").display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
 
 fn gen_cert(dir: &std::path::Path) -> Result<(), BoxError> {
     let (cert, key) = alb::tls::self_signed()?;

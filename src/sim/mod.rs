@@ -3,12 +3,17 @@
 //! Every path answers `200` with `backend PORT\n`, after an optional service time, from a
 //! bounded number of worker slots (further requests wait in a FIFO queue: a backend that
 //! only sleeps never queues, and then there is nothing for a balancer to balance). A
-//! fraction of requests can fail with `503`. `POST /control` changes delay, error rate and
-//! health at run time; `GET /control` reports them with the live queue length.
+//! fraction of requests can fail with `503`. Service times follow a distribution
+//! ([`service_time`]) and can change on a schedule ([`schedule`]: slowdowns, stalls, periodic
+//! pauses, fail-fast). `POST /control` changes delay, error rate and health at run time;
+//! `GET /control` reports them with the live queue length.
 //!
 //! A few paths under `/_sim/` exist for tests of the proxy itself: `echo` (the request as
 //! JSON), `bytes?n=N` (a streamed download), `upload` (counts a streamed upload) and `ws`
 //! (a WebSocket echo).
+
+pub mod schedule;
+pub mod service_time;
 
 use std::{
     net::SocketAddr,
@@ -32,40 +37,48 @@ use axum::{
 };
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::{net::TcpListener, sync::Semaphore, time::Instant};
+
+pub use schedule::{Event, Schedule};
+pub use service_time::ServiceTime;
+
+/// Tokio's timer fires on the first millisecond tick at or after a deadline, so a sleep lasts
+/// about half a millisecond too long on average. Aiming half a millisecond early makes service
+/// times unbiased, which matters when they are 10 ms and the load is 90% of capacity.
+pub const TIMER_ROUNDING: Duration = Duration::from_micros(500);
 
 /// What a simulated backend does to each request; all of it can change at run time.
 #[derive(Debug, Clone, Serialize)]
 pub struct SimSettings {
     /// Service time of each request.
-    #[serde(serialize_with = "as_humantime")]
-    pub delay: Duration,
-    /// Fraction of requests answered with `503` (not `/health`).
+    pub service: ServiceTime,
+    /// Fraction of requests answered with `503` after being served (not `/health`).
     pub error_rate: f64,
     /// Whether `/health` answers `200` (or `503`).
     pub healthy: bool,
+    /// Scheduled changes, relative to the sim's clock (see [`SimHandle::restart_clock`]).
+    pub schedule: Schedule,
 }
 
 impl Default for SimSettings {
     fn default() -> Self {
         SimSettings {
-            delay: Duration::ZERO,
+            service: ServiceTime::constant(Duration::ZERO),
             error_rate: 0.0,
             healthy: true,
+            schedule: Schedule::default(),
         }
     }
-}
-
-fn as_humantime<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(&humantime::format_duration(*d))
 }
 
 /// A `POST /control` body: every field optional.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SimControl {
-    /// New service time, e.g. `"200ms"`.
+    /// New constant service time, e.g. `"200ms"`.
     pub delay: Option<String>,
+    /// New service-time distribution in the command-line form, e.g. `"exp:10ms"`.
+    pub service: Option<String>,
     /// New error rate in [0, 1].
     pub error_rate: Option<f64>,
     /// New health.
@@ -74,14 +87,20 @@ pub struct SimControl {
 
 /// What `GET /control` reports.
 #[derive(Debug, Serialize)]
-struct SimReport {
-    port: u16,
+pub struct SimReport {
+    /// The port.
+    pub port: u16,
+    /// Current settings.
     #[serde(flatten)]
-    settings: SimSettings,
-    slots: Option<usize>,
-    active: usize,
-    queued: usize,
-    served: u64,
+    pub settings: SimSettings,
+    /// Worker slots, if bounded.
+    pub slots: Option<usize>,
+    /// Requests being served.
+    pub active: usize,
+    /// Requests waiting for a slot.
+    pub queued: usize,
+    /// Requests served since start.
+    pub served: u64,
 }
 
 #[derive(Debug)]
@@ -90,6 +109,7 @@ struct Sim {
     body: Bytes,
     settings: Mutex<SimSettings>,
     slots: Option<(usize, Semaphore)>,
+    epoch: Mutex<Instant>,
     active: AtomicUsize,
     queued: AtomicUsize,
     served: AtomicU64,
@@ -101,6 +121,18 @@ impl Sim {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    fn epoch(&self) -> Instant {
+        *self.epoch.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Time on the schedule's clock, or `None` before the clock has started (the lab starts
+    /// it at the end of the warm-up, and no event applies before that).
+    fn schedule_time(&self) -> Option<(Instant, Duration)> {
+        let epoch = self.epoch();
+        let now = Instant::now();
+        (now >= epoch).then(|| (epoch, now - epoch))
     }
 
     fn report(&self) -> SimReport {
@@ -124,17 +156,66 @@ pub fn valid_error_rate(rate: f64) -> Result<f64, String> {
     }
 }
 
-/// The simulated backend's routes, for a listener on `port`.
-pub fn router(port: u16, settings: SimSettings, slots: Option<usize>) -> Router {
-    let sim = Arc::new(Sim {
+/// A simulated backend running in this process: its address and live state.
+#[derive(Debug, Clone)]
+pub struct SimHandle {
+    sim: Arc<Sim>,
+    task: tokio::task::AbortHandle,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+impl SimHandle {
+    /// Requests waiting for a slot plus requests in service.
+    pub fn queue_len(&self) -> usize {
+        self.sim.queued.load(Ordering::Relaxed) + self.sim.active.load(Ordering::Relaxed)
+    }
+
+    /// The wait a new request would see if `ahead` requests are in front of it: that work
+    /// spread over the slots at the current mean service time (slowdowns included), plus the
+    /// rest of any pause in progress, in seconds. The lab's oracle routes by it.
+    pub fn expected_wait(&self, ahead: usize) -> f64 {
+        let settings = self.sim.settings();
+        let clock = self.sim.schedule_time();
+        let slowdown = clock.map_or(1.0, |(_, t)| settings.schedule.slowdown(t));
+        let mean = settings.service.mean().as_secs_f64() * slowdown;
+        let slots = self.sim.slots.as_ref().map_or(1, |(n, _)| *n) as f64;
+        let pause = clock
+            .and_then(|(_, t)| Some(settings.schedule.paused_until(t)? - t))
+            .map_or(0.0, |d| d.as_secs_f64());
+        pause + mean * (ahead as f64 + 1.0) / slots
+    }
+
+    /// Starts the schedule's clock at `epoch` (before it, time counts as 0).
+    pub fn restart_clock(&self, epoch: Instant) {
+        *self.sim.epoch.lock().unwrap_or_else(|e| e.into_inner()) = epoch;
+    }
+
+    /// Stops serving.
+    pub fn shutdown(&self) {
+        self.task.abort();
+    }
+
+    /// Current settings and counters.
+    pub fn report(&self) -> SimReport {
+        self.sim.report()
+    }
+}
+
+fn new_sim(port: u16, settings: SimSettings, slots: Option<usize>) -> Arc<Sim> {
+    Arc::new(Sim {
         port,
         body: Bytes::from(format!("backend {port}\n")),
         settings: Mutex::new(settings),
         slots: slots.map(|n| (n, Semaphore::new(n))),
+        epoch: Mutex::new(Instant::now()),
         active: AtomicUsize::new(0),
         queued: AtomicUsize::new(0),
         served: AtomicU64::new(0),
-    });
+    })
+}
+
+fn router_for(sim: Arc<Sim>) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/control", get(report).post(control))
@@ -146,6 +227,11 @@ pub fn router(port: u16, settings: SimSettings, slots: Option<usize>) -> Router 
         .with_state(sim)
 }
 
+/// The simulated backend's routes, for a listener on `port`.
+pub fn router(port: u16, settings: SimSettings, slots: Option<usize>) -> Router {
+    router_for(new_sim(port, settings, slots))
+}
+
 /// Serves a simulated backend on `listener` until the task is dropped.
 pub async fn run(
     listener: TcpListener,
@@ -153,9 +239,13 @@ pub async fn run(
     slots: Option<usize>,
 ) -> std::io::Result<()> {
     let port = listener.local_addr()?.port();
+    serve_on(listener, new_sim(port, settings, slots)).await
+}
+
+async fn serve_on(listener: TcpListener, sim: Arc<Sim>) -> std::io::Result<()> {
     axum::serve(
         listener,
-        router(port, settings, slots).into_make_service_with_connect_info::<SocketAddr>(),
+        router_for(sim).into_make_service_with_connect_info::<SocketAddr>(),
     )
     .await
 }
@@ -165,14 +255,27 @@ pub async fn spawn(
     port: u16,
     settings: SimSettings,
     slots: Option<usize>,
-) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>)> {
+) -> std::io::Result<SimHandle> {
     let listener = TcpListener::bind(("127.0.0.1", port)).await?;
     let addr = listener.local_addr()?;
-    Ok((addr, tokio::spawn(run(listener, settings, slots))))
+    let sim = new_sim(addr.port(), settings, slots);
+    let task = tokio::spawn(serve_on(listener, sim.clone())).abort_handle();
+    Ok(SimHandle { sim, task, addr })
 }
 
 async fn serve(State(sim): State<Arc<Sim>>) -> Response {
     let settings = sim.settings();
+    let schedule = &settings.schedule;
+    let fail_fast = sim
+        .schedule_time()
+        .map_or(0.0, |(_, t)| schedule.fail_fraction(t));
+    if fail_fast > 0.0 && rand::random::<f64>() < fail_fast {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("backend {} failed fast\n", sim.port),
+        )
+            .into_response();
+    }
     sim.queued.fetch_add(1, Ordering::Relaxed);
     let permit = match &sim.slots {
         Some((_, semaphore)) => semaphore.acquire().await.ok(),
@@ -180,8 +283,16 @@ async fn serve(State(sim): State<Arc<Sim>>) -> Response {
     };
     sim.queued.fetch_sub(1, Ordering::Relaxed);
     sim.active.fetch_add(1, Ordering::Relaxed);
-    if !settings.delay.is_zero() {
-        tokio::time::sleep(settings.delay).await;
+    let work = settings.service.sample(&mut rand::rng());
+    let finish = match sim.schedule_time() {
+        Some((epoch, t)) => {
+            let work = work.mul_f64(schedule.slowdown(t));
+            epoch + schedule.finish_time(t, work)
+        }
+        None => Instant::now() + work,
+    };
+    if !work.is_zero() {
+        tokio::time::sleep_until(finish.checked_sub(TIMER_ROUNDING).unwrap_or(finish)).await;
     }
     sim.active.fetch_sub(1, Ordering::Relaxed);
     sim.served.fetch_add(1, Ordering::Relaxed);
@@ -197,7 +308,14 @@ async fn serve(State(sim): State<Arc<Sim>>) -> Response {
 }
 
 async fn health(State(sim): State<Arc<Sim>>) -> Response {
-    let status = if sim.settings().healthy {
+    let settings = sim.settings();
+    // A stalled process does not answer its health checks either.
+    if let Some((epoch, t)) = sim.schedule_time() {
+        if let Some(end) = settings.schedule.paused_until(t) {
+            tokio::time::sleep_until(epoch + end).await;
+        }
+    }
+    let status = if settings.healthy {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -210,22 +328,29 @@ async fn report(State(sim): State<Arc<Sim>>) -> Json<SimReport> {
 }
 
 async fn control(State(sim): State<Arc<Sim>>, Json(change): Json<SimControl>) -> Response {
-    let delay = match change.delay.as_deref().map(humantime::parse_duration) {
-        Some(Err(e)) => {
-            return (StatusCode::BAD_REQUEST, format!("delay: {e}\n")).into_response();
+    let bad = |e: String| (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response();
+    let mut service = None;
+    if let Some(text) = &change.delay {
+        match humantime::parse_duration(text) {
+            Ok(d) => service = Some(ServiceTime::constant(d)),
+            Err(e) => return bad(format!("delay: {e}")),
         }
-        Some(Ok(d)) => Some(d),
-        None => None,
-    };
+    }
+    if let Some(text) = &change.service {
+        match text.parse::<ServiceTime>() {
+            Ok(s) => service = Some(s),
+            Err(e) => return bad(format!("service: {e}")),
+        }
+    }
     let error_rate = match change.error_rate.map(valid_error_rate) {
-        Some(Err(e)) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+        Some(Err(e)) => return bad(e),
         Some(Ok(r)) => Some(r),
         None => None,
     };
     {
         let mut settings = sim.settings.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(d) = delay {
-            settings.delay = d;
+        if let Some(s) = service {
+            settings.service = s;
         }
         if let Some(r) = error_rate {
             settings.error_rate = r;

@@ -1,0 +1,318 @@
+//! Runs scenarios: every strategy and the oracle, each with a fresh balancer, interleaved.
+//!
+//! Per scenario the simulated backends get ports once (so their names, and the share
+//! columns, are the same for every contender) and are started afresh on those ports for
+//! each run, so a backlog left by one contender never slows the next. A run: start the
+//! backends and `alb run` with the strategy (pinned to CPU 0 when there are two), wait for
+//! it, send the warm-up and the measured load, stop both. The oracle sends straight to the
+//! backend with the shortest *true* expected wait, which no real balancer can know: it
+//! shows how far each strategy is from the best possible.
+//!
+//! Repetitions rotate the order of contenders, so slow drift of the machine does not always
+//! hit the same one; the report takes medians over repetitions.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio::time::Instant;
+
+use crate::{
+    balance::StrategyKind,
+    lab::scenario::Scenario,
+    loadgen::{self, LoadPlan, RunResult, Target},
+    sim::{self, Schedule, SimHandle, SimSettings},
+};
+
+/// Time a request may take before it counts as unanswered (and `alb`'s `request_timeout`).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A strategy of `alb`, or the oracle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Contender {
+    /// `alb` with this strategy.
+    Alb(StrategyKind),
+    /// Routing by true queue lengths, without a balancer in between.
+    Oracle,
+}
+
+impl Contender {
+    /// The four strategies and the oracle.
+    pub fn all() -> Vec<Contender> {
+        StrategyKind::ALL
+            .into_iter()
+            .map(Contender::Alb)
+            .chain([Contender::Oracle])
+            .collect()
+    }
+
+    /// The name used in reports.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Contender::Alb(kind) => kind.as_str(),
+            Contender::Oracle => "oracle",
+        }
+    }
+}
+
+/// How to run the lab.
+#[derive(Debug, Clone)]
+pub struct LabOptions {
+    /// Shorter durations.
+    pub quick: bool,
+    /// Repetitions of each (scenario, contender).
+    pub repetitions: usize,
+    /// The `alb` binary to run as the balancer.
+    pub alb: PathBuf,
+    /// Pin the balancer to CPU 0 (the lab pins itself to CPU 1).
+    pub pin: bool,
+}
+
+/// Every run of one scenario.
+#[derive(Debug)]
+pub struct ScenarioRuns {
+    /// The scenario.
+    pub scenario: Scenario,
+    /// Requests per second offered at the start and at the end of the measured part.
+    pub rate: (f64, f64),
+    /// Backend names, in scenario order.
+    pub backends: Vec<String>,
+    /// Runs per contender, in contender order; each has `repetitions` results.
+    pub runs: Vec<(Contender, Vec<RunResult>)>,
+}
+
+/// Runs every scenario with every contender.
+pub async fn run_lab(
+    scenarios: Vec<Scenario>,
+    contenders: &[Contender],
+    options: &LabOptions,
+) -> Result<Vec<ScenarioRuns>, Box<dyn std::error::Error + Send + Sync>> {
+    let total = scenarios.len() * contenders.len() * options.repetitions;
+    let progress = ProgressBar::new(total as u64);
+    progress.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let mut all = Vec::new();
+    for scenario in scenarios {
+        let specs = scenario.expanded_backends();
+        let mut ports = vec![0u16; specs.len()];
+        let mut backends = Vec::new();
+        let (duration, warmup) = scenario.timing(options.quick);
+        let capacity = scenario.capacity();
+        let plan = LoadPlan {
+            rate: scenario.load * capacity,
+            rate_end: scenario.load_end.unwrap_or(scenario.load) * capacity,
+            duration,
+            warmup,
+            arrival: scenario.arrival,
+            clients: scenario.clients,
+            timeout: REQUEST_TIMEOUT,
+        };
+        let mut runs: Vec<(Contender, Vec<RunResult>)> =
+            contenders.iter().map(|c| (*c, Vec::new())).collect();
+        for rep in 0..options.repetitions {
+            for k in 0..contenders.len() {
+                let index = (k + rep) % contenders.len();
+                let contender = contenders[index];
+                progress.set_message(format!(
+                    "{} / {} (repetition {})",
+                    scenario.name,
+                    contender.name(),
+                    rep + 1
+                ));
+                let sims = start_backends(&scenario, &mut ports).await?;
+                backends = sims.iter().map(|s| s.addr.to_string()).collect();
+                let result = run_once(&scenario, contender, &sims, &backends, &plan, options).await;
+                for s in &sims {
+                    s.shutdown();
+                }
+                runs[index].1.push(result?);
+                progress.inc(1);
+            }
+        }
+        all.push(ScenarioRuns {
+            rate: (plan.rate, plan.rate_end),
+            scenario,
+            backends,
+            runs,
+        });
+    }
+    progress.finish_with_message("done");
+    Ok(all)
+}
+
+/// Starts the scenario's backends, on `ports` (0: any, then remembered).
+async fn start_backends(
+    scenario: &Scenario,
+    ports: &mut [u16],
+) -> Result<Vec<SimHandle>, Box<dyn std::error::Error + Send + Sync>> {
+    let mut sims = Vec::new();
+    for (spec, port) in scenario.expanded_backends().iter().zip(ports.iter_mut()) {
+        let settings = SimSettings {
+            service: spec.service.clone(),
+            schedule: Schedule {
+                events: spec.events.clone(),
+            },
+            ..SimSettings::default()
+        };
+        // The previous run's listener on this port closes when its aborted task is next
+        // polled; retry briefly rather than race it.
+        let mut attempt = 0;
+        let sim = loop {
+            match sim::spawn(*port, settings.clone(), Some(spec.slots)).await {
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && attempt < 200 => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                other => break other?,
+            }
+        };
+        *port = sim.addr.port();
+        sims.push(sim);
+    }
+    Ok(sims)
+}
+
+async fn run_once(
+    scenario: &Scenario,
+    contender: Contender,
+    sims: &[SimHandle],
+    backends: &[String],
+    plan: &LoadPlan,
+    options: &LabOptions,
+) -> Result<RunResult, Box<dyn std::error::Error + Send + Sync>> {
+    let balancer = match contender {
+        Contender::Alb(kind) => Some(Balancer::start(scenario, kind, backends, options)?),
+        Contender::Oracle => None,
+    };
+    if let Some(b) = &balancer {
+        b.wait_ready().await?;
+    }
+    let target = match &balancer {
+        Some(b) => Target::Url(format!("http://127.0.0.1:{}/", b.port).parse()?),
+        None => Target::Oracle(loadgen::Oracle::new(sims.to_vec())),
+    };
+    let start = Instant::now() + Duration::from_millis(50);
+    for sim in sims {
+        sim.restart_clock(start + plan.warmup);
+    }
+    let result = loadgen::run(target, plan, backends.to_vec(), start).await;
+    drop(balancer);
+    Ok(result)
+}
+
+/// An `alb run` child process, stopped on drop.
+struct Balancer {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Balancer {
+    fn start(
+        scenario: &Scenario,
+        kind: StrategyKind,
+        backends: &[String],
+        options: &LabOptions,
+    ) -> Result<Balancer, Box<dyn std::error::Error + Send + Sync>> {
+        let port = free_port()?;
+        let mut config = serde_json::json!({
+            "port": port,
+            "bind_address": "127.0.0.1",
+            "admin_addr": format!("127.0.0.1:{}", free_port()?),
+            "strategy": kind.as_str(),
+            "backends": backends.iter().map(|b| format!("http://{b}")).collect::<Vec<_>>(),
+            "health_check_interval": 1,
+            "health_check_timeout": 0.5,
+            "request_timeout": REQUEST_TIMEOUT.as_secs(),
+            "workers": 1,
+        });
+        for (key, value) in &scenario.balancer {
+            config[key] = value.clone();
+        }
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("alb.json");
+        std::fs::write(&path, config.to_string())?;
+        let mut command = if options.pin {
+            let mut c = Command::new("taskset");
+            c.args(["-c", "0"]).arg(&options.alb);
+            c
+        } else {
+            Command::new(&options.alb)
+        };
+        let child = command
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("alb.log"))?)
+            .spawn()?;
+        Ok(Balancer {
+            child,
+            port,
+            _dir: dir,
+        })
+    }
+
+    async fn wait_ready(&self) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(format!("alb did not listen on port {} within 30 s", self.port).into())
+    }
+}
+
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Pins this process (all its threads) to CPU 1, leaving CPU 0 to the balancer; returns
+/// whether pinning was possible (two CPUs or more, and `taskset` present).
+pub fn pin_self_to_cpu1() -> bool {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus < 2 {
+        return false;
+    }
+    Command::new("taskset")
+        .args(["-a", "-cp", "1", &std::process::id().to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The scenario files to run: names (looked up in `dir`) or paths.
+pub fn resolve_scenarios(names: &[String], dir: &Path) -> Vec<PathBuf> {
+    names
+        .iter()
+        .map(|n| {
+            let p = PathBuf::from(n);
+            if p.extension().is_some() || p.exists() {
+                p
+            } else {
+                dir.join(format!("{n}.toml"))
+            }
+        })
+        .collect()
+}
