@@ -124,9 +124,12 @@ pub fn stall_times(run: &RunResult, backend: usize, start: Duration, end: Durati
     let leave = (window_of(start)..windows)
         .find(|&w| total[w] > 0 && share(w) < 0.1 * normal)
         .map(|w| (STALL_WINDOW * (w as u32 + 1)).saturating_sub(start));
-    let back = (window_of(end)..windows)
-        .find(|&w| total[w] > 0 && share(w) >= 0.5 * normal)
-        .map(|w| (STALL_WINDOW * w as u32).saturating_sub(end));
+    // "Back" only means something for traffic that left.
+    let back = leave.and_then(|_| {
+        (window_of(end)..windows)
+            .find(|&w| total[w] > 0 && share(w) >= 0.5 * normal)
+            .map(|w| (STALL_WINDOW * w as u32).saturating_sub(end))
+    });
     StallTimes { leave, back }
 }
 
@@ -137,9 +140,9 @@ fn run_length(run: &RunResult) -> Duration {
         .unwrap_or_default()
 }
 
-fn fmt_opt(d: Option<Duration>) -> String {
+fn fmt_opt(d: Option<Duration>, missing: &str) -> String {
     d.map_or_else(
-        || "not within the run".to_owned(),
+        || missing.to_owned(),
         |d| format!("{:.2} s", d.as_secs_f64()),
     )
 }
@@ -250,12 +253,17 @@ pub fn write_all(
             for (contender, runs) in &sr.runs {
                 if let Some(run) = runs.first() {
                     let t = stall_times(run, backend, start, end);
+                    let back = if t.leave.is_some() {
+                        fmt_opt(t.back, "not within the run")
+                    } else {
+                        "(never left)".to_owned()
+                    };
                     let _ = writeln!(
                         md,
                         "| {} | {} | {} |",
                         contender.name(),
-                        fmt_opt(t.leave),
-                        fmt_opt(t.back)
+                        fmt_opt(t.leave, "not within the run"),
+                        back
                     );
                 }
             }
