@@ -12,7 +12,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use alb::{
     admin::{self, AdminState},
-    balance::{discover, endpoint::Endpoint, Balance, Balancer, Strategy, StrategyKind},
+    balance::{discover, endpoint::Endpoint, Balance, Balancer, BalancerOptions, StrategyKind},
     client_ip::ClientIp,
     config::{AdaptiveConfig, BackendConfig, Defaults, RateLimitConfig, RateLimitKey},
     forward::{backend_client, ClientProto, Forward},
@@ -56,12 +56,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         changes.insert(endpoint.clone());
         endpoints.push(endpoint);
     }
-    let balancer = Balancer::new(
-        Strategy::new(StrategyKind::LeastConn),
-        ClientIp::default(),
-        None,
-        stream,
-    );
+    let balancer = Balancer::new(StrategyKind::LeastConn, BalancerOptions::default(), stream);
     let forward = Forward::new(
         backend_client(Defaults::CONNECT_TIMEOUT),
         ClientProto::Http,

@@ -94,6 +94,10 @@ pub struct Config {
     pub max_in_flight: Option<usize>,
     /// Requests in flight on one backend before it counts as full.
     pub max_connections: Option<usize>,
+    /// Answer requests carrying `x-alb-explain: 1` with an `x-alb-decision` header.
+    pub explain: bool,
+    /// Evaluate the other strategies on every request, without acting on them.
+    pub shadow: bool,
 }
 
 /// Token-bucket rate limiting.
@@ -286,6 +290,8 @@ pub struct RawConfig {
     rate_limit: Option<RawRateLimit>,
     max_in_flight: Option<usize>,
     max_connections: Option<usize>,
+    explain: Option<bool>,
+    shadow: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -518,6 +524,8 @@ impl RawConfig {
             rate_limit,
             max_in_flight: self.max_in_flight,
             max_connections: self.max_connections,
+            explain: self.explain.unwrap_or(false),
+            shadow: self.shadow.unwrap_or(false),
         })
     }
 }

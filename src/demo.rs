@@ -55,6 +55,8 @@ pub async fn run(ports: DemoPorts) -> Result<(), Box<dyn std::error::Error + Sen
         "admin_addr": format!("127.0.0.1:{}", ports.admin),
         "bind_address": "127.0.0.1",
         "strategy": "adaptive",
+        "explain": true,
+        "shadow": true,
         "backends": backends.iter().map(|a| format!("http://{a}")).collect::<Vec<_>>(),
         "health_check_path": "/health",
         "health_check_interval": 2,

@@ -25,6 +25,7 @@ pub mod admin;
 pub mod balance;
 pub mod client_ip;
 pub mod config;
+pub mod decision;
 pub mod demo;
 pub mod forward;
 pub mod guarded_body;

@@ -47,6 +47,8 @@ pub const BACKEND_ERRORS_TOTAL: &str = "lb_backend_errors_total";
 pub const HEALTH_CHECKS_TOTAL: &str = "lb_health_checks_total";
 /// Requests refused by backpressure (`503`).
 pub const LOAD_SHED_TOTAL: &str = "lb_load_shed_total";
+/// Shadow strategies' decisions, by strategy and agreement with the active one.
+pub const SHADOW_DECISIONS_TOTAL: &str = "lb_shadow_decisions_total";
 
 /// Buckets of the request histogram: 0.5 ms to 10 s.
 pub const DURATION_BUCKETS: [f64; 15] = [
@@ -126,6 +128,10 @@ fn describe() {
     );
     describe_counter!(HEALTH_CHECKS_TOTAL, "Health checks per backend, by result.");
     describe_counter!(LOAD_SHED_TOTAL, "Requests refused by backpressure (503).");
+    describe_counter!(
+        SHADOW_DECISIONS_TOTAL,
+        "Shadow strategies' decisions, by whether they agree with the active strategy."
+    );
     // Series that exist from the start, so dashboards and alerts see 0 rather than nothing.
     counter!(RATE_LIMITED_REQUESTS_TOTAL).absolute(0);
     counter!(LOAD_SHED_TOTAL).absolute(0);

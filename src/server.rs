@@ -20,7 +20,7 @@ use tower::Layer;
 
 use crate::{
     admin::{self, AdminState},
-    balance::{discover, endpoint::Endpoint, Balance, Balancer, Strategy},
+    balance::{discover, endpoint::Endpoint, Balance, Balancer, BalancerOptions},
     client_ip::ClientIp,
     config::Config,
     forward::{backend_client, BackendClient, ClientProto, Forward},
@@ -69,9 +69,13 @@ impl Proxy {
         let (changes, stream) = discover::channel();
         HealthChecker::new(config.health.clone(), client.clone(), changes).spawn(&endpoints);
         let balancer = Balancer::new(
-            Strategy::new(config.strategy),
-            client_ip.clone(),
-            config.max_connections,
+            config.strategy,
+            BalancerOptions {
+                client_ip: client_ip.clone(),
+                max_connections: config.max_connections,
+                explain: config.explain,
+                shadow: config.shadow,
+            },
             stream,
         );
         let limiter = config.rate_limit.as_ref().map(|r| {

@@ -11,17 +11,19 @@ use std::time::Instant;
 
 use rand::Rng;
 
-use super::{endpoint::Endpoint, BackendSet};
+use super::{endpoint::Endpoint, BackendSet, PickTrace};
 
 /// Adaptive strategy; its state lives in each endpoint's EWMA.
 #[derive(Debug, Default)]
 pub struct Adaptive;
 
 impl Adaptive {
-    /// Picks the cheaper of two distinct random backends.
-    pub fn pick(&self, set: &BackendSet) -> usize {
+    /// Picks the cheaper of two distinct random backends; `trace` gets both and their costs.
+    pub fn pick(&self, set: &BackendSet, trace: &mut PickTrace) -> usize {
         let n = set.endpoints.len();
+        let now = Instant::now();
         if n == 1 {
+            trace.sample(0, cost(&set.endpoints[0], now));
             return 0;
         }
         let mut rng = rand::rng();
@@ -30,8 +32,10 @@ impl Adaptive {
         if b >= a {
             b += 1;
         }
-        let now = Instant::now();
-        if cost(&set.endpoints[b], now) < cost(&set.endpoints[a], now) {
+        let (cost_a, cost_b) = (cost(&set.endpoints[a], now), cost(&set.endpoints[b], now));
+        trace.sample(a, cost_a);
+        trace.sample(b, cost_b);
+        if cost_b < cost_a {
             b
         } else {
             a

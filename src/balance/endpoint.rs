@@ -6,6 +6,7 @@
 //! between backends, so two requests to different backends never contend.
 
 use std::{
+    collections::VecDeque,
     sync::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         Arc, Mutex,
@@ -48,16 +49,21 @@ pub struct Endpoint {
     up: AtomicBool,
     ewma: PeakEwma,
     tuning: AdaptiveConfig,
-    last_transition: Mutex<Option<Transition>>,
+    transitions: Mutex<VecDeque<Transition>>,
 }
 
-/// A change of health state and why it happened.
+/// Health transitions kept per backend.
+pub const TRANSITIONS_KEPT: usize = 32;
+
+/// A change of state and why it happened.
 #[derive(Debug, Clone, Serialize)]
 pub struct Transition {
     /// Seconds since the Unix epoch.
     pub at_unix: f64,
-    /// The new state.
+    /// In service after the change, or not.
     pub up: bool,
+    /// What decided it: `health_check` (later also ejection, drain, reload).
+    pub source: &'static str,
     /// A human-readable cause.
     pub cause: String,
 }
@@ -80,7 +86,7 @@ impl Endpoint {
             up: AtomicBool::new(true),
             ewma: PeakEwma::new(tuning.default_rtt, tuning.decay),
             tuning: tuning.clone(),
-            last_transition: Mutex::new(None),
+            transitions: Mutex::new(VecDeque::with_capacity(TRANSITIONS_KEPT)),
         }
     }
 
@@ -143,21 +149,42 @@ impl Endpoint {
         if up {
             self.ewma.reset(self.tuning.default_rtt);
         }
+        self.note_transition(up, "health_check", cause);
+    }
+
+    fn note_transition(&self, up: bool, source: &'static str, cause: String) {
         let at_unix = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
-        *self
-            .last_transition
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(Transition { at_unix, up, cause });
+        let mut log = self.transitions.lock().unwrap_or_else(|e| e.into_inner());
+        if log.len() == TRANSITIONS_KEPT {
+            log.pop_front();
+        }
+        log.push_back(Transition {
+            at_unix,
+            up,
+            source,
+            cause,
+        });
     }
 
-    /// The last health transition, if any.
+    /// The last transition, if any.
     pub fn last_transition(&self) -> Option<Transition> {
-        self.last_transition
+        self.transitions
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .back()
+            .cloned()
+    }
+
+    /// The recent transitions, oldest first.
+    pub fn transitions(&self) -> Vec<Transition> {
+        self.transitions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect()
     }
 }
 

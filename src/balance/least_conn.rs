@@ -6,7 +6,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::BackendSet;
+use super::{BackendSet, PickTrace};
 
 /// Least-connections state: the rotating tie-break offset.
 #[derive(Debug, Default)]
@@ -17,7 +17,7 @@ pub struct LeastConn {
 impl LeastConn {
     /// The index of the least-loaded backend; `in_flight / weight` compared exactly by
     /// cross-multiplying.
-    pub fn pick(&self, set: &BackendSet) -> usize {
+    pub fn pick(&self, set: &BackendSet, trace: &mut PickTrace) -> usize {
         let eps = &set.endpoints;
         let n = eps.len();
         let start = self.offset.fetch_add(1, Ordering::Relaxed) % n;
@@ -31,6 +31,7 @@ impl LeastConn {
                 best_load = load;
             }
         }
+        trace.sample(best, best_load.0 as f64 / best_load.1 as f64);
         best
     }
 }

@@ -36,13 +36,18 @@ use std::{
 use arc_swap::ArcSwap;
 use axum::body::Body;
 use futures_util::FutureExt;
-use http::{HeaderName, Request, Response, StatusCode};
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use serde::Serialize;
 use tower::{discover::Change, discover::Discover, Service};
 
 use crate::{
-    client_ip::ClientIp, forward::ForwardError, guarded_body::GuardedBody,
-    layer::backpressure::overloaded, local_reply::local_reply,
+    client_ip::ClientIp,
+    decision::{self, mask_bit, CandidateState, DecisionLog, DecisionRecord},
+    forward::ForwardError,
+    guarded_body::GuardedBody,
+    layer::backpressure::overloaded,
+    local_reply::local_reply,
+    prometheus::SHADOW_DECISIONS_TOTAL,
 };
 use endpoint::{BackendId, Endpoint};
 
@@ -103,6 +108,32 @@ impl FromStr for StrategyKind {
     }
 }
 
+/// What a strategy compared to make one pick: up to two candidates (set indices) with the
+/// values compared, and for sticky the client's home backend. Filled on every pick (a few
+/// stores, no allocation) so every decision can be explained.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PickTrace {
+    sampled: [(usize, f64); 2],
+    len: u8,
+    /// Sticky: the rendezvous winner among every known backend, healthy or not.
+    pub sticky_home: Option<BackendId>,
+}
+
+impl PickTrace {
+    /// Notes a compared candidate (the first two are kept).
+    pub fn sample(&mut self, index: usize, score: f64) {
+        if usize::from(self.len) < self.sampled.len() {
+            self.sampled[usize::from(self.len)] = (index, score);
+            self.len += 1;
+        }
+    }
+
+    /// The compared candidates, as (set index, value).
+    pub fn sampled(&self) -> &[(usize, f64)] {
+        &self.sampled[..usize::from(self.len)]
+    }
+}
+
 /// A strategy with its state.
 #[derive(Debug)]
 pub enum Strategy {
@@ -137,13 +168,18 @@ impl Strategy {
         }
     }
 
-    /// Picks an index into a non-empty `set.endpoints`.
-    pub fn pick(&self, set: &BackendSet, client: Option<std::net::IpAddr>) -> usize {
+    /// Picks an index into a non-empty `set.endpoints`, noting what it compared in `trace`.
+    pub fn pick(
+        &self,
+        set: &BackendSet,
+        client: Option<std::net::IpAddr>,
+        trace: &mut PickTrace,
+    ) -> usize {
         match self {
-            Strategy::RoundRobin(s) => s.pick(set),
-            Strategy::LeastConn(s) => s.pick(set),
-            Strategy::Sticky(s) => s.pick(set, client),
-            Strategy::Adaptive(s) => s.pick(set),
+            Strategy::RoundRobin(s) => s.pick(set, trace),
+            Strategy::LeastConn(s) => s.pick(set, trace),
+            Strategy::Sticky(s) => s.pick(set, client, trace),
+            Strategy::Adaptive(s) => s.pick(set, trace),
         }
     }
 
@@ -156,10 +192,6 @@ impl Strategy {
             Strategy::RoundRobin(_) | Strategy::Sticky(_) => ep.in_flight() as f64,
         }
     }
-
-    fn needs_client_ip(&self) -> bool {
-        matches!(self, Strategy::Sticky(_))
-    }
 }
 
 /// The backends in service, as one immutable snapshot.
@@ -167,56 +199,104 @@ impl Strategy {
 pub struct BackendSet {
     /// Healthy endpoints, in config order.
     pub endpoints: Vec<Arc<Endpoint>>,
+    /// Every endpoint ever inserted, in service or not, in config order (sticky's homes).
+    pub known: Vec<Arc<Endpoint>>,
     /// The smooth weighted round-robin cycle over `endpoints`.
     pub cycle: Vec<u32>,
+    /// Known endpoints that are out of service, as a mask of ids.
+    pub excluded: u64,
 }
 
 impl BackendSet {
-    fn new(endpoints: Vec<Arc<Endpoint>>) -> Self {
+    fn new(endpoints: Vec<Arc<Endpoint>>, known: Vec<Arc<Endpoint>>) -> Self {
         let weights: Vec<u32> = endpoints.iter().map(|e| e.weight).collect();
+        let healthy: u64 = endpoints
+            .iter()
+            .map(|e| mask_bit(e.id))
+            .fold(0, |a, b| a | b);
+        let all: u64 = known.iter().map(|e| mask_bit(e.id)).fold(0, |a, b| a | b);
         BackendSet {
             cycle: round_robin::smooth_cycle(&weights),
             endpoints,
+            known,
+            excluded: all & !healthy,
         }
     }
 }
 
-/// State shared by every clone of [`Balance`]: the snapshot and the strategy.
+/// How a [`Balancer`] behaves besides its strategy.
+#[derive(Debug, Clone, Default)]
+pub struct BalancerOptions {
+    /// Resolves the client address (sticky, decision records).
+    pub client_ip: ClientIp,
+    /// A backend with this many requests in flight is full: it is passed over, and when
+    /// every backend is full the request is shed with `503`.
+    pub max_connections: Option<usize>,
+    /// Answer `x-alb-explain: 1` with an `x-alb-decision` header.
+    pub explain: bool,
+    /// Also evaluate the other strategies on every request, without acting on them.
+    pub shadow: bool,
+}
+
+/// Shadow strategies and their agreement counters.
+#[derive(Debug)]
+struct Shadows {
+    strategies: Vec<(usize, Strategy)>,
+    agree: Vec<[metrics::Counter; 2]>,
+}
+
+/// State shared by every clone of [`Balance`]: the snapshot, the strategy, the decision log.
 #[derive(Debug)]
 pub struct Balancer {
     set: ArcSwap<BackendSet>,
     strategy: Strategy,
-    client_ip: ClientIp,
-    max_connections: Option<usize>,
+    options: BalancerOptions,
+    decisions: Arc<DecisionLog>,
+    shadows: Option<Shadows>,
 }
 
 impl Balancer {
     /// A balancer fed by `discover`. Changes already waiting in the stream (the initial
     /// backends) are applied before this returns, so the first request sees them; later ones
     /// are applied by a background task.
-    /// A backend with `max_connections` requests in flight is full: it is passed over, and
-    /// when every backend is full the request is shed with `503`.
-    pub fn new<D>(
-        strategy: Strategy,
-        client_ip: ClientIp,
-        max_connections: Option<usize>,
-        discover: D,
-    ) -> Arc<Self>
+    pub fn new<D>(kind: StrategyKind, options: BalancerOptions, discover: D) -> Arc<Self>
     where
         D: Discover<Key = BackendId, Service = Arc<Endpoint>> + Send + Unpin + 'static,
         D::Error: fmt::Display,
     {
+        let shadows = options.shadow.then(|| {
+            let others: Vec<(usize, Strategy)> = StrategyKind::ALL
+                .iter()
+                .enumerate()
+                .filter(|(_, k)| **k != kind)
+                .map(|(i, k)| (i, Strategy::new(*k)))
+                .collect();
+            let agree = others
+                .iter()
+                .map(|(_, s)| {
+                    [false, true].map(|agrees| {
+                        metrics::counter!(SHADOW_DECISIONS_TOTAL,
+                            "strategy" => s.kind().as_str(), "agrees" => if agrees { "true" } else { "false" })
+                    })
+                })
+                .collect();
+            Shadows {
+                strategies: others,
+                agree,
+            }
+        });
         let balancer = Arc::new(Balancer {
             set: ArcSwap::from_pointee(BackendSet::default()),
-            strategy,
-            client_ip,
-            max_connections,
+            strategy: Strategy::new(kind),
+            options,
+            decisions: DecisionLog::new(),
+            shadows,
         });
         let mut discover = discover;
-        let mut members = BTreeMap::new();
+        let mut members = Members::default();
         let mut changed = false;
         while let Some(Some(change)) = poll_discover(&mut discover).now_or_never() {
-            changed |= apply(&mut members, change);
+            changed |= members.apply(change);
         }
         if changed {
             balancer.publish(&members);
@@ -227,7 +307,7 @@ impl Balancer {
                 let Some(balancer) = weak.upgrade() else {
                     return;
                 };
-                if apply(&mut members, change) {
+                if members.apply(change) {
                     balancer.publish(&members);
                 }
             }
@@ -235,9 +315,10 @@ impl Balancer {
         balancer
     }
 
-    fn publish(&self, members: &BTreeMap<BackendId, Arc<Endpoint>>) {
+    fn publish(&self, members: &Members) {
         self.set.store(Arc::new(BackendSet::new(
-            members.values().cloned().collect(),
+            members.healthy.values().cloned().collect(),
+            members.known.values().cloned().collect(),
         )));
     }
 
@@ -249,6 +330,46 @@ impl Balancer {
     /// The strategy in use.
     pub fn strategy(&self) -> &Strategy {
         &self.strategy
+    }
+
+    /// The latest decisions.
+    pub fn decisions(&self) -> &Arc<DecisionLog> {
+        &self.decisions
+    }
+
+    /// Evaluates the shadow strategies, recording their choices and agreement.
+    fn shadow(
+        &self,
+        set: &BackendSet,
+        client: Option<std::net::IpAddr>,
+        record: &mut DecisionRecord,
+    ) {
+        let Some(shadows) = &self.shadows else { return };
+        for ((kind_index, strategy), counters) in shadows.strategies.iter().zip(&shadows.agree) {
+            let mut trace = PickTrace::default();
+            let id = set.endpoints[strategy.pick(set, client, &mut trace)].id as u32;
+            record.shadow[*kind_index] = Some(id);
+            counters[usize::from(Some(id) == record.chosen)].increment(1);
+        }
+    }
+}
+
+/// The discovery task's view: healthy members and every endpoint ever seen.
+#[derive(Debug, Default)]
+struct Members {
+    healthy: BTreeMap<BackendId, Arc<Endpoint>>,
+    known: BTreeMap<BackendId, Arc<Endpoint>>,
+}
+
+impl Members {
+    fn apply(&mut self, change: Change<BackendId, Arc<Endpoint>>) -> bool {
+        match change {
+            Change::Insert(id, ep) => {
+                self.known.insert(id, ep.clone());
+                self.healthy.insert(id, ep).is_none()
+            }
+            Change::Remove(id) => self.healthy.remove(&id).is_some(),
+        }
     }
 }
 
@@ -267,16 +388,6 @@ where
     }
 }
 
-fn apply(
-    members: &mut BTreeMap<BackendId, Arc<Endpoint>>,
-    change: Change<BackendId, Arc<Endpoint>>,
-) -> bool {
-    match change {
-        Change::Insert(id, ep) => members.insert(id, ep).is_none(),
-        Change::Remove(id) => members.remove(&id).is_some(),
-    }
-}
-
 /// A request with the backend chosen for it: what the forwarder receives.
 #[derive(Debug)]
 pub struct Routed<B> {
@@ -286,7 +397,8 @@ pub struct Routed<B> {
     pub endpoint: Arc<Endpoint>,
 }
 
-/// The balancing service: picks a backend, tracks the request, wraps the forwarder `S`.
+/// The balancing service: picks a backend, tracks the request, records the decision, wraps
+/// the forwarder `S`.
 #[derive(Debug, Clone)]
 pub struct Balance<S> {
     balancer: Arc<Balancer>,
@@ -302,6 +414,57 @@ impl<S> Balance<S> {
 
 /// The boxed future of [`Balance`].
 pub type BalanceFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+/// Request header asking for an explanation (when the config allows it).
+pub static X_ALB_EXPLAIN: HeaderName = HeaderName::from_static("x-alb-explain");
+/// Response header carrying the explanation.
+pub static X_ALB_DECISION: HeaderName = HeaderName::from_static("x-alb-decision");
+
+impl Balancer {
+    fn wants_explanation<B>(&self, request: &Request<B>) -> bool {
+        self.options.explain
+            && request
+                .headers()
+                .get(&X_ALB_EXPLAIN)
+                .is_some_and(|v| v.as_bytes() == b"1")
+    }
+
+    /// Every healthy candidate's numbers, read before the chosen one counts this request.
+    fn candidates(&self, set: &BackendSet) -> Vec<CandidateState> {
+        let now = Instant::now();
+        set.endpoints
+            .iter()
+            .map(|ep| CandidateState {
+                id: ep.id,
+                name: ep.name().to_owned(),
+                ewma_secs: ep.ewma_secs(now),
+                in_flight: ep.in_flight(),
+                weight: ep.weight,
+                score: self.strategy.score(ep, now),
+            })
+            .collect()
+    }
+
+    /// Logs the decision and, if asked, explains it in the response.
+    fn finish(
+        &self,
+        mut record: DecisionRecord,
+        started: Instant,
+        explanation: Option<Vec<CandidateState>>,
+        response: &mut Response<Body>,
+    ) {
+        record.status = response.status().as_u16();
+        record.latency_us = u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX);
+        if let Some(candidates) = explanation {
+            let set = self.set.load();
+            let text = decision::explain(&record, &candidates, &set.known);
+            if let Ok(value) = HeaderValue::from_str(&text) {
+                response.headers_mut().insert(X_ALB_DECISION.clone(), value);
+            }
+        }
+        self.decisions.push(record);
+    }
+}
 
 impl<S, B, RB> Service<Request<B>> for Balance<S>
 where
@@ -320,23 +483,38 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let balancer = &self.balancer;
+        let balancer = self.balancer.clone();
+        let started = Instant::now();
         let set = balancer.set.load();
+        let client = balancer.options.client_ip.resolve(&request);
+        let mut record = DecisionRecord::new(balancer.strategy.kind(), client);
+        record.healthy = u16::try_from(set.endpoints.len()).unwrap_or(u16::MAX);
+        record.excluded = set.excluded;
+        let explanation = balancer
+            .wants_explanation(&request)
+            .then(|| balancer.candidates(&set));
         if set.endpoints.is_empty() {
-            return Box::pin(std::future::ready(Ok(local_reply(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no healthy backend",
-            ))));
+            let mut reply = local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy backend");
+            balancer.finish(record, started, explanation, &mut reply);
+            return Box::pin(std::future::ready(Ok(reply)));
         }
-        let client = if balancer.strategy.needs_client_ip() {
-            balancer.client_ip.resolve(&request)
-        } else {
-            None
-        };
-        let mut endpoint = &set.endpoints[balancer.strategy.pick(&set, client)];
-        if let Some(max) = balancer.max_connections {
+        let mut trace = PickTrace::default();
+        let mut endpoint = &set.endpoints[balancer.strategy.pick(&set, client, &mut trace)];
+        for (index, score) in trace.sampled() {
+            let id = set.endpoints[*index].id as u32;
+            record.sampled[usize::from(record.sampled_len)] = decision::Sampled {
+                backend: id,
+                score: *score,
+            };
+            record.sampled_len += 1;
+        }
+        record.sticky_home = trace.sticky_home.map(|h| h as u32);
+        if let Some(max) = balancer.options.max_connections {
             if endpoint.in_flight() >= max {
                 // The strategy's choice is full: take the least busy one with room, if any.
+                for ep in set.endpoints.iter().filter(|e| e.in_flight() >= max) {
+                    record.full |= mask_bit(ep.id);
+                }
                 match set
                     .endpoints
                     .iter()
@@ -345,16 +523,20 @@ where
                 {
                     Some(e) => endpoint = e,
                     None => {
-                        let reply = overloaded(format_args!(
+                        let mut reply = overloaded(format_args!(
                             "overloaded: every backend has {max} requests in flight"
                         ));
+                        balancer.finish(record, started, explanation, &mut reply);
                         return Box::pin(std::future::ready(Ok(reply)));
                     }
                 }
             }
         }
+        record.chosen = Some(endpoint.id as u32);
+        balancer.shadow(&set, client, &mut record);
         let guard = endpoint.start();
         let endpoint = endpoint.clone();
+        drop(set);
         let response = self.inner.call(Routed {
             request,
             endpoint: endpoint.clone(),
@@ -382,6 +564,7 @@ where
             response
                 .headers_mut()
                 .insert(X_ALB_BACKEND.clone(), endpoint.header_value.clone());
+            balancer.finish(record, started, explanation, &mut response);
             Ok(response)
         })
     }

@@ -10,7 +10,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::BackendSet;
+use super::{BackendSet, PickTrace};
 
 /// Round-robin state: a cursor into the set's precomputed cycle.
 #[derive(Debug, Default)]
@@ -20,10 +20,12 @@ pub struct RoundRobin {
 
 impl RoundRobin {
     /// The next backend in the cycle, as an index into `set.endpoints`.
-    pub fn pick(&self, set: &BackendSet) -> usize {
+    pub fn pick(&self, set: &BackendSet, trace: &mut PickTrace) -> usize {
         let cycle = &set.cycle;
         let n = self.cursor.fetch_add(1, Ordering::Relaxed);
-        cycle[n % cycle.len()] as usize
+        let chosen = cycle[n % cycle.len()] as usize;
+        trace.sample(chosen, (n % cycle.len()) as f64);
+        chosen
     }
 }
 

@@ -8,28 +8,43 @@
 
 use std::net::IpAddr;
 
-use super::endpoint::mix64;
-use super::BackendSet;
+use super::endpoint::{mix64, Endpoint};
+use super::{BackendSet, PickTrace};
 
 /// Sticky strategy; stateless, all state is in the hash.
 #[derive(Debug, Default)]
 pub struct Sticky;
 
 impl Sticky {
-    /// The backend this client maps to among the current set.
-    pub fn pick(&self, set: &BackendSet, client: Option<IpAddr>) -> usize {
+    /// The backend this client maps to among the current set. `trace` gets the client's
+    /// *home*: the winner among every known backend, healthy or not. Choosing it is a
+    /// sticky hit; choosing another (because the home is out of service) is a remap.
+    pub fn pick(&self, set: &BackendSet, client: Option<IpAddr>, trace: &mut PickTrace) -> usize {
         let key = client.map_or(0, ip_key);
-        let mut best = 0;
-        let mut best_score = f64::MIN;
-        for (i, ep) in set.endpoints.iter().enumerate() {
-            let score = rendezvous_score(key, ep.hash_seed, ep.weight);
-            if score > best_score {
-                best = i;
-                best_score = score;
-            }
-        }
+        let best = winner(key, &set.endpoints);
+        let score = rendezvous_score(
+            key,
+            set.endpoints[best].hash_seed,
+            set.endpoints[best].weight,
+        );
+        trace.sample(best, score);
+        trace.sticky_home = Some(set.known[winner(key, &set.known)].id);
         best
     }
+}
+
+/// Index of the highest-scoring endpoint (the list is never empty).
+fn winner(key: u64, endpoints: &[std::sync::Arc<Endpoint>]) -> usize {
+    let mut best = 0;
+    let mut best_score = f64::MIN;
+    for (i, ep) in endpoints.iter().enumerate() {
+        let score = rendezvous_score(key, ep.hash_seed, ep.weight);
+        if score > best_score {
+            best = i;
+            best_score = score;
+        }
+    }
+    best
 }
 
 /// A client address folded to 64 bits.

@@ -1,0 +1,187 @@
+//! The live dashboard in a real browser: headless Chromium driven over WebDriver
+//! (chromedriver), against a real `alb` with three simulated backends under load.
+
+mod common;
+
+use std::{
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use base64::Engine;
+use common::*;
+use serde_json::{json, Value};
+
+struct Browser {
+    driver: std::process::Child,
+    base: String,
+    session: String,
+    http: reqwest::Client,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    async fn start() -> Browser {
+        let port = free_port();
+        let driver = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver is installed (Debian package chromium-driver)");
+        wait_for_port(port);
+        let base = format!("http://127.0.0.1:{port}");
+        let profile = tempfile::tempdir().unwrap();
+        let http = client();
+        // The flags keep Chromium off the network it cannot reach here.
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": "/usr/bin/chromium",
+                "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                         "--no-first-run", "--disable-background-networking",
+                         "--disable-component-update", "--disable-sync",
+                         "--window-size=1400,1100",
+                         format!("--user-data-dir={}", profile.path().display())]
+            }
+        }}});
+        let created: Value = http
+            .post(format!("{base}/session"))
+            .json(&caps)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let session = created["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session: {created}"))
+            .to_owned();
+        Browser {
+            driver,
+            base,
+            session,
+            http,
+            _profile: profile,
+        }
+    }
+
+    async fn command(&self, path: &str, body: Value) -> Value {
+        let url = format!("{}/session/{}/{path}", self.base, self.session);
+        let r: Value = self
+            .http
+            .post(url)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        r["value"].clone()
+    }
+
+    async fn open(&self, url: &str) {
+        self.command("url", json!({"url": url})).await;
+    }
+
+    async fn run(&self, script: &str) -> Value {
+        self.command("execute/sync", json!({"script": script, "args": []}))
+            .await
+    }
+
+    async fn screenshot(&self) -> Vec<u8> {
+        let url = format!("{}/session/{}/screenshot", self.base, self.session);
+        let r: Value = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        base64::engine::general_purpose::STANDARD
+            .decode(r["value"].as_str().unwrap())
+            .unwrap()
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+/// The backends table as the page shows it: name → request count.
+async fn shown(browser: &Browser) -> Vec<(String, u64)> {
+    let rows = browser
+        .run("return Array.from(document.querySelectorAll('#backends tr')).map(r => [r.dataset.backend, r.querySelector('.requests').textContent]);")
+        .await;
+    rows.as_array()
+        .map(|rows| {
+            rows.iter()
+                .map(|r| {
+                    (
+                        r[0].as_str().unwrap().to_owned(),
+                        r[1].as_str().unwrap().parse().unwrap(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn dashboard_lists_backends_and_counts_rise_under_load() {
+    let bs: Vec<Proc> = (0..3).map(|_| backend(&["--delay", "5ms"])).collect();
+    let lb = alb(json!({"strategy": "adaptive", "backends": urls(&bs.iter().collect::<Vec<_>>())}));
+    let browser = Browser::start().await;
+    browser.open(&format!("{}/", lb.admin_url())).await;
+
+    wait_until(
+        "the dashboard lists three backends",
+        Duration::from_secs(30),
+        || async { shown(&browser).await.len() == 3 },
+    )
+    .await;
+    let before = shown(&browser).await;
+    let mut names: Vec<String> = before.iter().map(|(n, _)| n.clone()).collect();
+    names.sort();
+    let mut expected: Vec<String> = bs.iter().map(name).collect();
+    expected.sort();
+    assert_eq!(names, expected);
+
+    let url = lb.url();
+    let traffic = tokio::spawn(async move { load(&url, 600, 4).await });
+    wait_until(
+        "every backend's count rises on the page",
+        Duration::from_secs(30),
+        || async {
+            let now = shown(&browser).await;
+            now.len() == 3
+                && now
+                    .iter()
+                    .all(|(n, c)| before.iter().any(|(m, b)| m == n && c > b))
+        },
+    )
+    .await;
+    traffic.await.unwrap();
+    // the decision stream shows up too
+    wait_until("live decisions appear", Duration::from_secs(30), || async {
+        browser
+            .run("return document.querySelectorAll('#decision-rows tr').length;")
+            .await
+            .as_u64()
+            > Some(0)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await; // let the charts take a few points
+    let png = browser.screenshot().await;
+    assert!(png.starts_with(b"\x89PNG"));
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
+    std::fs::write(&path, png).unwrap();
+    println!("screenshot: {}", path.display());
+}
