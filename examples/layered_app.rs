@@ -80,11 +80,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .layer(MetricsLayer::new())
         .nest(
             "/admin",
-            admin::router(AdminState {
-                balancer,
-                endpoints,
-                prometheus: handle,
-            }),
+            admin::router(AdminState::new(balancer, endpoints, handle)),
         );
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     println!("layered_app listening on http://127.0.0.1:{port}/");

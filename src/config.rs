@@ -19,7 +19,7 @@ use http::uri::{Authority, Uri};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::balance::StrategyKind;
+use crate::{balance::StrategyKind, outlier::OutlierConfig, retry::RetryConfig};
 
 /// Defaults for every optional key: the one place they are written down.
 pub struct Defaults;
@@ -47,6 +47,28 @@ impl Defaults {
     pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
     /// Admin listener: loopback only unless configured.
     pub const ADMIN_ADDR: &'static str = "127.0.0.1:9901";
+    /// Time a client has to send a request's headers (slowloris).
+    pub const CLIENT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Time open connections get to finish after SIGTERM.
+    pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Largest request head (request line and headers), bytes; past it: 431.
+    pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+    /// Most request headers; past it: 431.
+    pub const MAX_HEADERS: usize = 100;
+    /// Outlier detection: failures in a row that eject a backend (Envoy's default).
+    pub const OUTLIER_CONSECUTIVE_FAILURES: u32 = 5;
+    /// Outlier detection: first ejection's length (Envoy's default).
+    pub const OUTLIER_BASE_EJECTION: Duration = Duration::from_secs(30);
+    /// Outlier detection: longest ejection (Envoy's default).
+    pub const OUTLIER_MAX_EJECTION: Duration = Duration::from_secs(300);
+    /// Outlier detection: most backends ejected at once, percent.
+    pub const OUTLIER_MAX_EJECTION_PERCENT: u32 = 50;
+    /// Retries per request.
+    pub const RETRY_ATTEMPTS: u32 = 1;
+    /// Retry budget: percentage of recent requests.
+    pub const RETRY_BUDGET_PERCENT: u32 = 20;
+    /// Retry budget: retries per second always allowed.
+    pub const RETRY_MIN_PER_SECOND: u32 = 10;
     /// Peak-EWMA decay window (Linkerd's default).
     pub const EWMA_DECAY: Duration = Duration::from_secs(10);
     /// RTT assumed for a backend that has not answered yet (Linkerd's default).
@@ -96,6 +118,22 @@ pub struct Config {
     pub max_connections: Option<usize>,
     /// Answer requests carrying `x-alb-explain: 1` with an `x-alb-decision` header.
     pub explain: bool,
+    /// Passive outlier detection; `None` when disabled.
+    pub outlier_detection: Option<OutlierConfig>,
+    /// Retries of requests that never reached a backend; `None` when disabled.
+    pub retries: Option<RetryConfig>,
+    /// Time a client has to send a request's headers.
+    #[serde(with = "humantime_serde")]
+    pub client_header_timeout: Duration,
+    /// Time open connections get to finish after SIGTERM or SIGINT.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// Largest request head in bytes (431 past it).
+    pub max_header_bytes: usize,
+    /// Most request headers (431 past it).
+    pub max_headers: usize,
+    /// Largest request body in bytes (413 past it); `None` for no limit.
+    pub max_request_body: Option<usize>,
     /// Evaluate the other strategies on every request, without acting on them.
     pub shadow: bool,
 }
@@ -176,7 +214,7 @@ pub struct AdaptiveConfig {
 }
 
 /// Serialises durations as readable text (`"250ms"`) in `check-config` output.
-mod humantime_serde {
+pub(crate) mod humantime_serde {
     use std::time::Duration;
 
     pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -292,6 +330,31 @@ pub struct RawConfig {
     max_connections: Option<usize>,
     explain: Option<bool>,
     shadow: Option<bool>,
+    outlier_detection: Option<RawOutlier>,
+    retries: Option<RawRetries>,
+    client_header_timeout: Option<DurationValue>,
+    drain_timeout: Option<DurationValue>,
+    max_header_bytes: Option<usize>,
+    max_headers: Option<usize>,
+    max_request_body: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOutlier {
+    enabled: Option<bool>,
+    consecutive_failures: Option<u32>,
+    base_ejection_time: Option<DurationValue>,
+    max_ejection_time: Option<DurationValue>,
+    max_ejection_percent: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetries {
+    attempts: Option<u32>,
+    budget_percent: Option<u32>,
+    min_per_second: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -499,6 +562,29 @@ impl RawConfig {
                 return Err(ConfigError::invalid(key, 0, "at least 1 (or leave it out)"));
             }
         }
+        let outlier_detection = outlier(self.outlier_detection.unwrap_or_default())?;
+        let raw_retries = self.retries.unwrap_or_default();
+        let retries = RetryConfig {
+            attempts: raw_retries.attempts.unwrap_or(Defaults::RETRY_ATTEMPTS),
+            budget_percent: raw_retries
+                .budget_percent
+                .unwrap_or(Defaults::RETRY_BUDGET_PERCENT),
+            min_per_second: raw_retries
+                .min_per_second
+                .unwrap_or(Defaults::RETRY_MIN_PER_SECOND),
+        };
+        let max_header_bytes = self.max_header_bytes.unwrap_or(Defaults::MAX_HEADER_BYTES);
+        if max_header_bytes < 8192 {
+            return Err(ConfigError::invalid(
+                "max_header_bytes",
+                max_header_bytes,
+                "at least 8192 (hyper's smallest read buffer)",
+            ));
+        }
+        let max_headers = self.max_headers.unwrap_or(Defaults::MAX_HEADERS);
+        if max_headers == 0 {
+            return Err(ConfigError::invalid("max_headers", 0, "at least 1"));
+        }
         Ok(Config {
             port,
             bind_address,
@@ -525,9 +611,55 @@ impl RawConfig {
             max_in_flight: self.max_in_flight,
             max_connections: self.max_connections,
             explain: self.explain.unwrap_or(false),
+            outlier_detection,
+            retries: (retries.attempts > 0).then_some(retries),
+            client_header_timeout: duration(
+                "client_header_timeout",
+                self.client_header_timeout,
+                Defaults::CLIENT_HEADER_TIMEOUT,
+            )?,
+            drain_timeout: duration("drain_timeout", self.drain_timeout, Defaults::DRAIN_TIMEOUT)?,
+            max_header_bytes,
+            max_headers,
+            max_request_body: self.max_request_body,
             shadow: self.shadow.unwrap_or(false),
         })
     }
+}
+
+fn outlier(raw: RawOutlier) -> Result<Option<OutlierConfig>, ConfigError> {
+    if raw.enabled == Some(false) {
+        return Ok(None);
+    }
+    let consecutive_failures = threshold(
+        "outlier_detection.consecutive_failures",
+        raw.consecutive_failures,
+        Defaults::OUTLIER_CONSECUTIVE_FAILURES,
+    )?;
+    let max_ejection_percent = raw
+        .max_ejection_percent
+        .unwrap_or(Defaults::OUTLIER_MAX_EJECTION_PERCENT);
+    if max_ejection_percent > 100 {
+        return Err(ConfigError::invalid(
+            "outlier_detection.max_ejection_percent",
+            max_ejection_percent,
+            "a percentage from 0 to 100",
+        ));
+    }
+    Ok(Some(OutlierConfig {
+        consecutive_failures,
+        base_ejection_time: duration(
+            "outlier_detection.base_ejection_time",
+            raw.base_ejection_time,
+            Defaults::OUTLIER_BASE_EJECTION,
+        )?,
+        max_ejection_time: duration(
+            "outlier_detection.max_ejection_time",
+            raw.max_ejection_time,
+            Defaults::OUTLIER_MAX_EJECTION,
+        )?,
+        max_ejection_percent,
+    }))
 }
 
 fn rate_limit(raw: RawRateLimit) -> Result<RateLimitConfig, ConfigError> {

@@ -65,6 +65,8 @@ pub struct DecisionRecord {
     pub sticky_home: Option<u32>,
     /// Shadow strategies' choices, by `StrategyKind::ALL` order (`None`: not evaluated).
     pub shadow: [Option<u32>; 4],
+    /// The backend a failed first attempt went to, if the request was retried.
+    pub retried_from: Option<u32>,
     /// Status sent to the client (0 until known).
     pub status: u16,
     /// Time from decision to response headers, in microseconds.
@@ -90,6 +92,7 @@ impl DecisionRecord {
             full: 0,
             sticky_home: None,
             shadow: [None; 4],
+            retried_from: None,
             status: 0,
             latency_us: 0,
         }
@@ -181,6 +184,9 @@ pub struct DecisionView {
     /// Shadow strategies' choices.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub shadow: Vec<ShadowView>,
+    /// The backend of a failed first attempt, when the request was retried.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retried_from: Option<String>,
     /// Status sent.
     pub status: u16,
     /// Time to response headers, ms.
@@ -224,12 +230,15 @@ fn name(endpoints: &[Arc<Endpoint>], id: u32) -> String {
 
 /// The reason an endpoint was out of the set, as best known now.
 fn exclusion_reason(ep: &Endpoint) -> String {
-    if ep.is_up() {
-        return "unhealthy at the time (back in service since)".to_owned();
-    }
-    match ep.last_transition() {
-        Some(t) => format!("unhealthy: {}", t.cause),
-        None => "unhealthy".to_owned(),
+    let last = ep.last_transition().map(|t| t.cause).unwrap_or_default();
+    if ep.is_drained() {
+        "drained".to_owned()
+    } else if ep.is_ejected() {
+        format!("ejected: {last}")
+    } else if !ep.is_up() {
+        format!("unhealthy: {last}")
+    } else {
+        "out of service at the time (back in service since)".to_owned()
     }
 }
 
@@ -287,6 +296,7 @@ impl DecisionView {
                 }
             }),
             shadow,
+            retried_from: r.retried_from.map(|id| name(endpoints, id)),
             status: r.status,
             latency_ms: f64::from(r.latency_us) / 1e3,
         }
@@ -349,6 +359,9 @@ pub fn explain(
         },
     };
     let _ = write!(out, "; why={why}");
+    if let Some(from) = record.retried_from {
+        let _ = write!(out, "; retried_from={}", name(endpoints, from));
+    }
     out.push_str("; candidates=");
     for (i, c) in candidates.iter().enumerate() {
         if i > 0 {

@@ -100,22 +100,35 @@ pub enum ForwardError {
     Timeout(Duration),
     /// The connection failed after it was made (reset, malformed response, closed early).
     Upstream(hyper_util::client::legacy::Error),
+    /// The client's body passed `max_request_body` while it was being forwarded.
+    BodyTooLarge,
 }
 
 impl ForwardError {
+    /// Whether the request surely did not get a response, so an idempotent one may be sent
+    /// again (a timeout may still be in progress at the backend: not retried).
+    pub fn retryable(&self) -> bool {
+        matches!(self, ForwardError::Connect(_) | ForwardError::Upstream(_))
+    }
+
     /// Short label for metrics and logs.
     pub fn kind(&self) -> &'static str {
         match self {
             ForwardError::Connect(_) => "connect",
             ForwardError::Timeout(_) => "timeout",
             ForwardError::Upstream(_) => "upstream",
+            ForwardError::BodyTooLarge => "body_too_large",
         }
     }
 
-    /// The client's answer: `504` for a timeout, `502` otherwise, with a one-line reason.
+    /// The client's answer: `504` for a timeout, `413` for an oversized body, `502`
+    /// otherwise, with a one-line reason.
     pub fn into_response(self, backend: &str) -> Response<Body> {
         let status = match self {
             ForwardError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ForwardError::BodyTooLarge => {
+                return local_reply(StatusCode::PAYLOAD_TOO_LARGE, "request body too large")
+            }
             _ => StatusCode::BAD_GATEWAY,
         };
         tracing::warn!(backend, error = %self, "forwarding failed");
@@ -131,11 +144,24 @@ impl fmt::Display for ForwardError {
                 write!(f, "no response within {}", humantime::format_duration(*t))
             }
             ForwardError::Upstream(e) => write!(f, "connection failed ({})", root_cause(e)),
+            ForwardError::BodyTooLarge => f.write_str("request body too large"),
         }
     }
 }
 
 impl std::error::Error for ForwardError {}
+
+/// Whether the client's body passed the body limit (see `layer::body_limit`).
+fn caused_by_length_limit(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
 
 /// The innermost error's message: "connection refused" rather than "client error (Connect)".
 pub(crate) fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
@@ -201,6 +227,7 @@ impl Service<Routed<Body>> for Forward {
             let mut response = match tokio::time::timeout(timeout, sent).await {
                 Err(_) => return Err(ForwardError::Timeout(timeout)),
                 Ok(Err(e)) if e.is_connect() => return Err(ForwardError::Connect(e)),
+                Ok(Err(e)) if caused_by_length_limit(&e) => return Err(ForwardError::BodyTooLarge),
                 Ok(Err(e)) => return Err(ForwardError::Upstream(e)),
                 Ok(Ok(response)) => response,
             };

@@ -80,13 +80,14 @@ impl HealthChecker {
         }
     }
 
-    /// Puts every endpoint in service and starts one checking task per endpoint.
+    /// Puts every endpoint that is in service into the set and starts one checking task per
+    /// endpoint.
     pub fn spawn(self, endpoints: &[Arc<Endpoint>]) -> Vec<JoinHandle<()>> {
         let this = Arc::new(self);
         endpoints
             .iter()
             .map(|ep| {
-                this.changes.insert(ep.clone());
+                this.changes.sync(ep);
                 tokio::spawn(this.clone().watch(ep.clone()))
             })
             .collect()
@@ -126,11 +127,11 @@ impl HealthChecker {
             if up {
                 tracing::warn!(backend = endpoint.name(), %cause, "backend is DOWN");
                 endpoint.set_up(false, cause);
-                self.changes.remove(endpoint.id);
+                self.changes.sync(&endpoint);
             } else {
                 tracing::info!(backend = endpoint.name(), %cause, "backend is UP");
                 endpoint.set_up(true, cause);
-                self.changes.insert(endpoint.clone());
+                self.changes.sync(&endpoint);
             }
         }
     }

@@ -219,8 +219,9 @@ fn run(path: &std::path::Path) -> ExitCode {
         Err(e) => return fail(e),
     };
     let workers = config.workers;
+    let path = path.to_owned();
     block_on(Some(workers), async move {
-        let server = Server::bind(config)?;
+        let server = Server::bind(config)?.with_config_file(path);
         server.serve(shutdown_signal()).await?;
         Ok(())
     })

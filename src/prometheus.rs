@@ -47,6 +47,12 @@ pub const BACKEND_ERRORS_TOTAL: &str = "lb_backend_errors_total";
 pub const HEALTH_CHECKS_TOTAL: &str = "lb_health_checks_total";
 /// Requests refused by backpressure (`503`).
 pub const LOAD_SHED_TOTAL: &str = "lb_load_shed_total";
+/// Backends ejected by passive outlier detection.
+pub const OUTLIER_EJECTIONS_TOTAL: &str = "lb_outlier_ejections_total";
+/// Requests retried on another backend, by the failure that caused it.
+pub const RETRIES_TOTAL: &str = "lb_retries_total";
+/// Retries refused because the retry budget was spent.
+pub const RETRY_BUDGET_EXHAUSTED_TOTAL: &str = "lb_retry_budget_exhausted_total";
 /// Shadow strategies' decisions, by strategy and agreement with the active one.
 pub const SHADOW_DECISIONS_TOTAL: &str = "lb_shadow_decisions_total";
 
@@ -129,12 +135,25 @@ fn describe() {
     describe_counter!(HEALTH_CHECKS_TOTAL, "Health checks per backend, by result.");
     describe_counter!(LOAD_SHED_TOTAL, "Requests refused by backpressure (503).");
     describe_counter!(
+        OUTLIER_EJECTIONS_TOTAL,
+        "Backends ejected by outlier detection."
+    );
+    describe_counter!(
+        RETRIES_TOTAL,
+        "Requests retried on another backend, by cause."
+    );
+    describe_counter!(
+        RETRY_BUDGET_EXHAUSTED_TOTAL,
+        "Retries refused because the retry budget was spent."
+    );
+    describe_counter!(
         SHADOW_DECISIONS_TOTAL,
         "Shadow strategies' decisions, by whether they agree with the active strategy."
     );
     // Series that exist from the start, so dashboards and alerts see 0 rather than nothing.
     counter!(RATE_LIMITED_REQUESTS_TOTAL).absolute(0);
     counter!(LOAD_SHED_TOTAL).absolute(0);
+    counter!(RETRY_BUDGET_EXHAUSTED_TOTAL).absolute(0);
 }
 
 /// Sets the per-backend gauges from the endpoints' live state.

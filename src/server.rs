@@ -1,10 +1,10 @@
-//! Listeners and the assembled stack.
+//! Listeners.
 //!
-//! [`Proxy::build`] turns a [`Config`] into the running parts: one [`Endpoint`] per backend,
-//! the health checker feeding the balancer's discovery stream, the pooled client and the edge
-//! layers. [`Server::bind`] reads the certificates and binds every listener first, so a bad
+//! [`Server::bind`] reads the certificates and binds every listener first, so a bad
 //! certificate or a port in use is reported before anything serves; [`Server::serve`] then
-//! runs them until the shutdown future resolves, and drains open connections gracefully.
+//! builds the [`LiveProxy`] and runs the listeners until the shutdown future resolves, and
+//! drains open connections gracefully (no new connections; open requests get
+//! `drain_timeout`).
 //!
 //! Listeners: the plain port (the proxy, or a redirect to HTTPS when TLS is on), the TLS
 //! port (rustls, ALPN h2 and http/1.1), and the admin port. The proxy listeners are served by
@@ -12,103 +12,24 @@
 //! with the socket peer recorded as `ConnectInfo<SocketAddr>`. SIGHUP re-reads the
 //! certificate files; connections already open keep the certificate they started with.
 
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use axum::Router;
 use axum_server::tls_rustls::RustlsConfig;
-use tower::Layer;
+use hyper_util::rt::TokioTimer;
 
 use crate::{
     admin::{self, AdminState},
-    balance::{discover, endpoint::Endpoint, Balance, Balancer, BalancerOptions},
-    client_ip::ClientIp,
     config::Config,
-    forward::{backend_client, BackendClient, ClientProto, Forward},
-    health::HealthChecker,
-    layer::{
-        rate_limit::{spawn_pruning, Limiter},
-        Backpressure, BackpressureLayer, Metrics, MetricsLayer, RateLimit, RateLimitLayer,
-    },
-    prometheus, redirect,
+    forward::ClientProto,
+    prometheus,
+    proxy::LiveProxy,
+    redirect,
     tls::{load_server_config, TlsError},
 };
 
-/// How long open connections get to finish after a shutdown signal.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The whole request path: metrics, rate limit, backpressure, balance, forward.
-pub type ProxyService = Metrics<RateLimit<Backpressure<Balance<Forward>>>>;
-
-/// The assembled data plane, independent of listeners.
-#[derive(Debug, Clone)]
-pub struct Proxy {
-    /// The balancer shared by every listener.
-    pub balancer: Arc<Balancer>,
-    /// Every configured backend, up or down, in config order.
-    pub endpoints: Vec<Arc<Endpoint>>,
-    client: BackendClient,
-    request_timeout: Duration,
-    metrics: MetricsLayer,
-    rate_limit: RateLimitLayer,
-    backpressure: BackpressureLayer,
-}
-
-impl Proxy {
-    /// Builds endpoints, starts health checks, the balancer and the rate limiter's pruning.
-    /// Needs a Tokio runtime; install the metrics recorder first ([`prometheus::install`]) if
-    /// metrics are wanted, since handles are resolved here.
-    pub fn build(config: &Config) -> Proxy {
-        let endpoints: Vec<Arc<Endpoint>> = config
-            .backends
-            .iter()
-            .enumerate()
-            .map(|(id, b)| Arc::new(Endpoint::new(id, b, &config.adaptive)))
-            .collect();
-        let client = backend_client(config.connect_timeout);
-        let client_ip = ClientIp::new(&config.trusted_proxies);
-        let (changes, stream) = discover::channel();
-        HealthChecker::new(config.health.clone(), client.clone(), changes).spawn(&endpoints);
-        let balancer = Balancer::new(
-            config.strategy,
-            BalancerOptions {
-                client_ip: client_ip.clone(),
-                max_connections: config.max_connections,
-                explain: config.explain,
-                shadow: config.shadow,
-            },
-            stream,
-        );
-        let limiter = config.rate_limit.as_ref().map(|r| {
-            let limiter = Arc::new(Limiter::new(r, client_ip));
-            spawn_pruning(limiter.clone());
-            limiter
-        });
-        Proxy {
-            balancer,
-            endpoints,
-            client,
-            request_timeout: config.request_timeout,
-            metrics: MetricsLayer::new(),
-            rate_limit: RateLimitLayer::new(limiter),
-            backpressure: BackpressureLayer::new(config.max_in_flight),
-        }
-    }
-
-    /// The full stack for requests arriving over `proto`.
-    pub fn service(&self, proto: ClientProto) -> ProxyService {
-        let balance = Balance::new(
-            self.balancer.clone(),
-            Forward::new(self.client.clone(), proto, self.request_timeout),
-        );
-        self.metrics
-            .layer(self.rate_limit.layer(self.backpressure.layer(balance)))
-    }
-
-    /// The proxy as an axum router (the fallback for every path).
-    pub fn router(&self, proto: ClientProto) -> Router {
-        Router::new().fallback_service(self.service(proto))
-    }
-}
+/// Time a new connection has to send its first request (protocol detection and TLS included).
+const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -138,6 +59,7 @@ pub enum ServeError {
 #[derive(Debug)]
 pub struct Server {
     config: Config,
+    path: Option<PathBuf>,
     http: std::net::TcpListener,
     https: Option<(std::net::TcpListener, Arc<rustls::ServerConfig>)>,
     admin: std::net::TcpListener,
@@ -154,6 +76,12 @@ impl Server {
         let mut server = Server::bind_with_tls(config, tls)?;
         server.reload_from_files = true;
         Ok(server)
+    }
+
+    /// Remembers the file the config came from: SIGHUP and `POST /reload` re-read it.
+    pub fn with_config_file(mut self, path: PathBuf) -> Self {
+        self.path = Some(path);
+        self
     }
 
     /// Binds every listener, serving TLS (on `tls_port`) with the given config when TLS is
@@ -174,6 +102,7 @@ impl Server {
         let admin = bind(config.admin_addr)?;
         Ok(Server {
             config,
+            path: None,
             http,
             https,
             admin,
@@ -196,39 +125,43 @@ impl Server {
         local_addr(&self.admin)
     }
 
-    /// Serves until `shutdown` resolves, then drains connections for up to [`DRAIN_TIMEOUT`].
+    /// Serves until `shutdown` resolves, then stops accepting and lets open requests finish
+    /// for up to `drain_timeout`.
     pub async fn serve(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
         let handle = prometheus::install();
         prometheus::spawn_upkeep(handle.clone());
-        let proxy = Proxy::build(&self.config);
+        let config = self.config.clone();
+        let live = LiveProxy::new(self.config, self.path);
         tracing::info!(
-            strategy = %self.config.strategy,
-            backends = ?self.config.backends.iter().map(|b| b.authority.as_str()).collect::<Vec<_>>(),
+            strategy = %config.strategy,
+            backends = ?config.backends.iter().map(|b| b.authority.as_str()).collect::<Vec<_>>(),
             "load balancer configured"
         );
         let shutdown_handle = axum_server::Handle::new();
         let mut listeners = tokio::task::JoinSet::new();
+        let http_addr = local_addr(&self.http);
+        let admin_addr = local_addr(&self.admin);
 
-        let http_addr = self.http_addr();
-        let admin_addr = self.admin_addr();
-        let redirecting = self.https.is_some() && self.config.redirect_to_https;
+        let redirecting = self.https.is_some() && config.redirect_to_https;
         let plain = match (&self.https, redirecting) {
             (Some((l, _)), true) => redirect::router(local_addr(l).port()),
-            _ => proxy.router(ClientProto::Http),
+            _ => Router::new().fallback_service(live.service(ClientProto::Http)),
         };
         tracing::info!("HTTP server listening on :{}", http_addr.port());
         if redirecting {
             tracing::info!("HTTP requests are redirected to HTTPS");
         }
-        let server = axum_server::from_tcp(self.http)
+        let mut server = axum_server::from_tcp(self.http)
             .map_err(|source| ServeError::Serve {
                 addr: http_addr,
                 source,
             })?
-            .handle(shutdown_handle.clone());
+            .handle(shutdown_handle.clone())
+            .first_request_timeout(FIRST_REQUEST_TIMEOUT);
+        limit_connections(server.http_builder(), &config);
         listeners.spawn(async move {
             let served = server
                 .serve(plain.into_make_service_with_connect_info::<SocketAddr>())
@@ -239,33 +172,37 @@ impl Server {
             })
         });
 
-        if let Some((listener, server_config)) = self.https {
-            let addr = local_addr(&listener);
-            let rustls_config = RustlsConfig::from_config(server_config);
-            if self.reload_from_files {
-                if let Some(tls) = &self.config.tls {
-                    spawn_certificate_reload(rustls_config.clone(), tls.clone());
-                }
+        let rustls_config = match self.https {
+            Some((listener, server_config)) => {
+                let addr = local_addr(&listener);
+                let rustls_config = RustlsConfig::from_config(server_config);
+                tracing::info!("HTTPS server listening on :{}", addr.port());
+                let mut server = axum_server::from_tcp_rustls(listener, rustls_config.clone())
+                    .map_err(|source| ServeError::Serve { addr, source })?
+                    .handle(shutdown_handle.clone())
+                    .first_request_timeout(FIRST_REQUEST_TIMEOUT);
+                limit_connections(server.http_builder(), &config);
+                let app = Router::new().fallback_service(live.service(ClientProto::Https));
+                listeners.spawn(async move {
+                    let served = server
+                        .serve(app.into_make_service_with_connect_info::<SocketAddr>())
+                        .await;
+                    served.map_err(|source| ServeError::Serve { addr, source })
+                });
+                Some(rustls_config)
             }
-            tracing::info!("HTTPS server listening on :{}", addr.port());
-            let server = axum_server::from_tcp_rustls(listener, rustls_config)
-                .map_err(|source| ServeError::Serve { addr, source })?
-                .handle(shutdown_handle.clone());
-            let app = proxy.router(ClientProto::Https);
-            listeners.spawn(async move {
-                let served = server
-                    .serve(app.into_make_service_with_connect_info::<SocketAddr>())
-                    .await;
-                served.map_err(|source| ServeError::Serve { addr, source })
-            });
-        }
+            None => None,
+        };
+        spawn_reload_on_hangup(
+            live.clone(),
+            rustls_config.filter(|_| self.reload_from_files),
+            config.tls.clone(),
+        );
 
-        tracing::info!("admin listening on {admin_addr} (/metrics, /health, /backends)");
-        let admin_app = admin::router(AdminState {
-            balancer: proxy.balancer.clone(),
-            endpoints: proxy.endpoints.clone(),
-            prometheus: handle,
-        });
+        tracing::info!(
+            "admin listening on {admin_addr} (/, /metrics, /health, /backends, /decisions)"
+        );
+        let admin_app = admin::router(AdminState::live(live, handle));
         let admin = axum_server::from_tcp(self.admin)
             .map_err(|source| ServeError::Serve {
                 addr: admin_addr,
@@ -280,44 +217,75 @@ impl Server {
             })
         });
 
+        let drain = config.drain_timeout;
         tokio::spawn(async move {
             shutdown.await;
-            tracing::info!("shutting down: draining open connections");
-            shutdown_handle.graceful_shutdown(Some(DRAIN_TIMEOUT));
+            tracing::info!(
+                "shutting down: no new connections; open requests get up to {}",
+                humantime::format_duration(drain)
+            );
+            shutdown_handle.graceful_shutdown(Some(drain));
         });
         while let Some(result) = listeners.join_next().await {
             if let Ok(Err(e)) = result {
                 return Err(e);
             }
         }
+        tracing::info!("all connections closed; exiting");
         Ok(())
     }
 }
 
-/// Re-reads the certificate and key on SIGHUP; a bad pair is logged and the old one kept.
-fn spawn_certificate_reload(rustls_config: RustlsConfig, tls: crate::config::TlsConfig) {
+/// Client-side limits on every proxy connection: header read timeout (slowloris), header
+/// size and count (hyper answers `431` past them).
+fn limit_connections(
+    builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    config: &Config,
+) {
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.client_header_timeout)
+        .max_buf_size(config.max_header_bytes)
+        .max_headers(config.max_headers);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX));
+}
+
+/// SIGHUP: re-reads the config file (backends, strategy, limits, timeouts) and the
+/// certificate and key; anything invalid is logged and the running version kept.
+fn spawn_reload_on_hangup(
+    live: Arc<LiveProxy>,
+    rustls_config: Option<RustlsConfig>,
+    tls: Option<crate::config::TlsConfig>,
+) {
     #[cfg(unix)]
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
         let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-            tracing::warn!("cannot listen for SIGHUP; certificates will not reload");
+            tracing::warn!("cannot listen for SIGHUP; reloads only through POST /reload");
             return;
         };
         while hangups.recv().await.is_some() {
-            match load_server_config(&tls.cert_file, &tls.key_file) {
-                Ok(config) => {
-                    rustls_config.reload_from_config(Arc::new(config));
-                    tracing::info!(cert = %tls.cert_file.display(), "TLS certificate reloaded");
+            let _ = live.reload_and_log();
+            if let (Some(rustls_config), Some(tls)) = (&rustls_config, &tls) {
+                match load_server_config(&tls.cert_file, &tls.key_file) {
+                    Ok(config) => {
+                        rustls_config.reload_from_config(Arc::new(config));
+                        tracing::info!(cert = %tls.cert_file.display(), "TLS certificate reloaded");
+                    }
+                    Err(e) => tracing::error!(
+                        error = %e,
+                        "TLS certificate reload failed; keeping the current certificate"
+                    ),
                 }
-                Err(e) => tracing::error!(
-                    error = %e,
-                    "TLS certificate reload failed; keeping the current certificate"
-                ),
             }
         }
     });
     #[cfg(not(unix))]
-    let _ = (rustls_config, tls);
+    let _ = (live, rustls_config, tls);
 }
 
 fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, ServeError> {

@@ -254,3 +254,70 @@ async fn original_config_listens_on_8080_and_8443() {
     assert_eq!(r.status(), 301);
     assert_eq!(r.headers()["location"], "https://localhost:8443/x");
 }
+
+#[tokio::test]
+async fn tls_scan_finds_no_old_protocol_and_no_weak_cipher() {
+    let t = tls_alb(json!({}));
+    let out = t.dir.path().join("scan.json");
+    let port = t.tls_port;
+    let out_arg = format!("--json_out={}", out.display());
+    let status = tokio::task::spawn_blocking(move || {
+        Command::new("python3")
+            .args([
+                "-m",
+                "sslyze",
+                &format!("127.0.0.1:{port}"),
+                &out_arg,
+                "--quiet",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("sslyze is installed (pip install sslyze)")
+    })
+    .await
+    .unwrap();
+    // sslyze exits non-zero when the (self-signed) certificate fails Mozilla's checks; the
+    // scan results are written all the same.
+    let _ = status;
+    let scan: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let result = &scan["server_scan_results"][0]["scan_result"];
+    let accepted = |suite: &str| -> Vec<serde_json::Value> {
+        assert_eq!(
+            result[suite]["status"], "COMPLETED",
+            "{suite}: {}",
+            result[suite]
+        );
+        result[suite]["result"]["accepted_cipher_suites"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    for old in [
+        "ssl_2_0_cipher_suites",
+        "ssl_3_0_cipher_suites",
+        "tls_1_0_cipher_suites",
+        "tls_1_1_cipher_suites",
+    ] {
+        assert!(
+            accepted(old).is_empty(),
+            "{old} accepted: {:?}",
+            accepted(old)
+        );
+    }
+    let modern: Vec<serde_json::Value> = accepted("tls_1_2_cipher_suites")
+        .into_iter()
+        .chain(accepted("tls_1_3_cipher_suites"))
+        .collect();
+    assert!(!modern.is_empty());
+    for c in modern {
+        let suite = &c["cipher_suite"];
+        let name = suite["name"].as_str().unwrap();
+        assert!(suite["key_size"].as_u64().unwrap() >= 128, "{name}");
+        assert_eq!(suite["is_anonymous"], false, "{name}");
+        for weak in ["RC4", "DES", "NULL", "EXPORT", "CBC", "MD5"] {
+            assert!(!name.contains(weak), "weak cipher accepted: {name}");
+        }
+    }
+}

@@ -15,7 +15,7 @@ use axum::{
         sse::{Event, KeepAlive, Sse},
         Html, IntoResponse, Response,
     },
-    routing::get,
+    routing::{get, post},
     Json, Router,
 };
 use futures_util::Stream;
@@ -30,6 +30,7 @@ use crate::{
     },
     decision::{DecisionLog, DecisionRecord, DecisionView},
     prometheus::publish_backend_gauges,
+    proxy::LiveProxy,
 };
 
 /// How often the decision stream looks for new decisions.
@@ -37,15 +38,64 @@ const STREAM_POLL: Duration = Duration::from_millis(100);
 /// Decisions returned by `/decisions` unless `limit` says otherwise.
 const DEFAULT_DECISIONS: usize = 1000;
 
-/// What the admin routes read.
+/// What the admin routes read and control.
 #[derive(Clone, Debug)]
 pub struct AdminState {
-    /// The balancer whose strategy scores backends.
-    pub balancer: Arc<Balancer>,
-    /// Every backend, up or down.
-    pub endpoints: Vec<Arc<Endpoint>>,
-    /// The Prometheus recorder's handle.
-    pub prometheus: PrometheusHandle,
+    source: Source,
+    prometheus: PrometheusHandle,
+}
+
+#[derive(Clone, Debug)]
+enum Source {
+    /// A balancer built by an embedding app: read-only.
+    Fixed(Snapshot),
+    /// The binary's proxy: follows reloads, and can reload, drain and enable.
+    Live(Arc<LiveProxy>),
+}
+
+/// The balancer and backends that a request to the admin routes looks at.
+#[derive(Clone, Debug)]
+struct Snapshot {
+    balancer: Arc<Balancer>,
+    endpoints: Vec<Arc<Endpoint>>,
+}
+
+impl AdminState {
+    /// Admin routes over a balancer and its backends (read-only: no reload or drain).
+    pub fn new(
+        balancer: Arc<Balancer>,
+        endpoints: Vec<Arc<Endpoint>>,
+        prometheus: PrometheusHandle,
+    ) -> Self {
+        AdminState {
+            source: Source::Fixed(Snapshot {
+                balancer,
+                endpoints,
+            }),
+            prometheus,
+        }
+    }
+
+    /// Admin routes over a live proxy, with `POST /reload` and drain/enable.
+    pub fn live(live: Arc<LiveProxy>, prometheus: PrometheusHandle) -> Self {
+        AdminState {
+            source: Source::Live(live),
+            prometheus,
+        }
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        match &self.source {
+            Source::Fixed(s) => s.clone(),
+            Source::Live(live) => {
+                let proxy = live.current();
+                Snapshot {
+                    balancer: proxy.balancer.clone(),
+                    endpoints: proxy.endpoints.clone(),
+                }
+            }
+        }
+    }
 }
 
 /// The admin router.
@@ -55,6 +105,9 @@ pub fn router(state: AdminState) -> Router {
         .route("/health", get(health))
         .route("/backends", get(backends))
         .route("/backends/{id}", get(backend_detail))
+        .route("/backends/{id}/drain", post(drain))
+        .route("/backends/{id}/enable", post(enable))
+        .route("/reload", post(reload))
         .route("/decisions", get(decisions))
         .route("/decisions/stream", get(decision_stream))
         .route("/", get(dashboard))
@@ -62,7 +115,8 @@ pub fn router(state: AdminState) -> Router {
 }
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
-    publish_backend_gauges(&state.balancer, &state.endpoints);
+    let s = state.snapshot();
+    publish_backend_gauges(&s.balancer, &s.endpoints);
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -80,7 +134,8 @@ struct Health {
 }
 
 async fn health(State(state): State<AdminState>) -> impl IntoResponse {
-    let alive = state.endpoints.iter().filter(|e| e.is_up()).count();
+    let state = state.snapshot();
+    let alive = state.endpoints.iter().filter(|e| e.in_service()).count();
     let status = if alive > 0 {
         StatusCode::OK
     } else {
@@ -127,7 +182,7 @@ struct Backends {
     backends: Vec<BackendView>,
 }
 
-impl AdminState {
+impl Snapshot {
     fn view(&self, ep: &Endpoint, now: Instant) -> BackendView {
         BackendView {
             id: ep.id,
@@ -150,6 +205,7 @@ impl AdminState {
 }
 
 async fn backends(State(state): State<AdminState>) -> Json<Backends> {
+    let state = state.snapshot();
     let now = Instant::now();
     Json(Backends {
         strategy: state.balancer.strategy().kind().as_str(),
@@ -171,6 +227,7 @@ struct BackendDetail {
 /// One backend by position (`/backends/0`) or name (`/backends/127.0.0.1:8081`), with its
 /// recent state transitions.
 async fn backend_detail(State(state): State<AdminState>, Path(id): Path<String>) -> Response {
+    let state = state.snapshot();
     let found = state
         .endpoints
         .iter()
@@ -235,6 +292,7 @@ async fn decisions(
     State(state): State<AdminState>,
     Query(filter): Query<DecisionFilter>,
 ) -> Json<Decisions> {
+    let state = state.snapshot();
     let mut views = filter.apply(state.log().since(0), &state.endpoints);
     views.reverse();
     views.truncate(filter.limit.unwrap_or(DEFAULT_DECISIONS));
@@ -246,7 +304,7 @@ async fn decision_stream(
     State(state): State<AdminState>,
     Query(filter): Query<DecisionFilter>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let start = state.log().last_id();
+    let start = state.snapshot().log().last_id();
     let stream = futures_util::stream::unfold(
         (state, filter, start, Vec::<Event>::new()),
         |(state, filter, mut last, mut pending)| async move {
@@ -255,12 +313,13 @@ async fn decision_stream(
                     return Some((Ok(event), (state, filter, last, pending)));
                 }
                 tokio::time::sleep(STREAM_POLL).await;
-                let records = state.log().since(last);
+                let now = state.snapshot();
+                let records = now.log().since(last);
                 if let Some(newest) = records.last() {
                     last = newest.id;
                 }
                 pending = filter
-                    .apply(records, &state.endpoints)
+                    .apply(records, &now.endpoints)
                     .iter()
                     .rev()
                     .filter_map(|v| Event::default().event("decision").json_data(v).ok())
@@ -269,6 +328,57 @@ async fn decision_stream(
         },
     );
     Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+/// `POST /reload`: re-reads the config file, as SIGHUP does.
+async fn reload(State(state): State<AdminState>) -> Response {
+    let Source::Live(live) = &state.source else {
+        return not_here("reload");
+    };
+    match live.reload_and_log() {
+        Ok(summary) => (StatusCode::OK, format!("reloaded: {summary}\n")).into_response(),
+        Err(e) => (StatusCode::UNPROCESSABLE_ENTITY, format!("{e}\n")).into_response(),
+    }
+}
+
+async fn drain(State(state): State<AdminState>, Path(id): Path<String>) -> Response {
+    set_drained(&state, &id, true)
+}
+
+async fn enable(State(state): State<AdminState>, Path(id): Path<String>) -> Response {
+    set_drained(&state, &id, false)
+}
+
+/// Drain (no new requests; in-flight ones finish) or enable a backend.
+fn set_drained(state: &AdminState, id: &str, drained: bool) -> Response {
+    let Source::Live(live) = &state.source else {
+        return not_here("drain and enable");
+    };
+    let proxy = live.current();
+    let Some(ep) = proxy
+        .endpoints
+        .iter()
+        .find(|ep| ep.name() == id || id.parse::<usize>() == Ok(ep.id))
+    else {
+        return (StatusCode::NOT_FOUND, format!("no backend {id:?}\n")).into_response();
+    };
+    proxy.set_drained(ep, drained);
+    Json(
+        Snapshot {
+            balancer: proxy.balancer.clone(),
+            endpoints: proxy.endpoints.clone(),
+        }
+        .view(ep, Instant::now()),
+    )
+    .into_response()
+}
+
+fn not_here(what: &str) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        format!("{what} is only available on alb's own admin listener\n"),
+    )
+        .into_response()
 }
 
 async fn dashboard() -> impl IntoResponse {

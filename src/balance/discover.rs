@@ -50,6 +50,16 @@ impl DiscoverSender {
     pub fn remove(&self, id: BackendId) {
         let _ = self.tx.send(Change::Remove(id));
     }
+
+    /// Puts a backend in or out of service according to its state (healthy, not ejected,
+    /// not drained): the one place that decides membership.
+    pub fn sync(&self, endpoint: &Arc<Endpoint>) {
+        if endpoint.in_service() {
+            self.insert(endpoint.clone());
+        } else {
+            self.remove(endpoint.id);
+        }
+    }
 }
 
 impl Stream for DiscoverStream {

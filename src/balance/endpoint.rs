@@ -8,7 +8,7 @@
 use std::{
     collections::VecDeque,
     sync::{
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering},
         Arc, Mutex,
     },
     time::{Duration, Instant, SystemTime},
@@ -47,6 +47,11 @@ pub struct Endpoint {
     requests: AtomicU64,
     failures: AtomicU64,
     up: AtomicBool,
+    drained: AtomicBool,
+    /// Passive outlier detection: failures in a row, times ejected, ejected or not.
+    consecutive_failures: AtomicU32,
+    ejections: AtomicU32,
+    ejected: AtomicBool,
     ewma: PeakEwma,
     tuning: AdaptiveConfig,
     transitions: Mutex<VecDeque<Transition>>,
@@ -84,6 +89,10 @@ impl Endpoint {
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             up: AtomicBool::new(true),
+            drained: AtomicBool::new(false),
+            consecutive_failures: AtomicU32::new(0),
+            ejections: AtomicU32::new(0),
+            ejected: AtomicBool::new(false),
             ewma: PeakEwma::new(tuning.default_rtt, tuning.decay),
             tuning: tuning.clone(),
             transitions: Mutex::new(VecDeque::with_capacity(TRANSITIONS_KEPT)),
@@ -125,9 +134,10 @@ impl Endpoint {
         self.ewma.estimate(now)
     }
 
-    /// Records how a request went. A failure is charged at least the failure penalty, so a
-    /// backend that fails fast does not look fast (ingress-nginx #5540, linkerd2-proxy #4537).
-    pub fn record(&self, latency: Duration, failed: bool, now: Instant) {
+    /// Records how a request went; returns the failures in a row so far (0 after a success).
+    /// A failure is charged at least the failure penalty, so a backend that fails fast does not
+    /// look fast (ingress-nginx #5540, linkerd2-proxy #4537).
+    pub fn record(&self, latency: Duration, failed: bool, now: Instant) -> u32 {
         let sample = if failed {
             self.failures.fetch_add(1, Ordering::Relaxed);
             latency.max(self.tuning.failure_penalty)
@@ -135,6 +145,71 @@ impl Endpoint {
             latency
         };
         self.ewma.observe(sample, now);
+        if failed {
+            self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+            0
+        }
+    }
+
+    /// Whether the balancer may send it new requests: healthy, not ejected, not drained.
+    pub fn in_service(&self) -> bool {
+        self.is_up() && !self.is_ejected() && !self.is_drained()
+    }
+
+    /// Whether an operator drained it.
+    pub fn is_drained(&self) -> bool {
+        self.drained.load(Ordering::Relaxed)
+    }
+
+    /// Drains (no new requests; in-flight ones finish) or enables it.
+    pub fn set_drained(&self, drained: bool) {
+        if self.drained.swap(drained, Ordering::Relaxed) != drained {
+            let cause = if drained {
+                "drained by an operator (POST /backends/{id}/drain)"
+            } else {
+                "enabled by an operator (POST /backends/{id}/enable)"
+            };
+            self.note_transition(!drained && self.is_up(), "admin", cause.to_owned());
+        }
+    }
+
+    /// Whether passive outlier detection has it ejected.
+    pub fn is_ejected(&self) -> bool {
+        self.ejected.load(Ordering::Relaxed)
+    }
+
+    /// Ejects it; returns how many times it has been ejected, this one included.
+    pub fn eject(&self, cause: String) -> u32 {
+        self.ejected.store(true, Ordering::Relaxed);
+        self.note_transition(false, "outlier_detection", cause);
+        self.ejections.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Ends an ejection; the failure streak starts again from zero.
+    pub fn uneject(&self, cause: String) {
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+        self.ejected.store(false, Ordering::Relaxed);
+        self.note_transition(self.is_up(), "outlier_detection", cause);
+    }
+
+    /// Takes over what an older endpoint for the same backend knew (a config reload): health,
+    /// drain, latency estimate, counters and transitions. Its in-flight requests stay counted
+    /// on the old endpoint until they finish.
+    pub fn inherit(&self, old: &Endpoint) {
+        self.up.store(old.is_up(), Ordering::Relaxed);
+        self.drained.store(old.is_drained(), Ordering::Relaxed);
+        self.ewma.copy_from(&old.ewma);
+        self.requests.store(old.requests(), Ordering::Relaxed);
+        self.failures.store(old.failures(), Ordering::Relaxed);
+        *self.transitions.lock().unwrap_or_else(|e| e.into_inner()) =
+            old.transitions().into_iter().collect();
+    }
+
+    /// Records a configuration reload in the timeline.
+    pub fn note_reload(&self, cause: String) {
+        self.note_transition(self.in_service(), "reload", cause);
     }
 
     /// Whether the health checker currently counts this backend as up.

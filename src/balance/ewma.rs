@@ -76,6 +76,12 @@ impl PeakEwma {
         };
     }
 
+    /// Copies another estimate's state (same backend, after a reload).
+    pub fn copy_from(&self, other: &PeakEwma) {
+        let state = *other.lock();
+        *self.lock() = state;
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // The state is two plain numbers: a panic elsewhere cannot leave it half-written.
         self.state.lock().unwrap_or_else(|e| e.into_inner())

@@ -47,7 +47,9 @@ use crate::{
     guarded_body::GuardedBody,
     layer::backpressure::overloaded,
     local_reply::local_reply,
-    prometheus::SHADOW_DECISIONS_TOTAL,
+    outlier::OutlierDetector,
+    prometheus::{RETRIES_TOTAL, RETRY_BUDGET_EXHAUSTED_TOTAL, SHADOW_DECISIONS_TOTAL},
+    retry::{self, RetryBudget},
 };
 use endpoint::{BackendId, Endpoint};
 
@@ -236,6 +238,12 @@ pub struct BalancerOptions {
     pub explain: bool,
     /// Also evaluate the other strategies on every request, without acting on them.
     pub shadow: bool,
+    /// Passive outlier detection, fed with every request's outcome.
+    pub outlier: Option<Arc<OutlierDetector>>,
+    /// Retries of requests that never reached a backend, and their budget.
+    pub retry: Option<Arc<RetryBudget>>,
+    /// The decision log to write to (a reload hands the old one on); a new one if `None`.
+    pub decisions: Option<Arc<DecisionLog>>,
 }
 
 /// Shadow strategies and their agreement counters.
@@ -285,11 +293,12 @@ impl Balancer {
                 agree,
             }
         });
+        let decisions = options.decisions.clone().unwrap_or_else(DecisionLog::new);
         let balancer = Arc::new(Balancer {
             set: ArcSwap::from_pointee(BackendSet::default()),
             strategy: Strategy::new(kind),
             options,
-            decisions: DecisionLog::new(),
+            decisions,
             shadows,
         });
         let mut discover = discover;
@@ -445,6 +454,33 @@ impl Balancer {
             .collect()
     }
 
+    /// Another in-service backend than `failed` for a retry: the strategy's choice if it
+    /// differs within a few tries, else the first other one.
+    fn retry_target(
+        &self,
+        failed: &Endpoint,
+        client: Option<std::net::IpAddr>,
+    ) -> Option<Arc<Endpoint>> {
+        let set = self.set.load();
+        let others = || set.endpoints.iter().filter(|e| e.id != failed.id);
+        others().next()?;
+        for _ in 0..3 {
+            let ep = &set.endpoints[self.strategy.pick(&set, client, &mut PickTrace::default())];
+            if ep.id != failed.id {
+                return Some(ep.clone());
+            }
+        }
+        others().next().cloned()
+    }
+
+    fn observe(&self, endpoint: &Arc<Endpoint>, streak: u32, what: &dyn fmt::Display) {
+        if let Some(detector) = &self.options.outlier {
+            if streak > 0 {
+                detector.observe(endpoint, streak, &what.to_string());
+            }
+        }
+    }
+
     /// Logs the decision and, if asked, explains it in the response.
     fn finish(
         &self,
@@ -466,10 +502,47 @@ impl Balancer {
     }
 }
 
+/// What is needed to send a request again: everything but the body, which must be empty.
+struct Replay {
+    method: http::Method,
+    uri: http::Uri,
+    version: http::Version,
+    headers: http::HeaderMap,
+    peer: Option<axum::extract::ConnectInfo<std::net::SocketAddr>>,
+}
+
+impl Replay {
+    fn of<B>(request: &Request<B>) -> Self {
+        Replay {
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            version: request.version(),
+            headers: request.headers().clone(),
+            peer: request
+                .extensions()
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .copied(),
+        }
+    }
+
+    fn request<B: Default>(&self) -> Request<B> {
+        let mut request = Request::new(B::default());
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.version_mut() = self.version;
+        *request.headers_mut() = self.headers.clone();
+        if let Some(peer) = self.peer {
+            request.extensions_mut().insert(peer);
+        }
+        request
+    }
+}
+
 impl<S, B, RB> Service<Request<B>> for Balance<S>
 where
-    S: Service<Routed<B>, Response = Response<RB>, Error = ForwardError>,
+    S: Service<Routed<B>, Response = Response<RB>, Error = ForwardError> + Clone + Send + 'static,
     S::Future: Send + 'static,
+    B: http_body::Body + Default + Send + 'static,
     RB: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     RB::Error: Into<axum::BoxError>,
 {
@@ -534,31 +607,75 @@ where
         }
         record.chosen = Some(endpoint.id as u32);
         balancer.shadow(&set, client, &mut record);
-        let guard = endpoint.start();
-        let endpoint = endpoint.clone();
+        let budget = balancer.options.retry.clone();
+        let replay = budget
+            .as_ref()
+            .filter(|b| {
+                b.attempts() > 0
+                    && retry::idempotent(request.method())
+                    && request.body().is_end_stream()
+            })
+            .map(|_| Replay::of(&request));
+        if let Some(b) = &budget {
+            b.deposit();
+        }
+        let mut guard = endpoint.start();
+        let mut endpoint = endpoint.clone();
         drop(set);
-        let response = self.inner.call(Routed {
+        let mut attempt = self.inner.call(Routed {
             request,
             endpoint: endpoint.clone(),
         });
+        let mut inner = self.inner.clone();
         Box::pin(async move {
-            let result = response.await;
-            let now = Instant::now();
-            let latency = now.saturating_duration_since(guard.started());
-            let mut response = match result {
-                Ok(response) => {
-                    let failed = response.status().is_server_error();
-                    endpoint.record(latency, failed, now);
-                    if failed {
-                        endpoint.metrics.error("status_5xx");
+            let mut retries_left = budget.as_ref().map_or(0, |b| b.attempts());
+            let mut response = loop {
+                let result = attempt.await;
+                let now = Instant::now();
+                let latency = now.saturating_duration_since(guard.started());
+                let error = match result {
+                    Ok(response) => {
+                        let failed = response.status().is_server_error();
+                        let streak = endpoint.record(latency, failed, now);
+                        if failed {
+                            endpoint.metrics.error("status_5xx");
+                            balancer.observe(&endpoint, streak, &response.status());
+                        }
+                        break response.map(|body| Body::new(GuardedBody::new(body, guard)));
                     }
-                    response.map(|body| Body::new(GuardedBody::new(body, guard)))
-                }
-                Err(error) => {
-                    endpoint.record(latency, true, now);
-                    endpoint.metrics.error(error.kind());
-                    error.into_response(endpoint.name())
-                }
+                    Err(error) => error,
+                };
+                let streak = endpoint.record(latency, true, now);
+                endpoint.metrics.error(error.kind());
+                balancer.observe(&endpoint, streak, &error);
+                let next = match (&replay, &budget) {
+                    (Some(_), Some(budget)) if retries_left > 0 && error.retryable() => {
+                        match balancer.retry_target(&endpoint, client) {
+                            Some(next) if budget.withdraw() => Some(next),
+                            Some(_) => {
+                                metrics::counter!(RETRY_BUDGET_EXHAUSTED_TOTAL).increment(1);
+                                None
+                            }
+                            None => None,
+                        }
+                    }
+                    _ => None,
+                };
+                let (Some(next), Some(replay)) = (next, &replay) else {
+                    break error.into_response(endpoint.name());
+                };
+                retries_left -= 1;
+                metrics::counter!(RETRIES_TOTAL, "reason" => error.kind()).increment(1);
+                tracing::debug!(from = endpoint.name(), to = next.name(), %error, "retrying");
+                record.retried_from = Some(endpoint.id as u32);
+                record.chosen = Some(next.id as u32);
+                guard = next.start();
+                endpoint = next;
+                let _ = tower::ServiceExt::ready(&mut inner).await;
+                attempt = inner.call(Routed {
+                    request: replay.request(),
+                    endpoint: endpoint.clone(),
+                });
             };
             endpoint.metrics.request(response.status());
             response

@@ -154,14 +154,15 @@ impl Limiter {
 }
 
 /// Spawns the periodic pruning of per-client buckets.
-pub fn spawn_pruning(limiter: Arc<Limiter>) {
+pub fn spawn_pruning(limiter: Arc<Limiter>) -> tokio::task::AbortHandle {
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(PRUNE_INTERVAL);
         loop {
             ticks.tick().await;
             limiter.prune();
         }
-    });
+    })
+    .abort_handle()
 }
 
 /// Adds rate limiting to a service; with no limiter it passes everything through.

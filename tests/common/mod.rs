@@ -86,6 +86,26 @@ impl Proc {
         self.child.as_ref().unwrap().id()
     }
 
+    /// Sends a signal (`TERM`, `HUP`...) with `kill`.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit; returns its exit code.
+    pub fn wait_exit(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        child.wait().ok()?.code()
+    }
+
+    /// The config file it was started with (`alb run` only).
+    pub fn config_path(&self) -> PathBuf {
+        self._dir.path().join("config.json")
+    }
+
     /// SIGKILL and reap.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -1,0 +1,114 @@
+//! Passive outlier detection: eject a backend that keeps failing real requests.
+//!
+//! Active health checks see a dead backend only at the next check, and some failures
+//! (5xx under load, resets) never show on `/health` at all. Like Envoy's consecutive-5xx
+//! detector, a backend whose last `consecutive_failures` requests all failed (5xx, connect
+//! error, reset, timeout) leaves the set at once. It comes back after an ejection time that
+//! grows with each ejection (`base_ejection_time` x times ejected, capped at
+//! `max_ejection_time`), and never more than `max_ejection_percent` of the backends are
+//! ejected at once (at least one may be, as in Envoy), so a fault that hits every backend
+//! cannot empty the pool.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use serde::Serialize;
+
+use crate::{
+    balance::{discover::DiscoverSender, endpoint::Endpoint},
+    prometheus::OUTLIER_EJECTIONS_TOTAL,
+};
+
+/// Outlier detection settings.
+#[derive(Debug, Clone, Serialize)]
+pub struct OutlierConfig {
+    /// Failures in a row that eject a backend.
+    pub consecutive_failures: u32,
+    /// First ejection's length; the n-th lasts n times as long.
+    #[serde(with = "crate::config::humantime_serde")]
+    pub base_ejection_time: Duration,
+    /// Longest ejection.
+    #[serde(with = "crate::config::humantime_serde")]
+    pub max_ejection_time: Duration,
+    /// Most backends ejected at once, as a percentage of all (at least one).
+    pub max_ejection_percent: u32,
+}
+
+/// Watches request outcomes and ejects backends.
+#[derive(Debug)]
+pub struct OutlierDetector {
+    config: OutlierConfig,
+    changes: DiscoverSender,
+    endpoints: Vec<Arc<Endpoint>>,
+    // Held only on the rare path where a backend reaches the threshold, so two requests
+    // cannot both eject past the cap.
+    deciding: Mutex<()>,
+}
+
+impl OutlierDetector {
+    /// A detector over `endpoints`, reporting ejections to `changes`.
+    pub fn new(
+        config: OutlierConfig,
+        endpoints: Vec<Arc<Endpoint>>,
+        changes: DiscoverSender,
+    ) -> Arc<Self> {
+        Arc::new(OutlierDetector {
+            config,
+            changes,
+            endpoints,
+            deciding: Mutex::new(()),
+        })
+    }
+
+    fn allowed_ejections(&self) -> usize {
+        (self.endpoints.len() * self.config.max_ejection_percent as usize / 100).max(1)
+    }
+
+    /// Called after every request to `endpoint` with its failures in a row (0 on success)
+    /// and what the last failure was.
+    pub fn observe(&self, endpoint: &Arc<Endpoint>, streak: u32, last: &str) {
+        if streak < self.config.consecutive_failures || endpoint.is_ejected() {
+            return;
+        }
+        let _deciding = self.deciding.lock().unwrap_or_else(|e| e.into_inner());
+        if endpoint.is_ejected() {
+            return;
+        }
+        let ejected = self.endpoints.iter().filter(|e| e.is_ejected()).count();
+        if ejected >= self.allowed_ejections() {
+            tracing::warn!(
+                backend = endpoint.name(),
+                ejected,
+                max_ejection_percent = self.config.max_ejection_percent,
+                "outlier not ejected: too many backends are ejected already"
+            );
+            return;
+        }
+        let cause = format!("{streak} failures in a row, last: {last}");
+        let times = endpoint.eject(cause.clone());
+        let duration = self
+            .config
+            .base_ejection_time
+            .saturating_mul(times)
+            .min(self.config.max_ejection_time);
+        tracing::warn!(
+            backend = endpoint.name(),
+            %cause,
+            ejected_for = %humantime::format_duration(duration),
+            "backend EJECTED by outlier detection"
+        );
+        metrics::counter!(OUTLIER_EJECTIONS_TOTAL, "backend" => endpoint.name().to_owned())
+            .increment(1);
+        self.changes.sync(endpoint);
+        let (endpoint, changes) = (endpoint.clone(), self.changes.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(duration).await;
+            let cause = format!("ejection of {} ended", humantime::format_duration(duration));
+            tracing::info!(backend = endpoint.name(), %cause, "backend back from ejection");
+            endpoint.uneject(cause);
+            changes.sync(&endpoint);
+        });
+    }
+}

@@ -1,0 +1,316 @@
+//! The assembled data plane, and its replacement on reload.
+//!
+//! [`Proxy::build`] turns a [`Config`] into running parts: one [`Endpoint`] per backend, the
+//! health checker and the outlier detector feeding the balancer's discovery stream, the
+//! retry budget, the pooled client and the edge layers.
+//!
+//! [`LiveProxy`] holds the current `Proxy` in an `ArcSwap`. Each request takes the current
+//! one at its start and keeps it to its end, so a reload (SIGHUP or `POST /reload`) swaps
+//! in a new `Proxy` without failing anything in flight and without touching connections:
+//! listeners stay as they are. Backends that stay in the config keep their state (health,
+//! drain, latency estimate, history) through [`Endpoint::inherit`].
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    path::PathBuf,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use arc_swap::ArcSwap;
+use axum::body::Body;
+use http::{Request, Response};
+use tokio::task::AbortHandle;
+use tower::{Layer, Service};
+
+use crate::{
+    balance::{
+        discover, discover::DiscoverSender, endpoint::Endpoint, Balance, Balancer, BalancerOptions,
+    },
+    client_ip::ClientIp,
+    config::Config,
+    forward::{backend_client, BackendClient, ClientProto, Forward},
+    health::HealthChecker,
+    layer::{
+        rate_limit::{spawn_pruning, Limiter},
+        Backpressure, BackpressureLayer, BodyLimit, BodyLimitLayer, Metrics, MetricsLayer,
+        RateLimit, RateLimitLayer,
+    },
+    outlier::OutlierDetector,
+    retry::RetryBudget,
+};
+
+/// The whole request path: metrics, rate limit, backpressure, body limit, balance, forward.
+pub type ProxyService = Metrics<RateLimit<Backpressure<BodyLimit<Balance<Forward>>>>>;
+
+/// Background tasks of one `Proxy` (health checks, pruning), stopped with it.
+#[derive(Debug, Default)]
+struct Tasks(Mutex<Vec<AbortHandle>>);
+
+impl Tasks {
+    fn add(&self, handle: AbortHandle) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(handle);
+    }
+
+    fn stop(&self) {
+        for task in self.0.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            task.abort();
+        }
+    }
+}
+
+/// The assembled data plane, independent of listeners.
+#[derive(Debug, Clone)]
+pub struct Proxy {
+    /// The balancer.
+    pub balancer: Arc<Balancer>,
+    /// Every configured backend, in service or not, in config order.
+    pub endpoints: Vec<Arc<Endpoint>>,
+    changes: DiscoverSender,
+    client: BackendClient,
+    request_timeout: Duration,
+    metrics: MetricsLayer,
+    rate_limit: RateLimitLayer,
+    backpressure: BackpressureLayer,
+    body_limit: BodyLimitLayer,
+    tasks: Arc<Tasks>,
+}
+
+impl Proxy {
+    /// Builds endpoints and starts health checks, the balancer and the rate limiter's
+    /// pruning. Needs a Tokio runtime; install the metrics recorder first
+    /// ([`crate::prometheus::install`]) if metrics are wanted, since handles are resolved here.
+    pub fn build(config: &Config) -> Proxy {
+        Proxy::build_from(config, None)
+    }
+
+    /// Builds a proxy for `config`; backends also in `previous` keep their state, and the
+    /// metric handles and pooled connections are reused.
+    fn build_from(config: &Config, previous: Option<&Proxy>) -> Proxy {
+        let endpoints: Vec<Arc<Endpoint>> = config
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(id, b)| {
+                let ep = Endpoint::new(id, b, &config.adaptive);
+                let old =
+                    previous.and_then(|p| p.endpoints.iter().find(|o| o.authority == b.authority));
+                if let Some(old) = old {
+                    ep.inherit(old);
+                    ep.note_reload("config reloaded".to_owned());
+                }
+                Arc::new(ep)
+            })
+            .collect();
+        let client = previous.map_or_else(
+            || backend_client(config.connect_timeout),
+            |p| p.client.clone(),
+        );
+        let client_ip = ClientIp::new(&config.trusted_proxies);
+        let (changes, stream) = discover::channel();
+        let tasks = Arc::new(Tasks::default());
+        let checker = HealthChecker::new(config.health.clone(), client.clone(), changes.clone());
+        for task in checker.spawn(&endpoints) {
+            tasks.add(task.abort_handle());
+        }
+        let outlier = config
+            .outlier_detection
+            .clone()
+            .map(|c| OutlierDetector::new(c, endpoints.clone(), changes.clone()));
+        let balancer = Balancer::new(
+            config.strategy,
+            BalancerOptions {
+                client_ip: client_ip.clone(),
+                max_connections: config.max_connections,
+                explain: config.explain,
+                shadow: config.shadow,
+                outlier,
+                retry: config
+                    .retries
+                    .clone()
+                    .map(|r| Arc::new(RetryBudget::new(r))),
+                decisions: previous.map(|p| p.balancer.decisions().clone()),
+            },
+            stream,
+        );
+        let limiter = config.rate_limit.as_ref().map(|r| {
+            let limiter = Arc::new(Limiter::new(r, client_ip));
+            tasks.add(spawn_pruning(limiter.clone()));
+            limiter
+        });
+        Proxy {
+            balancer,
+            endpoints,
+            changes,
+            client,
+            request_timeout: config.request_timeout,
+            metrics: previous.map_or_else(MetricsLayer::new, |p| p.metrics.clone()),
+            rate_limit: RateLimitLayer::new(limiter),
+            backpressure: BackpressureLayer::new(config.max_in_flight),
+            body_limit: BodyLimitLayer::new(config.max_request_body),
+            tasks,
+        }
+    }
+
+    /// The full stack for requests arriving over `proto`.
+    pub fn service(&self, proto: ClientProto) -> ProxyService {
+        let balance = Balance::new(
+            self.balancer.clone(),
+            Forward::new(self.client.clone(), proto, self.request_timeout),
+        );
+        self.metrics.layer(
+            self.rate_limit
+                .layer(self.backpressure.layer(self.body_limit.layer(balance))),
+        )
+    }
+
+    /// Drains a backend (no new requests; in-flight ones finish) or enables it again.
+    pub fn set_drained(&self, endpoint: &Arc<Endpoint>, drained: bool) {
+        endpoint.set_drained(drained);
+        self.changes.sync(endpoint);
+        tracing::info!(
+            backend = endpoint.name(),
+            "backend {}",
+            if drained { "DRAINED" } else { "ENABLED" }
+        );
+    }
+
+    /// Stops the background tasks (health checks, pruning).
+    fn stop(&self) {
+        self.tasks.stop();
+    }
+}
+
+/// Why a reload was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// No config file to re-read (the proxy was built from a config in memory).
+    #[error("this proxy was not started from a config file")]
+    NoFile,
+    /// The new file is invalid; the running config keeps serving.
+    #[error("new config refused, the running config keeps serving: {0}")]
+    Invalid(#[from] crate::config::ConfigError),
+}
+
+/// The current [`Proxy`], replaceable while serving.
+#[derive(Debug)]
+pub struct LiveProxy {
+    current: ArcSwap<Proxy>,
+    config: Mutex<Config>,
+    path: Option<PathBuf>,
+}
+
+impl LiveProxy {
+    /// Builds the first proxy; `path` is re-read on reload.
+    pub fn new(config: Config, path: Option<PathBuf>) -> Arc<Self> {
+        Arc::new(LiveProxy {
+            current: ArcSwap::from_pointee(Proxy::build(&config)),
+            config: Mutex::new(config),
+            path,
+        })
+    }
+
+    /// The proxy serving new requests.
+    pub fn current(&self) -> Arc<Proxy> {
+        self.current.load_full()
+    }
+
+    /// The service for requests arriving over `proto`, always routed by the current proxy.
+    pub fn service(self: &Arc<Self>, proto: ClientProto) -> LiveService {
+        LiveService {
+            live: self.clone(),
+            proto,
+        }
+    }
+
+    /// Re-reads the config file and swaps in a proxy built from it; returns what changed.
+    /// Listener settings (ports, addresses, TLS files, workers) need a restart: a change
+    /// there is reported and otherwise ignored.
+    pub fn reload(&self) -> Result<String, ReloadError> {
+        let path = self.path.as_ref().ok_or(ReloadError::NoFile)?;
+        let new = Config::load(path)?;
+        let mut running = self.config.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.current.load_full();
+        let mut notes = Vec::new();
+        if new.strategy != running.strategy {
+            notes.push(format!("strategy {} -> {}", running.strategy, new.strategy));
+        }
+        let names = |c: &Config| -> Vec<String> {
+            c.backends.iter().map(|b| b.authority.to_string()).collect()
+        };
+        let (before, after) = (names(&running), names(&new));
+        let added: Vec<&String> = after.iter().filter(|b| !before.contains(b)).collect();
+        let removed: Vec<&String> = before.iter().filter(|b| !after.contains(b)).collect();
+        if !added.is_empty() {
+            notes.push(format!("backends added: {added:?}"));
+        }
+        if !removed.is_empty() {
+            notes.push(format!("backends removed: {removed:?}"));
+        }
+        let listeners = |c: &Config| {
+            (
+                c.port,
+                c.bind_address,
+                c.admin_addr,
+                c.workers,
+                c.tls.as_ref().map(|t| t.port),
+            )
+        };
+        if listeners(&new) != listeners(&running) {
+            tracing::warn!(
+                "ports, addresses and workers change only on restart; the reload keeps the current ones"
+            );
+        }
+        let proxy = Proxy::build_from(&new, Some(&old));
+        self.current.store(Arc::new(proxy));
+        old.stop();
+        *running = new;
+        if notes.is_empty() {
+            notes.push("limits and timeouts re-read".to_owned());
+        }
+        Ok(notes.join("; "))
+    }
+
+    /// Reloads and logs the outcome (for SIGHUP).
+    pub fn reload_and_log(&self) -> Result<String, String> {
+        match self.reload() {
+            Ok(summary) => {
+                tracing::info!(%summary, "config reloaded");
+                Ok(summary)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "config reload failed");
+                Err(e.to_string())
+            }
+        }
+    }
+}
+
+/// The proxy service that follows reloads.
+#[derive(Debug, Clone)]
+pub struct LiveService {
+    live: Arc<LiveProxy>,
+    proto: ClientProto,
+}
+
+impl Service<Request<Body>> for LiveService {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // Every layer of the stack is always ready (they answer refusals themselves).
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let mut service = self.live.current.load().service(self.proto);
+        service.call(request)
+    }
+}
