@@ -285,16 +285,16 @@ pub fn rewrite_request<B>(
 
 /// `X-Forwarded-For: <existing>, <peer>`, folding repeated headers into one.
 fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
-    let ip = peer.ip().to_string();
-    let mut value = String::new();
+    use std::fmt::Write as _;
+    let mut value = String::with_capacity(48);
     for existing in headers.get_all(&X_FORWARDED_FOR) {
         if let Ok(text) = existing.to_str() {
             value.push_str(text);
             value.push_str(", ");
         }
     }
-    value.push_str(&ip);
-    if let Ok(value) = HeaderValue::from_str(&value) {
+    let _ = write!(value, "{}", peer.ip());
+    if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
 }
@@ -315,6 +315,14 @@ fn upgrade_protocol(headers: &HeaderMap) -> Option<&HeaderValue> {
 /// Removes hop-by-hop headers. With `keep_upgrade`, the handshake's `Connection: upgrade`
 /// and `Upgrade` survive so the backend sees the upgrade request.
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most requests carry none of these: one pass over the (few) headers, comparing names
+    // (cheap for standard headers), saves a hash lookup per hop-by-hop name.
+    let present = headers
+        .keys()
+        .any(|k| k == header::UPGRADE || HOP_BY_HOP.contains(k));
+    if !present {
+        return;
+    }
     let upgrade = keep_upgrade
         .then(|| headers.get(header::UPGRADE).cloned())
         .flatten();

@@ -294,10 +294,17 @@ fn block_on(
     workers: Option<usize>,
     main: impl std::future::Future<Output = Result<(), BoxError>>,
 ) -> ExitCode {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = workers {
-        builder.worker_threads(n);
-    }
+    // One worker: a current-thread runtime, which skips the work-stealing scheduler's
+    // cross-thread wake-ups (what nginx and HAProxy do with one worker).
+    let mut builder = match workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => return fail(e),

@@ -207,21 +207,26 @@ pub struct BackendSet {
     pub cycle: Vec<u32>,
     /// Known endpoints that are out of service, as a mask of ids.
     pub excluded: u64,
+    /// Every known endpoint has the same weight (sticky can then skip logarithms).
+    pub uniform_weights: bool,
 }
 
 impl BackendSet {
-    fn new(endpoints: Vec<Arc<Endpoint>>, known: Vec<Arc<Endpoint>>) -> Self {
+    /// A snapshot of `endpoints` (in service) out of `known` (all).
+    pub fn new(endpoints: Vec<Arc<Endpoint>>, known: Vec<Arc<Endpoint>>) -> Self {
         let weights: Vec<u32> = endpoints.iter().map(|e| e.weight).collect();
         let healthy: u64 = endpoints
             .iter()
             .map(|e| mask_bit(e.id))
             .fold(0, |a, b| a | b);
         let all: u64 = known.iter().map(|e| mask_bit(e.id)).fold(0, |a, b| a | b);
+        let uniform_weights = known.windows(2).all(|w| w[0].weight == w[1].weight);
         BackendSet {
             cycle: round_robin::smooth_cycle(&weights),
             endpoints,
             known,
             excluded: all & !healthy,
+            uniform_weights,
         }
     }
 }

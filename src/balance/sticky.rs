@@ -21,20 +21,39 @@ impl Sticky {
     /// sticky hit; choosing another (because the home is out of service) is a remap.
     pub fn pick(&self, set: &BackendSet, client: Option<IpAddr>, trace: &mut PickTrace) -> usize {
         let key = client.map_or(0, ip_key);
-        let best = winner(key, &set.endpoints);
+        let best = winner(key, &set.endpoints, set.uniform_weights);
         let score = rendezvous_score(
             key,
             set.endpoints[best].hash_seed,
             set.endpoints[best].weight,
         );
         trace.sample(best, score);
-        trace.sticky_home = Some(set.known[winner(key, &set.known)].id);
+        // With every known backend in service, the home is the winner: skip the second scan.
+        let home = if set.excluded == 0 && set.known.len() == set.endpoints.len() {
+            set.endpoints[best].id
+        } else {
+            set.known[winner(key, &set.known, set.uniform_weights)].id
+        };
+        trace.sticky_home = Some(home);
         best
     }
 }
 
-/// Index of the highest-scoring endpoint (the list is never empty).
-fn winner(key: u64, endpoints: &[std::sync::Arc<Endpoint>]) -> usize {
+/// Index of the highest-scoring endpoint (the list is never empty). With equal weights
+/// the score is monotonic in the hash, so hashes are compared directly (no logarithm).
+fn winner(key: u64, endpoints: &[std::sync::Arc<Endpoint>], uniform_weights: bool) -> usize {
+    if uniform_weights {
+        let mut best = 0;
+        let mut best_hash = 0u64;
+        for (i, ep) in endpoints.iter().enumerate() {
+            let h = mix64(key ^ ep.hash_seed);
+            if h >= best_hash {
+                best = i;
+                best_hash = h;
+            }
+        }
+        return best;
+    }
     let mut best = 0;
     let mut best_score = f64::MIN;
     for (i, ep) in endpoints.iter().enumerate() {
@@ -61,6 +80,7 @@ fn ip_key(ip: IpAddr) -> u64 {
 /// The weighted rendezvous score of one (client, backend) pair.
 pub fn rendezvous_score(client_key: u64, backend_seed: u64, weight: u32) -> f64 {
     let h = mix64(client_key ^ backend_seed);
+    // The top 53 bits; with equal weights, ordering by `h` orders by score.
     // 53 random bits into (0, 1): never 0, so the logarithm is finite.
     let u = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
     f64::from(weight) / -u.ln()
