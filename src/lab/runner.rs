@@ -231,6 +231,10 @@ impl Balancer {
             "health_check_timeout": 0.5,
             "request_timeout": REQUEST_TIMEOUT.as_secs(),
             "workers": 1,
+            // The lab compares strategies: outlier ejection and retries would mask their
+            // differences, so they are off unless a scenario's [balancer] turns them on.
+            "outlier_detection": {"enabled": false},
+            "retries": {"attempts": 0},
         });
         for (key, value) in &scenario.balancer {
             config[key] = value.clone();
