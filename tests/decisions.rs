@@ -125,23 +125,7 @@ async fn least_conn_explanation_shows_the_chosen_has_the_fewest_in_flight() {
     wait_until(
         "two requests are in flight",
         Duration::from_secs(20),
-        || async {
-            let b: Value = client()
-                .get(format!("{}/backends", lb.admin_url()))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            b["backends"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|b| b["in_flight"].as_u64().unwrap())
-                .sum::<u64>()
-                == 2
-        },
+        || async { in_flight_total(&lb).await == 2 },
     )
     .await;
     let (answer, header) = explained(&url).await;
@@ -232,14 +216,7 @@ async fn decision_log_keeps_the_latest_thousand_with_flat_memory() {
         after < warm + 4 * 1024,
         "memory grew from {warm} KiB to {after} KiB over 15000 requests"
     );
-    let d: Value = client()
-        .get(format!("{}/decisions", lb.admin_url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let d: Value = admin_json(&lb, "/decisions").await;
     let list = d["decisions"].as_array().unwrap();
     assert_eq!(list.len(), 1000);
     let ids: Vec<u64> = list.iter().map(|d| d["id"].as_u64().unwrap()).collect();
@@ -309,14 +286,7 @@ async fn shadow_strategies_record_what_they_would_have_chosen() {
     let (a, b, c) = (backend(&[]), backend(&[]), backend(&[]));
     let lb = alb(json!({"strategy": "adaptive", "shadow": true, "backends": urls(&[&a, &b, &c])}));
     load(&lb.url(), 60, 3).await;
-    let d: Value = client()
-        .get(format!("{}/decisions?limit=1", lb.admin_url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let d: Value = admin_json(&lb, "/decisions?limit=1").await;
     let shadow = d["decisions"][0]["shadow"].as_array().unwrap();
     let names: Vec<&str> = shadow
         .iter()

@@ -86,23 +86,6 @@ async fn rate_limit_per_ip_with_retry_after() {
     );
 }
 
-async fn in_flight_total(lb: &Proc) -> u64 {
-    let backends: Value = client()
-        .get(format!("{}/backends", lb.admin_url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    backends["backends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b["in_flight"].as_u64().unwrap())
-        .sum()
-}
-
 #[tokio::test]
 async fn max_in_flight_sheds_the_eleventh_request() {
     let (a, b) = (backend(&["--delay", "2s"]), backend(&["--delay", "2s"]));
@@ -268,14 +251,7 @@ async fn admin_health_and_backends() {
             == 503
     })
     .await;
-    let backends: Value = client()
-        .get(format!("{}/backends", lb.admin_url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let backends: Value = admin_json(&lb, "/backends").await;
     let view = &backends["backends"][0];
     assert_eq!(view["backend"], name(&a));
     assert_eq!(view["up"], false);

@@ -41,17 +41,6 @@ fn steady_stream(
     })
 }
 
-async fn admin_json(lb: &Proc, path: &str) -> Value {
-    client()
-        .get(format!("{}{path}", lb.admin_url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn sigkill_of_a_backend_loses_no_request() {
     let mut victim = backend(&["--delay", "2ms"]);
@@ -111,16 +100,7 @@ async fn sigterm_lets_in_flight_requests_finish_and_exits_zero() {
     wait_until(
         "20 requests are in flight",
         Duration::from_secs(20),
-        || async {
-            let b = admin_json(&lb, "/backends").await;
-            b["backends"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|b| b["in_flight"].as_u64().unwrap())
-                .sum::<u64>()
-                == 20
-        },
+        || async { in_flight_total(&lb).await == 20 },
     )
     .await;
     lb.signal("TERM");

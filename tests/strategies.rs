@@ -82,14 +82,7 @@ async fn sticky_keeps_clients_and_moves_only_the_lost_backends_clients() {
         "the killed backend leaves the set",
         Duration::from_secs(20),
         || async {
-            let b: serde_json::Value = client()
-                .get(format!("{}/backends", lb.admin_url()))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let b: serde_json::Value = admin_json(&lb, "/backends").await;
             b["backends"]
                 .as_array()
                 .unwrap()

@@ -350,3 +350,25 @@ pub fn sample(exposition: &str, series: &str) -> Option<f64> {
         (name == series).then(|| value.parse().ok()).flatten()
     })
 }
+
+/// GETs an admin path of an `alb` and parses the JSON answer.
+pub async fn admin_json(alb: &Proc, path: &str) -> serde_json::Value {
+    client()
+        .get(format!("{}{path}", alb.admin_url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Requests in flight over all backends, as `/backends` reports them.
+pub async fn in_flight_total(alb: &Proc) -> u64 {
+    admin_json(alb, "/backends").await["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["in_flight"].as_u64().unwrap())
+        .sum()
+}
