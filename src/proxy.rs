@@ -12,9 +12,7 @@
 
 use std::{
     convert::Infallible,
-    future::Future,
     path::PathBuf,
-    pin::Pin,
     sync::{Arc, Mutex},
     task::{Context, Poll},
     time::Duration,
@@ -302,7 +300,7 @@ pub struct LiveService {
 impl Service<Request<Body>> for LiveService {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+    type Future = <ProxyService as Service<Request<Body>>>::Future;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         // Every layer of the stack is always ready (they answer refusals themselves).

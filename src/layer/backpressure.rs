@@ -7,8 +7,6 @@
 
 use std::{
     convert::Infallible,
-    future::Future,
-    pin::Pin,
     sync::Arc,
     task::{Context, Poll},
 };
@@ -18,6 +16,9 @@ use http::{header, HeaderValue, Request, Response, StatusCode};
 use tokio::sync::Semaphore;
 use tower::{Layer, Service};
 
+use futures_util::future::Either;
+
+use super::LayerFuture;
 use crate::{guarded_body::GuardedBody, local_reply::local_reply, prometheus::LOAD_SHED_TOTAL};
 
 /// Adds a global in-flight cap to a service; `None` means no cap.
@@ -70,7 +71,8 @@ where
 {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+    // Passing through (the layer disabled, or within limits) adds no allocation.
+    type Future = Either<S::Future, LayerFuture>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -78,16 +80,16 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let Some((max, semaphore)) = &self.limit else {
-            return Box::pin(self.inner.call(request));
+            return Either::Left(self.inner.call(request));
         };
         let Ok(permit) = semaphore.clone().try_acquire_owned() else {
             let response = overloaded(format_args!("overloaded: {max} requests in flight"));
-            return Box::pin(std::future::ready(Ok(response)));
+            return Either::Right(Box::pin(std::future::ready(Ok(response))));
         };
         let response = self.inner.call(request);
-        Box::pin(async move {
+        Either::Right(Box::pin(async move {
             let response = response.await?;
             Ok(response.map(|body| Body::new(GuardedBody::new(body, permit))))
-        })
+        }))
     }
 }

@@ -7,8 +7,6 @@
 
 use std::{
     convert::Infallible,
-    future::Future,
-    pin::Pin,
     task::{Context, Poll},
 };
 
@@ -17,6 +15,9 @@ use http::{header, Request, Response, StatusCode};
 pub use http_body_util::LengthLimitError;
 use tower::{Layer, Service};
 
+use futures_util::future::Either;
+
+use super::LayerFuture;
 use crate::local_reply::local_reply;
 
 /// Adds a request-body cap; `None` passes everything through.
@@ -65,7 +66,8 @@ where
 {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+    // Passing through (the layer disabled, or within limits) adds no allocation.
+    type Future = Either<S::Future, LayerFuture>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -73,7 +75,7 @@ where
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
         let Some(max) = self.max else {
-            return Box::pin(self.inner.call(request));
+            return Either::Left(self.inner.call(request));
         };
         let declared = request
             .headers()
@@ -81,9 +83,9 @@ where
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > max as u64) {
-            return Box::pin(std::future::ready(Ok(too_large(max))));
+            return Either::Right(Box::pin(std::future::ready(Ok(too_large(max)))));
         }
         let request = request.map(|body| Body::new(http_body_util::Limited::new(body, max)));
-        Box::pin(self.inner.call(request))
+        Either::Left(self.inner.call(request))
     }
 }

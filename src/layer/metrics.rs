@@ -34,7 +34,7 @@ fn method_index(method: &Method) -> usize {
 
 /// Cached handles, one pair per (method, status).
 #[derive(Debug)]
-struct Handles {
+pub struct Handles {
     cells: Box<[OnceLock<(Counter, Histogram)>]>,
 }
 
@@ -106,25 +106,53 @@ pub struct Metrics<S> {
 impl<S, B, RB> Service<Request<B>> for Metrics<S>
 where
     S: Service<Request<B>, Response = Response<RB>>,
-    S::Future: Send + 'static,
 {
     type Response = Response<RB>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<RB>, S::Error>> + Send>>;
+    type Future = MetricsFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let method = method_index(request.method());
-        let started = Instant::now();
-        let handles = self.handles.clone();
-        let response = self.inner.call(request);
-        Box::pin(async move {
-            let response = response.await?;
-            handles.record(method, response.status(), started.elapsed().as_secs_f64());
-            Ok(response)
-        })
+        MetricsFuture {
+            method: method_index(request.method()),
+            started: Instant::now(),
+            handles: self.handles.clone(),
+            inner: self.inner.call(request),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`Metrics`]: records the answer when the inner future yields it
+    /// (a concrete type, so the layer adds no allocation).
+    pub struct MetricsFuture<F> {
+        #[pin]
+        inner: F,
+        method: usize,
+        started: Instant,
+        handles: Arc<Handles>,
+    }
+}
+
+impl<F, RB, E> Future for MetricsFuture<F>
+where
+    F: Future<Output = Result<Response<RB>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.inner.poll(cx));
+        if let Ok(response) = &result {
+            this.handles.record(
+                *this.method,
+                response.status(),
+                this.started.elapsed().as_secs_f64(),
+            );
+        }
+        Poll::Ready(result)
     }
 }

@@ -16,3 +16,12 @@ pub use backpressure::{Backpressure, BackpressureLayer};
 pub use body_limit::{BodyLimit, BodyLimitLayer};
 pub use metrics::{Metrics, MetricsLayer};
 pub use rate_limit::{RateLimit, RateLimitLayer};
+
+/// The boxed future of a layer that does work after its inner service answers.
+pub type LayerFuture = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = Result<http::Response<axum::body::Body>, std::convert::Infallible>,
+            > + Send,
+    >,
+>;

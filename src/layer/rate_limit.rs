@@ -14,9 +14,7 @@
 
 use std::{
     convert::Infallible,
-    future::Future,
     net::IpAddr,
-    pin::Pin,
     sync::Arc,
     task::{Context, Poll},
     time::Duration,
@@ -31,6 +29,9 @@ use governor::{
 use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use tower::{Layer, Service};
 
+use futures_util::future::Either;
+
+use super::LayerFuture;
 use crate::{
     client_ip::ClientIp,
     config::{RateLimitConfig, RateLimitKey},
@@ -203,7 +204,8 @@ where
 {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+    // Passing through (the layer disabled, or within limits) adds no allocation.
+    type Future = Either<S::Future, LayerFuture>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -211,22 +213,22 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let Some(limiter) = &self.limiter else {
-            return Box::pin(self.inner.call(request));
+            return Either::Left(self.inner.call(request));
         };
         match limiter.check(&request) {
             Verdict::Refused(not_until) => {
-                Box::pin(std::future::ready(Ok(limiter.refusal(&not_until))))
+                Either::Right(Box::pin(std::future::ready(Ok(limiter.refusal(&not_until)))))
             }
             Verdict::Allowed(snapshot) => {
                 let remaining = snapshot.remaining_burst_capacity();
                 let limiter = limiter.clone();
                 let response = self.inner.call(request);
-                Box::pin(async move {
+                Either::Right(Box::pin(async move {
                     let mut response = response.await?;
                     let reset = limiter.reset_secs(remaining);
                     limiter.set_headers(response.headers_mut(), remaining, reset);
                     Ok(response)
-                })
+                }))
             }
         }
     }
