@@ -23,7 +23,7 @@ pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// The file could not be read.
-    #[error("cannot read {what} file {path}: {source}")]
+    #[error("cannot read {what} file {path}: {source} (for a self-signed one: alb gen-cert DIR)")]
     Read {
         /// "certificate" or "key".
         what: &'static str,

@@ -216,9 +216,9 @@ where
             return Either::Left(self.inner.call(request));
         };
         match limiter.check(&request) {
-            Verdict::Refused(not_until) => {
-                Either::Right(Box::pin(std::future::ready(Ok(limiter.refusal(&not_until)))))
-            }
+            Verdict::Refused(not_until) => Either::Right(Box::pin(std::future::ready(Ok(
+                limiter.refusal(&not_until)
+            )))),
             Verdict::Allowed(snapshot) => {
                 let remaining = snapshot.remaining_burst_capacity();
                 let limiter = limiter.clone();
