@@ -116,12 +116,7 @@ async fn least_conn_explanation_shows_the_chosen_has_the_fewest_in_flight() {
         json!({"strategy": "least_conn", "explain": true, "backends": urls(&bs.iter().collect::<Vec<_>>())}),
     );
     let url = lb.url();
-    let held: Vec<_> = (0..2)
-        .map(|_| {
-            let url = url.clone();
-            tokio::spawn(async move { get(&client(), &url).await })
-        })
-        .collect();
+    let held = spawn_gets(&url, 2);
     wait_until(
         "two requests are in flight",
         Duration::from_secs(20),

@@ -91,12 +91,7 @@ async fn max_in_flight_sheds_the_eleventh_request() {
     let (a, b) = (backend(&["--delay", "2s"]), backend(&["--delay", "2s"]));
     let lb = alb(json!({"backends": urls(&[&a, &b]), "max_in_flight": 10}));
     let url = lb.url();
-    let held: Vec<_> = (0..10)
-        .map(|_| {
-            let url = url.clone();
-            tokio::spawn(async move { get(&client(), &url).await })
-        })
-        .collect();
+    let held = spawn_gets(&url, 10);
     wait_until(
         "10 requests are in flight",
         Duration::from_secs(20),
@@ -126,12 +121,7 @@ async fn max_connections_per_backend_sheds_when_all_are_full() {
     let slow = backend(&["--delay", "2s"]);
     let lb = alb(json!({"backends": urls(&[&slow]), "max_connections": 2}));
     let url = lb.url();
-    let held: Vec<_> = (0..2)
-        .map(|_| {
-            let url = url.clone();
-            tokio::spawn(async move { get(&client(), &url).await })
-        })
-        .collect();
+    let held = spawn_gets(&url, 2);
     wait_until(
         "2 requests are in flight",
         Duration::from_secs(20),

@@ -111,12 +111,7 @@ async fn a_stall_shows_its_full_waiting_time() {
 async fn simulator_queues_beyond_its_slots() {
     let b = backend(&["--delay", "1s", "--slots", "2"]);
     let url = b.url();
-    let requests: Vec<_> = (0..6)
-        .map(|_| {
-            let url = url.clone();
-            tokio::spawn(async move { get(&client(), &url).await })
-        })
-        .collect();
+    let requests = spawn_gets(&url, 6);
     let control = format!("{}/control", b.url());
     wait_until(
         "2 requests in service and 4 queued",

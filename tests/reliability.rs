@@ -91,12 +91,7 @@ async fn sigterm_lets_in_flight_requests_finish_and_exits_zero() {
     let bs: Vec<Proc> = (0..2).map(|_| backend(&["--delay", "500ms"])).collect();
     let mut lb = alb(json!({"backends": urls(&bs.iter().collect::<Vec<_>>())}));
     let url = lb.url();
-    let in_flight: Vec<_> = (0..20)
-        .map(|_| {
-            let url = url.clone();
-            tokio::spawn(async move { get(&client(), &url).await })
-        })
-        .collect();
+    let in_flight = spawn_gets(&url, 20);
     wait_until(
         "20 requests are in flight",
         Duration::from_secs(20),

@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use plotters::prelude::*;
+use plotters::{coord::ranged1d::Ranged, prelude::*};
 
 use crate::{
     lab::{
@@ -88,19 +88,7 @@ fn cdf(sr: &ScenarioRuns, path: &Path) -> PlotResult {
         .x_desc("latency (ms, from intended send time)")
         .y_desc("fraction of requests")
         .draw()?;
-    for (i, (name, points)) in curves.into_iter().enumerate() {
-        let c = color(i);
-        chart
-            .draw_series(LineSeries::new(points, c.stroke_width(2)))?
-            .label(name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
+    draw_lines(&mut chart, curves, SeriesLabelPosition::LowerRight)?;
     root.present()?;
     Ok(())
 }
@@ -151,19 +139,7 @@ fn p99_over_time(sr: &ScenarioRuns, path: &Path) -> PlotResult {
         .x_desc("time since the end of warm-up (s)")
         .y_desc("p99 latency (ms)")
         .draw()?;
-    for (i, (name, points)) in series.into_iter().enumerate() {
-        let c = color(i);
-        chart
-            .draw_series(LineSeries::new(points, c.stroke_width(2)))?
-            .label(name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
+    draw_lines(&mut chart, series, SeriesLabelPosition::UpperRight)?;
     root.present()?;
     Ok(())
 }
@@ -200,28 +176,49 @@ fn share_over_time(sr: &ScenarioRuns, path: &Path) -> PlotResult {
             .y_label_area_size(45)
             .build_cartesian_2d(0f64..t_max, 0f64..1f64)?;
         chart.configure_mesh().x_desc("s").y_desc("share").draw()?;
-        for b in 0..backends {
-            let c = color(b);
-            let points = counts.iter().enumerate().map(|(w, (total, per))| {
-                (
-                    (w as f64 + 0.5) * WINDOW.as_secs_f64(),
-                    f64::from(per[b]) / f64::from((*total).max(1)),
-                )
-            });
-            chart
-                .draw_series(LineSeries::new(points, c.stroke_width(2)))?
-                .label(format!("b{b}"))
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 14, y)], c.stroke_width(2))
-                });
-        }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()?;
+        let lines = (0..backends)
+            .map(|b| {
+                let points = counts
+                    .iter()
+                    .enumerate()
+                    .map(|(w, (total, per))| {
+                        (
+                            (w as f64 + 0.5) * WINDOW.as_secs_f64(),
+                            f64::from(per[b]) / f64::from((*total).max(1)),
+                        )
+                    })
+                    .collect();
+                (format!("b{b}"), points)
+            })
+            .collect();
+        draw_lines(&mut chart, lines, SeriesLabelPosition::UpperRight)?;
     }
     root.present()?;
+    Ok(())
+}
+
+/// Draws one coloured line per series, with a legend at `position`.
+fn draw_lines<'a, X, Y>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>,
+    series: Vec<(impl Into<String>, Vec<(f64, f64)>)>,
+    position: SeriesLabelPosition,
+) -> PlotResult
+where
+    X: Ranged<ValueType = f64>,
+    Y: Ranged<ValueType = f64>,
+{
+    for (i, (name, points)) in series.into_iter().enumerate() {
+        let c = color(i);
+        chart
+            .draw_series(LineSeries::new(points, c.stroke_width(2)))?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .position(position)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
     Ok(())
 }

@@ -372,3 +372,13 @@ pub async fn in_flight_total(alb: &Proc) -> u64 {
         .map(|b| b["in_flight"].as_u64().unwrap())
         .sum()
 }
+
+/// Starts `n` concurrent GETs of `url` in the background (to hold backends busy).
+pub fn spawn_gets(url: &str, n: usize) -> Vec<tokio::task::JoinHandle<Answer>> {
+    (0..n)
+        .map(|_| {
+            let url = url.to_owned();
+            tokio::spawn(async move { get(&client(), &url).await })
+        })
+        .collect()
+}
