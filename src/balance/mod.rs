@@ -336,11 +336,6 @@ impl Balancer {
         )));
     }
 
-    /// The current snapshot.
-    pub fn snapshot(&self) -> Arc<BackendSet> {
-        self.set.load_full()
-    }
-
     /// The strategy in use.
     pub fn strategy(&self) -> &Strategy {
         &self.strategy

@@ -166,11 +166,6 @@ pub struct SimHandle {
 }
 
 impl SimHandle {
-    /// Requests waiting for a slot plus requests in service.
-    pub fn queue_len(&self) -> usize {
-        self.sim.queued.load(Ordering::Relaxed) + self.sim.active.load(Ordering::Relaxed)
-    }
-
     /// The wait a new request would see if `ahead` requests are in front of it: that work
     /// spread over the slots at the current mean service time (slowdowns included), plus the
     /// rest of any pause in progress, in seconds. The lab's oracle routes by it.
@@ -194,11 +189,6 @@ impl SimHandle {
     /// Stops serving.
     pub fn shutdown(&self) {
         self.task.abort();
-    }
-
-    /// Current settings and counters.
-    pub fn report(&self) -> SimReport {
-        self.sim.report()
     }
 }
 
@@ -225,11 +215,6 @@ fn router_for(sim: Arc<Sim>) -> Router {
         .route("/_sim/ws", get(websocket))
         .fallback(serve)
         .with_state(sim)
-}
-
-/// The simulated backend's routes, for a listener on `port`.
-pub fn router(port: u16, settings: SimSettings, slots: Option<usize>) -> Router {
-    router_for(new_sim(port, settings, slots))
 }
 
 /// Serves a simulated backend on `listener` until the task is dropped.
