@@ -5,12 +5,19 @@
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
+use mimalloc::MiMalloc;
 
 use alb::{
     config::Config,
     server::{shutdown_signal, Server},
     sim::{self, ServiceTime, SimSettings},
 };
+
+// A proxy allocates small, short-lived objects on every request (header maps, buffers,
+// futures); mimalloc's thread-local free lists serve them far cheaper than glibc's malloc,
+// which took about a tenth of the CPU in the proxy benchmark's profile.
+#[global_allocator]
+static GLOBAL: MiMalloc = MiMalloc;
 
 /// An adaptive, observable HTTP/HTTPS load balancer.
 #[derive(Parser)]
