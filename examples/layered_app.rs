@@ -18,6 +18,7 @@ use alb::{
     forward::{backend_client, ClientProto, Forward},
     layer::{rate_limit::Limiter, BackpressureLayer, MetricsLayer, RateLimitLayer},
     prometheus,
+    upstream::ConnectionPool,
 };
 use axum::{routing::get, Router};
 
@@ -59,6 +60,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let balancer = Balancer::new(StrategyKind::LeastConn, BalancerOptions::default(), stream);
     let forward = Forward::new(
         backend_client(Defaults::CONNECT_TIMEOUT),
+        ConnectionPool::for_endpoints(&endpoints, Defaults::CONNECT_TIMEOUT, &[]),
         ClientProto::Http,
         Duration::from_secs(30),
     );

@@ -11,24 +11,30 @@
 //! - `X-Forwarded-For` gets the peer appended; `X-Forwarded-Proto` and `X-Forwarded-Host`
 //!   are set.
 //!
-//! Bodies stream both ways; nothing is buffered whole. A `101 Switching Protocols` answer
-//! to an upgrade request joins the two upgraded connections with a byte tunnel.
+//! Two ways out: a request without a body (the common case) goes over ALB's own pooled
+//! HTTP/1.1 connections ([`crate::upstream`]); a request with a body, or an upgrade, goes
+//! through hyper-util's pooled client, which streams both ways at once. Bodies are never
+//! buffered whole. A `101 Switching Protocols` answer to an upgrade request joins the two
+//! upgraded connections with a byte tunnel.
 
 use std::{
     fmt,
     future::Future,
     net::SocketAddr,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
 
-use axum::body::Body;
+use axum::{body::Body, BoxError};
+use bytes::Bytes;
 use http::{
     header::{self, HeaderMap, HeaderName, HeaderValue},
     uri::{PathAndQuery, Scheme, Uri},
     Request, Response, StatusCode, Version,
 };
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
@@ -36,10 +42,12 @@ use hyper_util::{
 };
 use tower::Service;
 
-use crate::{balance::Routed, client_ip::ClientIp, local_reply::local_reply};
-
-/// How long an idle pooled connection to a backend is kept.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+use crate::{
+    balance::Routed,
+    client_ip::ClientIp,
+    local_reply::local_reply,
+    upstream::{self, ConnectionPool, PooledBody, UpstreamError},
+};
 
 /// Hop-by-hop headers of RFC 9110 §7.6.1 and the legacy ones proxies also drop.
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -87,7 +95,7 @@ pub fn backend_client(connect_timeout: Duration) -> BackendClient {
     Client::builder(TokioExecutor::new())
         // pool_idle_timeout only takes effect with a timer (NOTES §2).
         .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_idle_timeout(upstream::IDLE_TIMEOUT)
         .build(connector)
 }
 
@@ -95,11 +103,11 @@ pub fn backend_client(connect_timeout: Duration) -> BackendClient {
 #[derive(Debug)]
 pub enum ForwardError {
     /// No TCP connection could be made (refused, unreachable, connect timeout).
-    Connect(hyper_util::client::legacy::Error),
+    Connect(BoxError),
     /// The backend did not send response headers within the request timeout.
     Timeout(Duration),
     /// The connection failed after it was made (reset, malformed response, closed early).
-    Upstream(hyper_util::client::legacy::Error),
+    Upstream(BoxError),
     /// The client's body passed `max_request_body` while it was being forwarded.
     BodyTooLarge,
 }
@@ -139,17 +147,28 @@ impl ForwardError {
 impl fmt::Display for ForwardError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ForwardError::Connect(e) => write!(f, "cannot connect ({})", root_cause(e)),
+            ForwardError::Connect(e) => write!(f, "cannot connect ({})", root_cause(&**e)),
             ForwardError::Timeout(t) => {
                 write!(f, "no response within {}", humantime::format_duration(*t))
             }
-            ForwardError::Upstream(e) => write!(f, "connection failed ({})", root_cause(e)),
+            ForwardError::Upstream(e) => {
+                write!(f, "connection failed ({})", root_cause(&**e))
+            }
             ForwardError::BodyTooLarge => f.write_str("request body too large"),
         }
     }
 }
 
 impl std::error::Error for ForwardError {}
+
+impl From<UpstreamError> for ForwardError {
+    fn from(error: UpstreamError) -> Self {
+        match error {
+            UpstreamError::Connect(e) => ForwardError::Connect(e.into()),
+            other => ForwardError::Upstream(other.into()),
+        }
+    }
+}
 
 /// Whether the client's body passed the body limit (see `layer::body_limit`).
 fn caused_by_length_limit(error: &(dyn std::error::Error + 'static)) -> bool {
@@ -172,10 +191,11 @@ pub(crate) fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
     cause.to_string()
 }
 
-/// The forwarding service. Cheap to clone: the pool is shared.
+/// The forwarding service. Cheap to clone: the pools are shared.
 #[derive(Clone)]
 pub struct Forward {
     client: BackendClient,
+    pools: Arc<[Arc<ConnectionPool>]>,
     proto: ClientProto,
     request_timeout: Duration,
 }
@@ -190,20 +210,66 @@ impl fmt::Debug for Forward {
 }
 
 impl Forward {
-    /// A forwarder for requests that arrived over `proto`.
-    pub fn new(client: BackendClient, proto: ClientProto, request_timeout: Duration) -> Self {
+    /// A forwarder for requests that arrived over `proto`. `pools` holds one connection pool
+    /// per backend, indexed by [`crate::balance::endpoint::Endpoint::id`].
+    pub fn new(
+        client: BackendClient,
+        pools: Arc<[Arc<ConnectionPool>]>,
+        proto: ClientProto,
+        request_timeout: Duration,
+    ) -> Self {
         Forward {
             client,
+            pools,
             proto,
             request_timeout,
         }
     }
 }
 
-type ForwardFuture = Pin<Box<dyn Future<Output = Result<Response<Incoming>, ForwardError>> + Send>>;
+type ForwardFuture =
+    Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, ForwardError>> + Send>>;
+
+/// A backend's response body, from whichever client carried the request.
+#[derive(Debug)]
+pub enum ResponseBody {
+    /// Read over ALB's own pooled connection.
+    Pooled(PooledBody),
+    /// Read by hyper-util's client.
+    Hyper(Incoming),
+}
+
+impl http_body::Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ResponseBody::Pooled(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            ResponseBody::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Pooled(body) => body.is_end_stream(),
+            ResponseBody::Hyper(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            ResponseBody::Pooled(body) => body.size_hint(),
+            ResponseBody::Hyper(body) => body.size_hint(),
+        }
+    }
+}
 
 impl Service<Routed<Body>> for Forward {
-    type Response = Response<Incoming>;
+    type Response = Response<ResponseBody>;
     type Error = ForwardError;
     type Future = ForwardFuture;
 
@@ -221,14 +287,28 @@ impl Service<Routed<Body>> for Forward {
             .is_some()
             .then(|| hyper::upgrade::on(&mut request));
         rewrite_request(&mut request, &endpoint.authority, peer, self.proto);
-        let sent = self.client.request(request);
         let timeout = self.request_timeout;
+        let pool = self.pools.get(endpoint.id).cloned();
+        if let Some(pool) = pool.filter(|_| client_upgrade.is_none()) {
+            if request.body().is_end_stream() {
+                let sent = upstream::send(pool, &request);
+                return Box::pin(async move {
+                    let mut response = match tokio::time::timeout(timeout, sent).await {
+                        Err(_) => return Err(ForwardError::Timeout(timeout)),
+                        Ok(result) => result?,
+                    };
+                    strip_hop_by_hop(response.headers_mut(), false);
+                    Ok(response.map(ResponseBody::Pooled))
+                });
+            }
+        }
+        let sent = self.client.request(request);
         Box::pin(async move {
             let mut response = match tokio::time::timeout(timeout, sent).await {
                 Err(_) => return Err(ForwardError::Timeout(timeout)),
-                Ok(Err(e)) if e.is_connect() => return Err(ForwardError::Connect(e)),
+                Ok(Err(e)) if e.is_connect() => return Err(ForwardError::Connect(e.into())),
                 Ok(Err(e)) if caused_by_length_limit(&e) => return Err(ForwardError::BodyTooLarge),
-                Ok(Err(e)) => return Err(ForwardError::Upstream(e)),
+                Ok(Err(e)) => return Err(ForwardError::Upstream(e.into())),
                 Ok(Ok(response)) => response,
             };
             let upgraded = response.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -239,7 +319,7 @@ impl Service<Routed<Body>> for Forward {
                 }
                 _ => strip_hop_by_hop(response.headers_mut(), false),
             }
-            Ok(response)
+            Ok(response.map(ResponseBody::Hyper))
         })
     }
 }

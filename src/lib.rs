@@ -42,6 +42,7 @@ pub mod retry;
 pub mod server;
 pub mod sim;
 pub mod tls;
+pub mod upstream;
 
 pub use balance::{Balance, Balancer, Strategy, StrategyKind};
 pub use config::Config;

@@ -39,10 +39,14 @@ use crate::{
     },
     outlier::OutlierDetector,
     retry::RetryBudget,
+    upstream::ConnectionPool,
 };
 
 /// The whole request path: metrics, rate limit, backpressure, body limit, balance, forward.
 pub type ProxyService = Metrics<RateLimit<Backpressure<BodyLimit<Balance<Forward>>>>>;
+
+/// How often idle backend connections are checked.
+const POOL_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Background tasks of one `Proxy` (health checks, pruning), stopped with it.
 #[derive(Debug, Default)]
@@ -72,6 +76,7 @@ pub struct Proxy {
     pub endpoints: Vec<Arc<Endpoint>>,
     changes: DiscoverSender,
     client: BackendClient,
+    pools: Arc<[Arc<ConnectionPool>]>,
     request_timeout: Duration,
     metrics: MetricsLayer,
     rate_limit: RateLimitLayer,
@@ -110,9 +115,15 @@ impl Proxy {
             || backend_client(config.connect_timeout),
             |p| p.client.clone(),
         );
+        let pools = ConnectionPool::for_endpoints(
+            &endpoints,
+            config.connect_timeout,
+            previous.map_or(&[], |p| &p.pools),
+        );
         let client_ip = ClientIp::new(&config.trusted_proxies);
         let (changes, stream) = discover::channel();
         let tasks = Arc::new(Tasks::default());
+        tasks.add(spawn_pool_sweeping(pools.clone()));
         let checker = HealthChecker::new(config.health.clone(), client.clone(), changes.clone());
         for task in checker.spawn(&endpoints) {
             tasks.add(task.abort_handle());
@@ -147,6 +158,7 @@ impl Proxy {
             endpoints,
             changes,
             client,
+            pools,
             request_timeout: config.request_timeout,
             metrics: previous.map_or_else(MetricsLayer::new, |p| p.metrics.clone()),
             rate_limit: RateLimitLayer::new(limiter),
@@ -160,7 +172,12 @@ impl Proxy {
     pub fn service(&self, proto: ClientProto) -> ProxyService {
         let balance = Balance::new(
             self.balancer.clone(),
-            Forward::new(self.client.clone(), proto, self.request_timeout),
+            Forward::new(
+                self.client.clone(),
+                self.pools.clone(),
+                proto,
+                self.request_timeout,
+            ),
         );
         self.metrics.layer(
             self.rate_limit
@@ -183,6 +200,19 @@ impl Proxy {
     fn stop(&self) {
         self.tasks.stop();
     }
+}
+
+/// Closes idle backend connections that expired or that their backend closed, so they do
+/// not hold file descriptors while traffic is quiet.
+fn spawn_pool_sweeping(pools: Arc<[Arc<ConnectionPool>]>) -> AbortHandle {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(POOL_SWEEP_INTERVAL);
+        loop {
+            every.tick().await;
+            pools.iter().for_each(|p| p.sweep());
+        }
+    })
+    .abort_handle()
 }
 
 /// Why a reload was refused.

@@ -1,0 +1,208 @@
+//! Idle keep-alive connections to one backend.
+//!
+//! A stack (last in, first out: the warmest connection is reused first, the coldest age
+//! out) behind a per-backend mutex held only to push or pop. A connection is owned by the
+//! request using it, so no task and no channel sit between a request and its socket.
+//!
+//! An idle connection the backend closed is noticed without a system call: the reactor
+//! marks its socket readable (end of stream), so checkout skips it. Only when the socket
+//! looks readable does checkout read it to tell a close from a stale readiness flag.
+
+use std::{
+    collections::VecDeque,
+    io,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll, Waker},
+    time::{Duration, Instant},
+};
+
+use bytes::BytesMut;
+use http::uri::Authority;
+use tokio::net::TcpStream;
+
+use crate::balance::endpoint::Endpoint;
+
+/// How long an idle connection is kept.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Most idle connections kept per backend; more are closed when they are released.
+pub const MAX_IDLE: usize = 1024;
+
+/// Initial read buffer of a connection (grown when a response head or body needs it).
+const BUFFER_CAPACITY: usize = 8 * 1024;
+
+/// The idle connections to one backend, and how to open new ones.
+#[derive(Debug)]
+pub struct ConnectionPool {
+    authority: Authority,
+    connect_timeout: Duration,
+    idle: Mutex<VecDeque<Idle>>,
+}
+
+#[derive(Debug)]
+struct Idle {
+    stream: TcpStream,
+    buffer: BytesMut,
+    since: Instant,
+}
+
+/// A connection owned by one request, returned with [`Connection::release`].
+#[derive(Debug)]
+pub struct Connection {
+    pub(crate) stream: TcpStream,
+    /// Bytes read from the backend and not consumed yet.
+    pub(crate) buffer: BytesMut,
+    /// Whether it served a request before (a stale keep-alive connection can fail once).
+    pub(crate) reused: bool,
+    pool: Arc<ConnectionPool>,
+}
+
+impl ConnectionPool {
+    /// An empty pool for `authority` (`host:port`).
+    pub fn new(authority: Authority, connect_timeout: Duration) -> Arc<Self> {
+        Arc::new(ConnectionPool {
+            authority,
+            connect_timeout,
+            idle: Mutex::new(VecDeque::new()),
+        })
+    }
+
+    /// One pool per endpoint, indexed by endpoint id, as `forward::Forward` wants them. A
+    /// backend also in `previous` (matched by authority) keeps its pool and its warm
+    /// connections.
+    pub fn for_endpoints(
+        endpoints: &[Arc<Endpoint>],
+        connect_timeout: Duration,
+        previous: &[Arc<ConnectionPool>],
+    ) -> Arc<[Arc<ConnectionPool>]> {
+        endpoints
+            .iter()
+            .map(|e| {
+                previous
+                    .iter()
+                    .find(|p| p.authority == e.authority && p.connect_timeout == connect_timeout)
+                    .cloned()
+                    .unwrap_or_else(|| ConnectionPool::new(e.authority.clone(), connect_timeout))
+            })
+            .collect()
+    }
+
+    /// The backend this pool connects to.
+    pub fn authority(&self) -> &Authority {
+        &self.authority
+    }
+
+    /// Idle connections right now.
+    pub fn idle_count(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// A warm idle connection if one is usable, else a new one.
+    pub async fn checkout(self: &Arc<Self>) -> io::Result<Connection> {
+        match self.take_idle() {
+            Some(connection) => Ok(connection),
+            None => self.connect().await,
+        }
+    }
+
+    /// A new connection, bypassing idle ones.
+    pub async fn connect(self: &Arc<Self>) -> io::Result<Connection> {
+        let connecting = TcpStream::connect(self.authority.as_str());
+        let stream = match tokio::time::timeout(self.connect_timeout, connecting).await {
+            Ok(stream) => stream?,
+            Err(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "connect timed out after {}",
+                        humantime::format_duration(self.connect_timeout)
+                    ),
+                ))
+            }
+        };
+        stream.set_nodelay(true)?;
+        Ok(Connection {
+            stream,
+            buffer: BytesMut::with_capacity(BUFFER_CAPACITY),
+            reused: false,
+            pool: self.clone(),
+        })
+    }
+
+    /// Closes idle connections that expired or that the backend closed.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        self.lock()
+            .retain_mut(|idle| now.duration_since(idle.since) < IDLE_TIMEOUT && idle.alive());
+    }
+
+    fn take_idle(self: &Arc<Self>) -> Option<Connection> {
+        let now = Instant::now();
+        loop {
+            let mut idle = self.lock().pop_back()?;
+            if now.duration_since(idle.since) >= IDLE_TIMEOUT || !idle.alive() {
+                continue;
+            }
+            return Some(Connection {
+                stream: idle.stream,
+                buffer: std::mem::take(&mut idle.buffer),
+                reused: true,
+                pool: self.clone(),
+            });
+        }
+    }
+
+    fn put(&self, stream: TcpStream, buffer: BytesMut) {
+        let mut idle = self.lock();
+        if idle.len() >= MAX_IDLE {
+            return;
+        }
+        idle.push_back(Idle {
+            stream,
+            buffer,
+            since: Instant::now(),
+        });
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Idle>> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Idle {
+    /// Whether the backend kept the connection open: an idle connection must have nothing
+    /// to read (not even the end of the stream).
+    fn alive(&mut self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.stream.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            // Readiness can be left over from the last read; a read settles it.
+            Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 1];
+                matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+}
+
+impl Connection {
+    /// Reads at least once into the buffer, up to `want` more bytes; `Ok(0)` at end of stream.
+    pub(crate) fn poll_read(
+        &mut self,
+        cx: &mut Context<'_>,
+        want: usize,
+    ) -> Poll<io::Result<usize>> {
+        self.buffer.reserve(want);
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.buffer)
+    }
+
+    /// Ends this request's use: back to the pool if `reusable` and nothing unread is left,
+    /// closed otherwise.
+    pub(crate) fn release(self, reusable: bool) {
+        if reusable && self.buffer.is_empty() {
+            self.pool.put(self.stream, self.buffer);
+        }
+    }
+}
