@@ -16,9 +16,9 @@ use std::{
     net::IpAddr,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc, Mutex,
+        Arc, Mutex, OnceLock,
     },
-    time::{SystemTime, UNIX_EPOCH},
+    time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
 use serde::Serialize;
@@ -74,11 +74,9 @@ pub struct DecisionRecord {
 }
 
 impl DecisionRecord {
-    /// A record for a decision made now.
-    pub fn new(strategy: StrategyKind, client: Option<IpAddr>) -> Self {
-        let at_unix_us = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as u64);
+    /// A record for a decision made at `at`.
+    pub fn new(strategy: StrategyKind, client: Option<IpAddr>, at: Instant) -> Self {
+        let at_unix_us = unix_micros(at);
         DecisionRecord {
             id: 0,
             at_unix_us,
@@ -157,6 +155,21 @@ impl DecisionLog {
     pub fn last_id(&self) -> u64 {
         self.next.load(Ordering::Relaxed).saturating_sub(1)
     }
+}
+
+/// Wall-clock microseconds for a monotonic instant, from one reading of both clocks taken
+/// at the first call: one clock read per request instead of two (wall-clock steps after
+/// start are not reflected, which a decision log can live with).
+fn unix_micros(at: Instant) -> u64 {
+    static ANCHOR: OnceLock<(Instant, u64)> = OnceLock::new();
+    let (anchor, anchor_unix_us) = *ANCHOR.get_or_init(|| {
+        let unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        (Instant::now(), unix)
+    });
+    let since = at.saturating_duration_since(anchor).as_micros() as u64;
+    anchor_unix_us + since
 }
 
 /// A decision as the admin routes show it, with names resolved.

@@ -191,9 +191,14 @@ pub(crate) fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
     cause.to_string()
 }
 
-/// The forwarding service. Cheap to clone: the pools are shared.
+/// The forwarding service. One reference count to clone: servers clone the whole stack for
+/// every request.
 #[derive(Clone)]
 pub struct Forward {
+    shared: Arc<ForwardShared>,
+}
+
+struct ForwardShared {
     client: BackendClient,
     pools: Arc<[Arc<ConnectionPool>]>,
     proto: ClientProto,
@@ -203,8 +208,8 @@ pub struct Forward {
 impl fmt::Debug for Forward {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Forward")
-            .field("proto", &self.proto)
-            .field("request_timeout", &self.request_timeout)
+            .field("proto", &self.shared.proto)
+            .field("request_timeout", &self.shared.request_timeout)
             .finish()
     }
 }
@@ -219,10 +224,12 @@ impl Forward {
         request_timeout: Duration,
     ) -> Self {
         Forward {
-            client,
-            pools,
-            proto,
-            request_timeout,
+            shared: Arc::new(ForwardShared {
+                client,
+                pools,
+                proto,
+                request_timeout,
+            }),
         }
     }
 }
@@ -286,9 +293,10 @@ impl Service<Routed<Body>> for Forward {
         let client_upgrade = upgrade_protocol(request.headers())
             .is_some()
             .then(|| hyper::upgrade::on(&mut request));
-        rewrite_request(&mut request, &endpoint.authority, peer, self.proto);
-        let timeout = self.request_timeout;
-        let pool = self.pools.get(endpoint.id).cloned();
+        let shared = &*self.shared;
+        rewrite_request(&mut request, &endpoint.authority, peer, shared.proto);
+        let timeout = shared.request_timeout;
+        let pool = shared.pools.get(endpoint.id).cloned();
         if let Some(pool) = pool.filter(|_| client_upgrade.is_none()) {
             if request.body().is_end_stream() {
                 let sent = upstream::send(pool, &request);
@@ -302,7 +310,7 @@ impl Service<Routed<Body>> for Forward {
                 });
             }
         }
-        let sent = self.client.request(request);
+        let sent = shared.client.request(request);
         Box::pin(async move {
             let mut response = match tokio::time::timeout(timeout, sent).await {
                 Err(_) => return Err(ForwardError::Timeout(timeout)),

@@ -12,6 +12,7 @@
 
 use std::{
     convert::Infallible,
+    net::SocketAddr,
     path::PathBuf,
     sync::{Arc, Mutex},
     task::{Context, Poll},
@@ -19,7 +20,8 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use axum::body::Body;
+use axum::{body::Body, extract::ConnectInfo, BoxError};
+use bytes::Bytes;
 use http::{Request, Response};
 use tokio::task::AbortHandle;
 use tower::{Layer, Service};
@@ -39,14 +41,11 @@ use crate::{
     },
     outlier::OutlierDetector,
     retry::RetryBudget,
-    upstream::ConnectionPool,
+    upstream::{self, ConnectionPool},
 };
 
 /// The whole request path: metrics, rate limit, backpressure, body limit, balance, forward.
 pub type ProxyService = Metrics<RateLimit<Backpressure<BodyLimit<Balance<Forward>>>>>;
-
-/// How often idle backend connections are checked.
-const POOL_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Background tasks of one `Proxy` (health checks, pruning), stopped with it.
 #[derive(Debug, Default)]
@@ -82,6 +81,8 @@ pub struct Proxy {
     rate_limit: RateLimitLayer,
     backpressure: BackpressureLayer,
     body_limit: BodyLimitLayer,
+    /// The stack, built once per listener protocol, indexed by `ClientProto as usize`.
+    stacks: Vec<ProxyService>,
     tasks: Arc<Tasks>,
 }
 
@@ -153,7 +154,7 @@ impl Proxy {
             tasks.add(spawn_pruning(limiter.clone()));
             limiter
         });
-        Proxy {
+        let mut proxy = Proxy {
             balancer,
             endpoints,
             changes,
@@ -164,12 +165,22 @@ impl Proxy {
             rate_limit: RateLimitLayer::new(limiter),
             backpressure: BackpressureLayer::new(config.max_in_flight),
             body_limit: BodyLimitLayer::new(config.max_request_body),
+            stacks: Vec::new(),
             tasks,
-        }
+        };
+        proxy.stacks = [ClientProto::Http, ClientProto::Https]
+            .into_iter()
+            .map(|proto| proxy.build_stack(proto))
+            .collect();
+        proxy
     }
 
     /// The full stack for requests arriving over `proto`.
     pub fn service(&self, proto: ClientProto) -> ProxyService {
+        self.stacks[proto as usize].clone()
+    }
+
+    fn build_stack(&self, proto: ClientProto) -> ProxyService {
         let balance = Balance::new(
             self.balancer.clone(),
             Forward::new(
@@ -206,7 +217,7 @@ impl Proxy {
 /// not hold file descriptors while traffic is quiet.
 fn spawn_pool_sweeping(pools: Arc<[Arc<ConnectionPool>]>) -> AbortHandle {
     tokio::spawn(async move {
-        let mut every = tokio::time::interval(POOL_SWEEP_INTERVAL);
+        let mut every = tokio::time::interval(upstream::SWEEP_INTERVAL);
         loop {
             every.tick().await;
             pools.iter().for_each(|p| p.sweep());
@@ -252,6 +263,16 @@ impl LiveProxy {
     /// The service for requests arriving over `proto`, always routed by the current proxy.
     pub fn service(self: &Arc<Self>, proto: ClientProto) -> LiveService {
         LiveService {
+            live: self.clone(),
+            proto,
+            peer: None,
+        }
+    }
+
+    /// A connection-level service for a listener: each connection's requests carry its peer
+    /// address and go through the current proxy.
+    pub fn make_service(self: &Arc<Self>, proto: ClientProto) -> MakeLiveService {
+        MakeLiveService {
             live: self.clone(),
             proto,
         }
@@ -321,13 +342,23 @@ impl LiveProxy {
 }
 
 /// The proxy service that follows reloads.
+///
+/// Servers clone it for every request, so it is two words and a reference count; the
+/// stack itself is built once per reload ([`Proxy::service`]).
 #[derive(Debug, Clone)]
 pub struct LiveService {
     live: Arc<LiveProxy>,
     proto: ClientProto,
+    /// The connection's peer, recorded as `ConnectInfo` on each request when the server did
+    /// not record it already.
+    peer: Option<SocketAddr>,
 }
 
-impl Service<Request<Body>> for LiveService {
+impl<B> Service<Request<B>> for LiveService
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     type Response = Response<Body>;
     type Error = Infallible;
     type Future = <ProxyService as Service<Request<Body>>>::Future;
@@ -337,8 +368,39 @@ impl Service<Request<Body>> for LiveService {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        // `Body::new` does not box an axum `Body` again.
+        let mut request = request.map(Body::new);
+        if let Some(peer) = self.peer {
+            request.extensions_mut().insert(ConnectInfo(peer));
+        }
         let mut service = self.live.current.load().service(self.proto);
         service.call(request)
+    }
+}
+
+/// Makes a [`LiveService`] for each accepted connection, recording its peer: what a
+/// listener serves, without a router in between (the proxy has one route: everything).
+#[derive(Debug, Clone)]
+pub struct MakeLiveService {
+    live: Arc<LiveProxy>,
+    proto: ClientProto,
+}
+
+impl Service<SocketAddr> for MakeLiveService {
+    type Response = LiveService;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<LiveService, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, peer: SocketAddr) -> Self::Future {
+        std::future::ready(Ok(LiveService {
+            live: self.live.clone(),
+            proto: self.proto,
+            peer: Some(peer),
+        }))
     }
 }

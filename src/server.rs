@@ -14,7 +14,6 @@
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
-use axum::Router;
 use axum_server::tls_rustls::RustlsConfig;
 use hyper_util::rt::TokioTimer;
 
@@ -146,10 +145,11 @@ impl Server {
         let admin_addr = local_addr(&self.admin);
 
         let redirecting = self.https.is_some() && config.redirect_to_https;
-        let plain = match (&self.https, redirecting) {
-            (Some((l, _)), true) => redirect::router(local_addr(l).port()),
-            _ => Router::new().fallback_service(live.service(ClientProto::Http)),
-        };
+        let redirect_port = self
+            .https
+            .as_ref()
+            .filter(|_| redirecting)
+            .map(|(l, _)| local_addr(l).port());
         tracing::info!("HTTP server listening on :{}", http_addr.port());
         if redirecting {
             tracing::info!("HTTP requests are redirected to HTTPS");
@@ -162,10 +162,17 @@ impl Server {
             .handle(shutdown_handle.clone())
             .first_request_timeout(FIRST_REQUEST_TIMEOUT);
         limit_connections(server.http_builder(), &config);
+        let plain = live.make_service(ClientProto::Http);
         listeners.spawn(async move {
-            let served = server
-                .serve(plain.into_make_service_with_connect_info::<SocketAddr>())
-                .await;
+            let served = match redirect_port {
+                Some(port) => {
+                    let redirect = redirect::router(port);
+                    server
+                        .serve(redirect.into_make_service_with_connect_info::<SocketAddr>())
+                        .await
+                }
+                None => server.serve(plain).await,
+            };
             served.map_err(|source| ServeError::Serve {
                 addr: http_addr,
                 source,
@@ -182,11 +189,9 @@ impl Server {
                     .handle(shutdown_handle.clone())
                     .first_request_timeout(FIRST_REQUEST_TIMEOUT);
                 limit_connections(server.http_builder(), &config);
-                let app = Router::new().fallback_service(live.service(ClientProto::Https));
+                let app = live.make_service(ClientProto::Https);
                 listeners.spawn(async move {
-                    let served = server
-                        .serve(app.into_make_service_with_connect_info::<SocketAddr>())
-                        .await;
+                    let served = server.serve(app).await;
                     served.map_err(|source| ServeError::Serve { addr, source })
                 });
                 Some(rustls_config)

@@ -560,7 +560,7 @@ where
         let started = Instant::now();
         let set = balancer.set.load();
         let client = balancer.options.client_ip.resolve(&request);
-        let mut record = DecisionRecord::new(balancer.strategy.kind(), client);
+        let mut record = DecisionRecord::new(balancer.strategy.kind(), client, started);
         record.healthy = u16::try_from(set.endpoints.len()).unwrap_or(u16::MAX);
         record.excluded = set.excluded;
         let explanation = balancer

@@ -4,14 +4,16 @@
 //! Response header values are slices of the frozen read buffer, so parsing allocates no
 //! memory per header value (hyper's client does the same).
 
+use std::mem::MaybeUninit;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{
     header::{self, HeaderMap, HeaderName, HeaderValue},
     Method, Request, Response, StatusCode, Version,
 };
 
-/// Most headers a backend's response head may carry.
-pub const MAX_RESPONSE_HEADERS: usize = 128;
+/// Most headers a backend's response head may carry (hyper's limit too).
+pub const MAX_RESPONSE_HEADERS: usize = 100;
 
 /// Largest response head accepted from a backend, in bytes.
 pub const MAX_RESPONSE_HEAD_BYTES: usize = 64 * 1024;
@@ -96,10 +98,21 @@ impl From<httparse::Error> for HeadError {
 }
 
 /// Byte ranges of one header within the head, recorded while `httparse` borrows the buffer.
+/// `u32` offsets keep the array small: it is zeroed for every response.
 #[derive(Clone, Copy, Default)]
 struct HeaderIndex {
-    name: (usize, usize),
-    value: (usize, usize),
+    name: (u32, u32),
+    value: (u32, u32),
+}
+
+impl HeaderIndex {
+    fn name(self) -> std::ops::Range<usize> {
+        self.name.0 as usize..self.name.1 as usize
+    }
+
+    fn value(self) -> std::ops::Range<usize> {
+        self.value.0 as usize..self.value.1 as usize
+    }
 }
 
 /// Parses a response head from the front of `buf`, consuming it. `Ok(None)`: incomplete,
@@ -109,11 +122,17 @@ pub fn parse_response(
     request_method: &Method,
 ) -> Result<Option<ResponseHead>, HeadError> {
     loop {
-        let mut slots = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+        // Uninitialised slots: httparse fills only what it uses (no 3 KiB memset per parse).
+        let mut slots =
+            [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_RESPONSE_HEADERS];
         let mut indices = [HeaderIndex::default(); MAX_RESPONSE_HEADERS];
-        let mut parsed = httparse::Response::new(&mut slots);
+        let mut parsed = httparse::Response::new(&mut []);
         let base = buf.as_ptr() as usize;
-        let length = match parsed.parse(buf)? {
+        let length = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut parsed,
+            buf,
+            &mut slots,
+        )? {
             httparse::Status::Partial if buf.len() > MAX_RESPONSE_HEAD_BYTES => {
                 return Err(HeadError::TooLarge)
             }
@@ -123,12 +142,13 @@ pub fn parse_response(
         let code = parsed.code.unwrap_or_default();
         let minor_version = parsed.version.unwrap_or_default();
         let count = parsed.headers.len();
+        // Offsets fit in u32: the head is at most MAX_RESPONSE_HEAD_BYTES long.
+        let offset = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
         for (index, h) in indices.iter_mut().zip(parsed.headers.iter()) {
-            let name = h.name.as_ptr() as usize - base;
-            let value = h.value.as_ptr() as usize - base;
+            let (name, value) = (offset(h.name.as_bytes()), offset(h.value));
             *index = HeaderIndex {
-                name: (name, name + h.name.len()),
-                value: (value, value + h.value.len()),
+                name: (name, name + h.name.len() as u32),
+                value: (value, value + h.value.len() as u32),
             };
         }
         let head = buf.split_to(length).freeze();
@@ -158,9 +178,9 @@ fn build(
 ) -> Result<ResponseHead, HeadError> {
     let mut headers = HeaderMap::with_capacity(indices.len());
     for index in indices {
-        let name = HeaderName::from_bytes(&head[index.name.0..index.name.1])
+        let name = HeaderName::from_bytes(&head[index.name()])
             .map_err(|_| HeadError::InvalidHeader("name"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(index.value.0..index.value.1))
+        let value = HeaderValue::from_maybe_shared(head.slice(index.value()))
             .map_err(|_| HeadError::InvalidHeader("value"))?;
         headers.append(name, value);
     }

@@ -29,7 +29,7 @@ use crate::retry::idempotent;
 
 pub use body::PooledBody;
 pub use head::{encode_request, parse_response, Framing, HeadError, ResponseHead};
-pub use pool::{Connection, ConnectionPool, IDLE_TIMEOUT, MAX_IDLE};
+pub use pool::{Connection, ConnectionPool, IDLE_SWEEPS, IDLE_TIMEOUT, MAX_IDLE, SWEEP_INTERVAL};
 
 /// Why a request over a pooled connection failed.
 #[derive(Debug, thiserror::Error)]

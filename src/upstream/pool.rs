@@ -7,6 +7,10 @@
 //! An idle connection the backend closed is noticed without a system call: the reactor
 //! marks its socket readable (end of stream), so checkout skips it. Only when the socket
 //! looks readable does checkout read it to tell a close from a stale readiness flag.
+//!
+//! Idle time is counted in sweeps, not read from the clock: [`ConnectionPool::sweep`] runs
+//! every [`SWEEP_INTERVAL`] and closes connections that stayed idle through
+//! [`IDLE_SWEEPS`] of them, so checkout and release read no clock.
 
 use std::{
     collections::VecDeque,
@@ -14,7 +18,7 @@ use std::{
     pin::Pin,
     sync::{Arc, Mutex},
     task::{Context, Poll, Waker},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use bytes::BytesMut;
@@ -23,8 +27,15 @@ use tokio::net::TcpStream;
 
 use crate::balance::endpoint::Endpoint;
 
-/// How long an idle connection is kept.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// How often idle connections are checked ([`ConnectionPool::sweep`]).
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Sweeps an idle connection survives; it is closed after between `IDLE_SWEEPS` and
+/// `IDLE_SWEEPS + 1` sweep intervals of idleness.
+pub const IDLE_SWEEPS: u64 = 9;
+
+/// How long an idle connection is kept, about (see [`IDLE_SWEEPS`]).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(SWEEP_INTERVAL.as_secs() * IDLE_SWEEPS);
 
 /// Most idle connections kept per backend; more are closed when they are released.
 pub const MAX_IDLE: usize = 1024;
@@ -37,14 +48,22 @@ const BUFFER_CAPACITY: usize = 8 * 1024;
 pub struct ConnectionPool {
     authority: Authority,
     connect_timeout: Duration,
-    idle: Mutex<VecDeque<Idle>>,
+    idle: Mutex<IdleStack>,
+}
+
+#[derive(Debug, Default)]
+struct IdleStack {
+    connections: VecDeque<Idle>,
+    /// Sweeps done so far.
+    sweeps: u64,
 }
 
 #[derive(Debug)]
 struct Idle {
     stream: TcpStream,
     buffer: BytesMut,
-    since: Instant,
+    /// The sweep count when it was released.
+    since_sweep: u64,
 }
 
 /// A connection owned by one request, returned with [`Connection::release`].
@@ -64,7 +83,7 @@ impl ConnectionPool {
         Arc::new(ConnectionPool {
             authority,
             connect_timeout,
-            idle: Mutex::new(VecDeque::new()),
+            idle: Mutex::new(IdleStack::default()),
         })
     }
 
@@ -95,7 +114,7 @@ impl ConnectionPool {
 
     /// Idle connections right now.
     pub fn idle_count(&self) -> usize {
-        self.lock().len()
+        self.lock().connections.len()
     }
 
     /// A warm idle connection if one is usable, else a new one.
@@ -130,18 +149,21 @@ impl ConnectionPool {
         })
     }
 
-    /// Closes idle connections that expired or that the backend closed.
+    /// Closes idle connections that stayed idle through [`IDLE_SWEEPS`] sweeps or that the
+    /// backend closed. Call every [`SWEEP_INTERVAL`].
     pub fn sweep(&self) {
-        let now = Instant::now();
-        self.lock()
-            .retain_mut(|idle| now.duration_since(idle.since) < IDLE_TIMEOUT && idle.alive());
+        let mut stack = self.lock();
+        stack.sweeps += 1;
+        let oldest_kept = stack.sweeps.saturating_sub(IDLE_SWEEPS);
+        stack
+            .connections
+            .retain_mut(|idle| idle.since_sweep >= oldest_kept && idle.alive());
     }
 
     fn take_idle(self: &Arc<Self>) -> Option<Connection> {
-        let now = Instant::now();
         loop {
-            let mut idle = self.lock().pop_back()?;
-            if now.duration_since(idle.since) >= IDLE_TIMEOUT || !idle.alive() {
+            let mut idle = self.lock().connections.pop_back()?;
+            if !idle.alive() {
                 continue;
             }
             return Some(Connection {
@@ -154,18 +176,19 @@ impl ConnectionPool {
     }
 
     fn put(&self, stream: TcpStream, buffer: BytesMut) {
-        let mut idle = self.lock();
-        if idle.len() >= MAX_IDLE {
+        let mut stack = self.lock();
+        if stack.connections.len() >= MAX_IDLE {
             return;
         }
-        idle.push_back(Idle {
+        let since_sweep = stack.sweeps;
+        stack.connections.push_back(Idle {
             stream,
             buffer,
-            since: Instant::now(),
+            since_sweep,
         });
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Idle>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, IdleStack> {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
