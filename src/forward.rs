@@ -301,11 +301,11 @@ impl Service<Routed<Body>> for Forward {
             if request.body().is_end_stream() {
                 let sent = upstream::send(pool, &request);
                 return Box::pin(async move {
-                    let mut response = match tokio::time::timeout(timeout, sent).await {
+                    let response = match tokio::time::timeout(timeout, sent).await {
                         Err(_) => return Err(ForwardError::Timeout(timeout)),
                         Ok(result) => result?,
                     };
-                    strip_hop_by_hop(response.headers_mut(), false);
+                    // The head parser already left the hop-by-hop headers out.
                     Ok(response.map(ResponseBody::Pooled))
                 });
             }
@@ -381,10 +381,39 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
             value.push_str(", ");
         }
     }
-    let _ = write!(value, "{}", peer.ip());
+    match peer.ip() {
+        // Most peers: formatted by hand, the `fmt` machinery costs more than the rest of
+        // the header work.
+        std::net::IpAddr::V4(ip) => push_ipv4(&mut value, ip),
+        ip => {
+            let _ = write!(value, "{ip}");
+        }
+    }
     if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
+}
+
+/// Appends `a.b.c.d`.
+fn push_ipv4(out: &mut String, ip: std::net::Ipv4Addr) {
+    for (i, octet) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        if octet >= 100 {
+            out.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            out.push(char::from(b'0' + octet / 10 % 10));
+        }
+        out.push(char::from(b'0' + octet % 10));
+    }
+}
+
+/// Whether `name` is hop-by-hop whatever `Connection` lists: the RFC 9110 names, the legacy
+/// ones, and `Upgrade` (kept only for an upgrade handshake, see [`rewrite_request`]).
+pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::UPGRADE || HOP_BY_HOP.contains(name)
 }
 
 /// The `Upgrade` protocol if this is an upgrade request (`Connection: upgrade` + `Upgrade`).
@@ -405,9 +434,7 @@ fn upgrade_protocol(headers: &HeaderMap) -> Option<&HeaderValue> {
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // Most requests carry none of these: one pass over the (few) headers, comparing names
     // (cheap for standard headers), saves a hash lookup per hop-by-hop name.
-    let present = headers
-        .keys()
-        .any(|k| k == header::UPGRADE || HOP_BY_HOP.contains(k));
+    let present = headers.keys().any(is_hop_by_hop);
     if !present {
         return;
     }
@@ -478,6 +505,15 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.5");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "example.test");
+    }
+
+    #[test]
+    fn ipv4_is_written_like_display() {
+        for ip in ["0.0.0.0", "127.0.0.1", "10.20.100.255", "192.168.9.99"] {
+            let mut out = String::new();
+            push_ipv4(&mut out, ip.parse().unwrap());
+            assert_eq!(out, ip);
+        }
     }
 
     #[test]

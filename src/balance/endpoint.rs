@@ -106,11 +106,17 @@ impl Endpoint {
 
     /// Marks a request as started; it stays in flight until the guard drops.
     pub fn start(self: &Arc<Self>) -> InFlight {
+        self.start_at(Instant::now())
+    }
+
+    /// [`Endpoint::start`] for a request handed over at `at` (saves a clock read when the
+    /// caller has just read it).
+    pub fn start_at(self: &Arc<Self>, at: Instant) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.requests.fetch_add(1, Ordering::Relaxed);
         InFlight {
             endpoint: self.clone(),
-            started: Instant::now(),
+            started: at,
         }
     }
 

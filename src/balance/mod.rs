@@ -30,7 +30,7 @@ use std::{
     str::FromStr,
     sync::Arc,
     task::{Context, Poll},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use arc_swap::ArcSwap;
@@ -485,12 +485,12 @@ impl Balancer {
     fn finish(
         &self,
         mut record: DecisionRecord,
-        started: Instant,
+        latency: Duration,
         explanation: Option<Vec<CandidateState>>,
         response: &mut Response<Body>,
     ) {
         record.status = response.status().as_u16();
-        record.latency_us = u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX);
+        record.latency_us = u32::try_from(latency.as_micros()).unwrap_or(u32::MAX);
         if let Some(candidates) = explanation {
             let set = self.set.load();
             let text = decision::explain(&record, &candidates, &set.known);
@@ -568,7 +568,7 @@ where
             .then(|| balancer.candidates(&set));
         if set.endpoints.is_empty() {
             let mut reply = local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy backend");
-            balancer.finish(record, started, explanation, &mut reply);
+            balancer.finish(record, started.elapsed(), explanation, &mut reply);
             return Box::pin(std::future::ready(Ok(reply)));
         }
         let mut trace = PickTrace::default();
@@ -599,7 +599,7 @@ where
                         let mut reply = overloaded(format_args!(
                             "overloaded: every backend has {max} requests in flight"
                         ));
-                        balancer.finish(record, started, explanation, &mut reply);
+                        balancer.finish(record, started.elapsed(), explanation, &mut reply);
                         return Box::pin(std::future::ready(Ok(reply)));
                     }
                 }
@@ -619,7 +619,7 @@ where
         if let Some(b) = &budget {
             b.deposit();
         }
-        let mut guard = endpoint.start();
+        let mut guard = endpoint.start_at(started);
         let mut endpoint = endpoint.clone();
         drop(set);
         let mut attempt = self.inner.call(Routed {
@@ -629,9 +629,11 @@ where
         let mut inner = self.inner.clone();
         Box::pin(async move {
             let mut retries_left = budget.as_ref().map_or(0, |b| b.attempts());
+            let mut answered;
             let mut response = loop {
                 let result = attempt.await;
                 let now = Instant::now();
+                answered = now;
                 let latency = now.saturating_duration_since(guard.started());
                 let error = match result {
                     Ok(response) => {
@@ -681,7 +683,8 @@ where
             response
                 .headers_mut()
                 .insert(X_ALB_BACKEND.clone(), endpoint.header_value.clone());
-            balancer.finish(record, started, explanation, &mut response);
+            let latency = answered.saturating_duration_since(started);
+            balancer.finish(record, latency, explanation, &mut response);
             Ok(response)
         })
     }

@@ -12,6 +12,8 @@ use http::{
     Method, Request, Response, StatusCode, Version,
 };
 
+use crate::forward::is_hop_by_hop;
+
 /// Most headers a backend's response head may carry (hyper's limit too).
 pub const MAX_RESPONSE_HEADERS: usize = 100;
 
@@ -177,20 +179,47 @@ fn build(
     request_method: &Method,
 ) -> Result<ResponseHead, HeadError> {
     let mut headers = HeaderMap::with_capacity(indices.len());
+    let mut connection = ConnectionTokens::default();
+    let mut transfer_encoding = None;
     for index in indices {
         let name = HeaderName::from_bytes(&head[index.name()])
             .map_err(|_| HeadError::InvalidHeader("name"))?;
+        let raw = &head[index.value()];
+        // Hop-by-hop headers describe this connection: read for framing and keep-alive,
+        // not passed on (what `forward::strip_hop_by_hop` does for hyper's responses).
+        if name == header::CONNECTION {
+            connection.add(raw);
+            continue;
+        }
+        if name == header::TRANSFER_ENCODING {
+            transfer_encoding = Some(raw);
+            continue;
+        }
+        if is_hop_by_hop(&name) {
+            continue;
+        }
         let value = HeaderValue::from_maybe_shared(head.slice(index.value()))
             .map_err(|_| HeadError::InvalidHeader("value"))?;
         headers.append(name, value);
     }
-    let closes = connection_has(&headers, "close");
+    if connection.lists_others {
+        // Names listed in Connection are hop-by-hop too (RFC 9110 §7.6.1). Rare: a second pass.
+        for index in indices {
+            if head[index.name()].eq_ignore_ascii_case(b"connection") {
+                for token in head[index.value()].split(|b| *b == b',') {
+                    if let Ok(name) = HeaderName::from_bytes(token.trim_ascii()) {
+                        headers.remove(name);
+                    }
+                }
+            }
+        }
+    }
+    let framing = framing(&mut headers, transfer_encoding, status, request_method)?;
     let reusable = if minor_version == 0 {
-        connection_has(&headers, "keep-alive")
+        connection.keep_alive
     } else {
-        !closes
+        !connection.close
     };
-    let framing = framing(&headers, status, request_method)?;
     let reusable = reusable && framing != Framing::UntilClose;
     let mut response = Response::new(());
     *response.status_mut() = status;
@@ -203,10 +232,35 @@ fn build(
     })
 }
 
+/// What the `Connection` headers of a response say.
+#[derive(Default)]
+struct ConnectionTokens {
+    close: bool,
+    keep_alive: bool,
+    /// Names other than `close` and `keep-alive`: headers that must not be passed on.
+    lists_others: bool,
+}
+
+impl ConnectionTokens {
+    fn add(&mut self, value: &[u8]) {
+        for token in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+            if token.eq_ignore_ascii_case(b"close") {
+                self.close = true;
+            } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                self.keep_alive = true;
+            } else if !token.is_empty() {
+                self.lists_others = true;
+            }
+        }
+    }
+}
+
 /// RFC 9112 §6.3, in order: no body for HEAD, 1xx, 204 and 304; chunked when it is the last
-/// transfer coding; then Content-Length (every value equal); otherwise until close.
+/// transfer coding (any `Content-Length` is then dropped: the client gets hyper's framing);
+/// then Content-Length (every value equal); otherwise until close.
 fn framing(
-    headers: &HeaderMap,
+    headers: &mut HeaderMap,
+    transfer_encoding: Option<&[u8]>,
     status: StatusCode,
     request_method: &Method,
 ) -> Result<Framing, HeadError> {
@@ -216,17 +270,10 @@ fn framing(
     {
         return Ok(Framing::Empty);
     }
-    if let Some(last) = headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .next_back()
-    {
-        let chunked = last
-            .to_str()
-            .ok()
-            .and_then(|v| v.rsplit(',').next())
-            .is_some_and(|coding| coding.trim().eq_ignore_ascii_case("chunked"));
-        return Ok(if chunked {
+    if let Some(codings) = transfer_encoding {
+        headers.remove(header::CONTENT_LENGTH);
+        let last = codings.rsplit(|b| *b == b',').next().unwrap_or_default();
+        return Ok(if last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
             Framing::Chunked
         } else {
             Framing::UntilClose
@@ -245,16 +292,6 @@ fn framing(
         length = Some(n);
     }
     Ok(length.map_or(Framing::UntilClose, Framing::Length))
-}
-
-/// Whether a `Connection` header lists `token`.
-fn connection_has(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 #[cfg(test)]
@@ -304,6 +341,22 @@ mod tests {
             Method::GET,
         );
         assert_eq!(head.framing, Framing::Empty);
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_read_not_passed_on() {
+        let head = parse(
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive, x-private\r\nX-Private: 1\r\n\
+             Keep-Alive: timeout=5\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\
+             X-Kept: 1\r\n\r\n",
+            Method::GET,
+        )
+        .unwrap()
+        .unwrap();
+        let names: Vec<&str> = head.response.headers().keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-kept"]);
+        assert_eq!(head.framing, Framing::Chunked);
+        assert!(head.reusable);
     }
 
     #[test]
