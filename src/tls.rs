@@ -1,8 +1,9 @@
 //! TLS termination: rustls server configs, self-signed certificates, reload.
 //!
 //! TLS 1.3 and 1.2 only (nothing older is even compiled in), ALPN `h2` then `http/1.1`, the
-//! `ring` provider passed explicitly so no process-wide default is needed (NOTES §2: two
-//! providers enabled through features make `builder()` panic). Certificates are read and
+//! `aws-lc-rs` provider (rustls's default, with the faster RSA and AES-GCM code on x86-64)
+//! passed explicitly so no process-wide default is needed (NOTES §2: `rcgen` brings `ring`
+//! too, and two providers enabled through features make `builder()` panic). Certificates are read and
 //! checked against their key before any port is bound; a reload builds a whole new config and
 //! swaps it in, so open connections keep the config they were accepted with.
 
@@ -87,7 +88,7 @@ pub fn server_config_from_pem(
     }
     let private_key =
         PrivateKeyDer::from_pem_slice(key_pem).map_err(|_| TlsError::NoKey(key.to_owned()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .and_then(|b| b.with_no_client_auth().with_single_cert(chain, private_key))
