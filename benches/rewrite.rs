@@ -1,8 +1,13 @@
-//! The request rewrite: URI, version, hop-by-hop stripping, X-Forwarded-*.
+//! The request rewrite (URI, version, hop-by-hop stripping, X-Forwarded-*) and the wire
+//! work of the pooled upstream client: encoding the request head, parsing the response head.
 
 use std::hint::black_box;
 
-use alb::forward::{rewrite_request, ClientProto};
+use alb::{
+    forward::{rewrite_request, ClientProto},
+    upstream::{encode_request, parse_response},
+};
+use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, Criterion};
 
 fn rewrite(c: &mut Criterion) {
@@ -29,5 +34,36 @@ fn rewrite(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, rewrite);
+fn wire(c: &mut Criterion) {
+    let request = http::Request::builder()
+        .uri("http://127.0.0.1:9000/api/items?page=2")
+        .header("host", "app.example")
+        .header("user-agent", "bench/1.0")
+        .header("accept", "*/*")
+        .header("x-forwarded-for", "192.0.2.7")
+        .header("x-forwarded-proto", "http")
+        .header("x-forwarded-host", "app.example")
+        .body(())
+        .unwrap();
+    let mut out = BytesMut::with_capacity(1024);
+    c.bench_function("encode_request_head", |b| {
+        b.iter(|| {
+            out.clear();
+            encode_request(black_box(&request), &mut out);
+            black_box(out.len())
+        })
+    });
+    let response: &[u8] = b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Thu, 26 Nov 2026 22:00:00 GMT\r\n\
+        Content-Type: text/plain\r\nContent-Length: 14\r\nConnection: keep-alive\r\n\r\nbackend 19001\n";
+    let method = http::Method::GET;
+    c.bench_function("parse_response_head", |b| {
+        b.iter_batched(
+            || BytesMut::from(response),
+            |mut buf| black_box(parse_response(&mut buf, &method).unwrap()),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+}
+
+criterion_group!(benches, rewrite, wire);
 criterion_main!(benches);

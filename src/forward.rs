@@ -355,6 +355,8 @@ pub fn rewrite_request<B>(
     let keep_upgrade = upgrade_protocol(request.headers()).is_some();
     let headers = request.headers_mut();
     strip_hop_by_hop(headers, keep_upgrade);
+    // Room for the three X-Forwarded-* headers in one growth at most.
+    headers.reserve(3);
     if !headers.contains_key(header::HOST) {
         if let Some(authority) = &original_authority {
             if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
@@ -432,27 +434,42 @@ fn upgrade_protocol(headers: &HeaderMap) -> Option<&HeaderValue> {
 /// Removes hop-by-hop headers. With `keep_upgrade`, the handshake's `Connection: upgrade`
 /// and `Upgrade` survive so the backend sees the upgrade request.
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Most requests carry none of these: one pass over the (few) headers, comparing names
-    // (cheap for standard headers), saves a hash lookup per hop-by-hop name.
-    let present = headers.keys().any(is_hop_by_hop);
-    if !present {
+    // One pass over the (few) headers, comparing names (cheap for standard headers), finds
+    // which hop-by-hop names are present; only those are removed (a hash lookup each).
+    let mut present: Vec<HeaderName> = Vec::new();
+    let mut upgrade_present = false;
+    for name in headers.keys() {
+        if name == header::UPGRADE {
+            upgrade_present = true;
+        } else if HOP_BY_HOP.contains(name) && !present.contains(name) {
+            present.push(name.clone());
+        }
+    }
+    if present.is_empty() && !upgrade_present {
         return;
     }
     let upgrade = keep_upgrade
         .then(|| headers.get(header::UPGRADE).cloned())
         .flatten();
-    // Names listed in Connection are hop-by-hop too (RFC 9110 §7.6.1).
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in listed.iter().chain(HOP_BY_HOP.iter()) {
+    // Names listed in Connection are hop-by-hop too (RFC 9110 §7.6.1); `keep-alive` and
+    // `close`, the usual tokens, name nothing else to remove.
+    for value in headers.get_all(header::CONNECTION) {
+        let Ok(text) = value.to_str() else { continue };
+        for token in text.split(',').map(str::trim) {
+            if token.eq_ignore_ascii_case("keep-alive") || token.eq_ignore_ascii_case("close") {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                present.push(name);
+            }
+        }
+    }
+    for name in &present {
         headers.remove(name);
     }
-    headers.remove(header::UPGRADE);
+    if upgrade_present {
+        headers.remove(header::UPGRADE);
+    }
     if let Some(upgrade) = upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, upgrade);
