@@ -6,14 +6,16 @@
 //!  client ─► listener (axum-server: HTTP/1.1, h2c)
 //!            └─► Balance ── picks an Endpoint with the configured Strategy
 //!                 │          (round_robin | least_conn | sticky | adaptive), counts it in flight
-//!                 └─► Forward ── hyper-util pooled HTTP/1.1 client ─► backend
+//!                 └─► Forward ─┬─ no body: upstream, ALB's own pooled HTTP/1.1 client ─► backend
+//!                              └─ body or upgrade: hyper-util's pooled client ─────────► backend
 //!
 //!  HealthChecker ── Change::Insert / Change::Remove ─► Discover stream ─► Balancer snapshot
 //! ```
 //!
 //! One concern per module: [`config`] (the file format), [`server`] (listeners and the
 //! assembled stack), [`balance`] (selection, per-backend state, discovery), [`forward`]
-//! (the request rewrite and the pooled client), [`health`] (active checks), [`client_ip`]
+//! (the request rewrite and the choice of client), [`upstream`] (connections owned by the
+//! request: pool, HTTP/1.1 heads, response bodies), [`health`] (active checks), [`client_ip`]
 //! (who the client is), [`sim`] (simulated backends for the demo, tests and the lab),
 //! [`demo`] (the one-command demo), [`loadgen`] (an open-loop load generator) and [`lab`]
 //! (experiments comparing strategies).
