@@ -178,6 +178,15 @@ async fn connections_are_reused_and_a_dropped_one_is_replaced_for_idempotent_req
         1,
         "20 sequential requests, one connection"
     );
+    // A body streamed over many reads still gives its connection back at its end.
+    let big = c.get(format!("{}/big", lb.url())).send().await.unwrap();
+    assert_eq!(big.bytes().await.unwrap().len(), BIG);
+    let r = c.get(format!("{}/length", lb.url())).send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "hello");
+    assert_eq!(
+        connections(&seen, "GET /length"),
+        connections(&seen, "GET /big")
+    );
 
     // The backend will close that connection when the next request arrives on it.
     let r = c

@@ -98,6 +98,16 @@ impl PooledBody {
     }
 }
 
+impl PooledBody {
+    /// The body is complete: the connection goes back to its pool (if reusable).
+    fn release(&mut self) {
+        if let State::Streaming(streaming) = std::mem::replace(&mut self.state, State::Done) {
+            let reusable = streaming.reusable;
+            streaming.connection.release(reusable);
+        }
+    }
+}
+
 impl http_body::Body for PooledBody {
     type Data = Bytes;
     type Error = io::Error;
@@ -114,14 +124,15 @@ impl http_body::Body for PooledBody {
             }
             State::Done => Poll::Ready(None),
             State::Streaming(streaming) => match ready!(streaming.poll_data(cx)) {
+                Ok(Some(data)) if streaming.decoder == Decoder::Length(0) => {
+                    // The last bytes: a server that trusts `is_end_stream` will not poll
+                    // again, so the connection goes back now rather than closing on drop.
+                    self.release();
+                    Poll::Ready(Some(Ok(Frame::data(data))))
+                }
                 Ok(Some(data)) => Poll::Ready(Some(Ok(Frame::data(data)))),
                 Ok(None) => {
-                    if let State::Streaming(streaming) =
-                        std::mem::replace(&mut self.state, State::Done)
-                    {
-                        let reusable = streaming.reusable;
-                        streaming.connection.release(reusable);
-                    }
+                    self.release();
                     Poll::Ready(None)
                 }
                 Err(e) => {

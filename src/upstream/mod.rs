@@ -28,7 +28,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::retry::idempotent;
 
 pub use body::PooledBody;
-pub use head::{encode_request, parse_response, Framing, HeadError, ResponseHead};
+pub use head::{
+    encode_request, parse_response, Framing, HeadError, ResponseHead, MAX_RESPONSE_HEADERS,
+    MAX_RESPONSE_HEAD_BYTES,
+};
 pub use pool::{Connection, ConnectionPool, IDLE_SWEEPS, IDLE_TIMEOUT, MAX_IDLE, SWEEP_INTERVAL};
 
 /// Why a request over a pooled connection failed.

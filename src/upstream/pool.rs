@@ -66,7 +66,7 @@ struct Idle {
     since_sweep: u64,
 }
 
-/// A connection owned by one request, returned with [`Connection::release`].
+/// A connection owned by one request; its response body gives it back to the pool.
 #[derive(Debug)]
 pub struct Connection {
     pub(crate) stream: TcpStream,
