@@ -260,15 +260,6 @@ impl LiveProxy {
         self.current.load_full()
     }
 
-    /// The service for requests arriving over `proto`, always routed by the current proxy.
-    pub fn service(self: &Arc<Self>, proto: ClientProto) -> LiveService {
-        LiveService {
-            live: self.clone(),
-            proto,
-            peer: None,
-        }
-    }
-
     /// A connection-level service for a listener: each connection's requests carry its peer
     /// address and go through the current proxy.
     pub fn make_service(self: &Arc<Self>, proto: ClientProto) -> MakeLiveService {
@@ -343,15 +334,14 @@ impl LiveProxy {
 
 /// The proxy service that follows reloads.
 ///
-/// Servers clone it for every request, so it is two words and a reference count; the
+/// Servers clone it for every request, so it is a reference count and two small values; the
 /// stack itself is built once per reload ([`Proxy::service`]).
 #[derive(Debug, Clone)]
 pub struct LiveService {
     live: Arc<LiveProxy>,
     proto: ClientProto,
-    /// The connection's peer, recorded as `ConnectInfo` on each request when the server did
-    /// not record it already.
-    peer: Option<SocketAddr>,
+    /// The connection's peer, recorded as `ConnectInfo` on each request.
+    peer: SocketAddr,
 }
 
 impl<B> Service<Request<B>> for LiveService
@@ -371,9 +361,7 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         // `Body::new` does not box an axum `Body` again.
         let mut request = request.map(Body::new);
-        if let Some(peer) = self.peer {
-            request.extensions_mut().insert(ConnectInfo(peer));
-        }
+        request.extensions_mut().insert(ConnectInfo(self.peer));
         let mut service = self.live.current.load().service(self.proto);
         service.call(request)
     }
@@ -400,7 +388,7 @@ impl Service<SocketAddr> for MakeLiveService {
         std::future::ready(Ok(LiveService {
             live: self.live.clone(),
             proto: self.proto,
-            peer: Some(peer),
+            peer,
         }))
     }
 }

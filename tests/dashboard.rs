@@ -45,15 +45,7 @@ impl Browser {
                          format!("--user-data-dir={}", profile.path().display())]
             }
         }}});
-        let created: Value = http
-            .post(format!("{base}/session"))
-            .json(&caps)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let created: Value = json_of(http.post(format!("{base}/session")).json(&caps)).await;
         let session = created["value"]["sessionId"]
             .as_str()
             .unwrap_or_else(|| panic!("no session: {created}"))
@@ -69,16 +61,7 @@ impl Browser {
 
     async fn command(&self, path: &str, body: Value) -> Value {
         let url = format!("{}/session/{}/{path}", self.base, self.session);
-        let r: Value = self
-            .http
-            .post(url)
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let r: Value = json_of(self.http.post(url).json(&body)).await;
         r["value"].clone()
     }
 
@@ -93,15 +76,7 @@ impl Browser {
 
     async fn screenshot(&self) -> Vec<u8> {
         let url = format!("{}/session/{}/screenshot", self.base, self.session);
-        let r: Value = self
-            .http
-            .get(url)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let r: Value = json_of(self.http.get(url)).await;
         base64::engine::general_purpose::STANDARD
             .decode(r["value"].as_str().unwrap())
             .unwrap()

@@ -162,14 +162,7 @@ async fn a_killed_backend_is_listed_as_excluded_with_its_reason() {
     );
     assert!(!candidates(&header).contains_key(&dead_name));
     // the health timeline of that backend says the same
-    let detail: Value = client()
-        .get(format!("{}/backends/{dead_name}", lb.admin_url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let detail = admin_json(&lb, &format!("/backends/{dead_name}")).await;
     let t = &detail["transitions"].as_array().unwrap()[0];
     assert_eq!(t["up"], false);
     assert_eq!(t["source"], "health_check");
@@ -222,18 +215,11 @@ async fn decision_log_keeps_the_latest_thousand_with_flat_memory() {
     assert_eq!(first["sampled"].as_array().unwrap().len(), 2);
     assert!(first["latency_ms"].as_f64().unwrap() > 0.0);
     // filters
-    let only_a: Value = client()
-        .get(format!(
-            "{}/decisions?backend={}&outcome=ok&limit=50",
-            lb.admin_url(),
-            name(&a)
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let only_a = admin_json(
+        &lb,
+        &format!("/decisions?backend={}&outcome=ok&limit=50", name(&a)),
+    )
+    .await;
     let only_a = only_a["decisions"].as_array().unwrap();
     assert_eq!(only_a.len(), 50);
     assert!(only_a.iter().all(|d| d["chosen"] == name(&a)));

@@ -336,15 +336,7 @@ async fn real_prometheus_scrapes_alb_and_every_panel_has_data() {
 
     let query = |expr: String| async move {
         let url = format!("http://127.0.0.1:{prom_port}/api/v1/query");
-        let r: Value = client()
-            .get(url)
-            .query(&[("query", expr.as_str())])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let r: Value = json_of(client().get(url).query(&[("query", expr.as_str())])).await;
         r
     };
     // Keep traffic flowing while Prometheus collects enough samples for rate() over [1m].

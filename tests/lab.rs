@@ -117,14 +117,7 @@ async fn simulator_queues_beyond_its_slots() {
         "2 requests in service and 4 queued",
         Duration::from_secs(20),
         || async {
-            let r: Value = client()
-                .get(&control)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let r: Value = json_of(client().get(&control)).await;
             r["active"] == 2 && r["queued"] == 4
         },
     )
@@ -132,14 +125,7 @@ async fn simulator_queues_beyond_its_slots() {
     for r in requests {
         assert_eq!(r.await.unwrap().status, 200);
     }
-    let r: Value = client()
-        .get(&control)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r: Value = json_of(client().get(&control)).await;
     assert_eq!(r["served"], 6);
 }
 

@@ -71,14 +71,10 @@ async fn alpn_negotiates_h2_and_http1() {
     assert_eq!(h1.version(), reqwest::Version::HTTP_11);
     assert_eq!(h1.status(), 200);
     // the backend was told the client came over HTTPS
-    let echo: serde_json::Value = tls_client(&t.cert, true)
-        .get(format!("https://localhost:{}/_sim/echo", t.tls_port))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let echo: serde_json::Value = json_of(
+        tls_client(&t.cert, true).get(format!("https://localhost:{}/_sim/echo", t.tls_port)),
+    )
+    .await;
     assert!(echo["headers"]
         .as_array()
         .unwrap()

@@ -107,16 +107,6 @@ impl ConnectionPool {
             .collect()
     }
 
-    /// The backend this pool connects to.
-    pub fn authority(&self) -> &Authority {
-        &self.authority
-    }
-
-    /// Idle connections right now.
-    pub fn idle_count(&self) -> usize {
-        self.lock().connections.len()
-    }
-
     /// A warm idle connection if one is usable, else a new one.
     pub async fn checkout(self: &Arc<Self>) -> io::Result<Connection> {
         match self.take_idle() {

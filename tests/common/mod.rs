@@ -351,16 +351,14 @@ pub fn sample(exposition: &str, series: &str) -> Option<f64> {
     })
 }
 
+/// Sends `request` and parses the answer as JSON (panics on any failure: tests only).
+pub async fn json_of(request: reqwest::RequestBuilder) -> serde_json::Value {
+    request.send().await.unwrap().json().await.unwrap()
+}
+
 /// GETs an admin path of an `alb` and parses the JSON answer.
 pub async fn admin_json(alb: &Proc, path: &str) -> serde_json::Value {
-    client()
-        .get(format!("{}{path}", alb.admin_url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    json_of(client().get(format!("{}{path}", alb.admin_url()))).await
 }
 
 /// Requests in flight over all backends, as `/backends` reports them.
