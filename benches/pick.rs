@@ -2,28 +2,25 @@
 
 use std::{hint::black_box, net::IpAddr, sync::Arc};
 
-use alb::{
-    balance::{endpoint::Endpoint, BackendSet, PickTrace, Strategy, StrategyKind},
-    config::{AdaptiveConfig, BackendConfig, Defaults},
+use alb::balance::{
+    adaptive::AdaptiveConfig, Backend, BackendIds, BackendSet, BackendSpec, Endpoint, PickTrace,
+    Strategy, StrategyKind,
 };
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 
 fn set(n: usize) -> BackendSet {
-    let tuning = AdaptiveConfig {
-        decay: Defaults::EWMA_DECAY,
-        default_rtt: Defaults::DEFAULT_RTT,
-        failure_penalty: Defaults::FAILURE_PENALTY,
-    };
+    let ids = BackendIds::new();
     let endpoints: Vec<Arc<Endpoint>> = (0..n)
         .map(|i| {
-            let config = BackendConfig {
+            let spec = BackendSpec {
                 url: format!("http://10.0.{}.{}:8080", i / 250, i % 250),
                 authority: format!("10.0.{}.{}:8080", i / 250, i % 250)
                     .parse()
                     .unwrap(),
                 weight: 1 + (i % 3) as u32,
             };
-            Arc::new(Endpoint::new(i, &config, &tuning))
+            let backend = Backend::new(ids.id_of(&spec.authority), &spec);
+            Arc::new(Endpoint::new(backend, &AdaptiveConfig::DEFAULT))
         })
         .collect();
     BackendSet::new(endpoints.clone(), endpoints)

@@ -19,7 +19,17 @@ use http::uri::{Authority, Uri};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::{balance::StrategyKind, outlier::OutlierConfig, retry::RetryConfig};
+use crate::{
+    balance::{adaptive::AdaptiveConfig, BackendSpec, StrategyKind},
+    health::HealthConfig,
+    humantime_serde,
+    layer::rate_limit::{RateLimitConfig, RateLimitKey},
+    outlier::OutlierConfig,
+    retry::RetryConfig,
+};
+
+/// One backend as the config gives it (the core's [`BackendSpec`]).
+pub type BackendConfig = BackendSpec;
 
 /// Defaults for every optional key: the one place they are written down.
 pub struct Defaults;
@@ -69,12 +79,12 @@ impl Defaults {
     pub const RETRY_BUDGET_PERCENT: u32 = 20;
     /// Retry budget: retries per second always allowed.
     pub const RETRY_MIN_PER_SECOND: u32 = 10;
-    /// Peak-EWMA decay window (Linkerd's default).
-    pub const EWMA_DECAY: Duration = Duration::from_secs(10);
+    /// Peak-EWMA decay window (Linkerd's default, kept with the algorithm).
+    pub const EWMA_DECAY: Duration = AdaptiveConfig::DEFAULT.decay;
     /// RTT assumed for a backend that has not answered yet (Linkerd's default).
-    pub const DEFAULT_RTT: Duration = Duration::from_millis(30);
+    pub const DEFAULT_RTT: Duration = AdaptiveConfig::DEFAULT.default_rtt;
     /// Latency charged to the EWMA for a failed request, so that failing fast is not cheap.
-    pub const FAILURE_PENALTY: Duration = Duration::from_secs(1);
+    pub const FAILURE_PENALTY: Duration = AdaptiveConfig::DEFAULT.failure_penalty;
     /// Weight of a backend given as a plain URL.
     pub const WEIGHT: u32 = 1;
 }
@@ -138,27 +148,6 @@ pub struct Config {
     pub shadow: bool,
 }
 
-/// Token-bucket rate limiting.
-#[derive(Debug, Clone, Serialize)]
-pub struct RateLimitConfig {
-    /// Refill rate.
-    pub requests_per_second: u32,
-    /// Bucket size: requests allowed at once after a quiet period.
-    pub burst: u32,
-    /// One bucket per client address, or one for everyone.
-    pub key: RateLimitKey,
-}
-
-/// What a rate-limit bucket belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RateLimitKey {
-    /// One bucket per client IP (socket peer, or `X-Forwarded-For` from trusted proxies).
-    Ip,
-    /// One bucket shared by all clients.
-    Global,
-}
-
 /// TLS termination settings.
 #[derive(Debug, Clone, Serialize)]
 pub struct TlsConfig {
@@ -168,58 +157,6 @@ pub struct TlsConfig {
     pub cert_file: PathBuf,
     /// PEM private key.
     pub key_file: PathBuf,
-}
-
-/// One backend.
-#[derive(Debug, Clone, Serialize)]
-pub struct BackendConfig {
-    /// The URL as written.
-    pub url: String,
-    /// `host:port`, the backend's name in headers, metrics and logs.
-    #[serde(skip)]
-    pub authority: Authority,
-    /// Relative share of traffic (round robin, least_conn, sticky, adaptive).
-    pub weight: u32,
-}
-
-/// Active health checks.
-#[derive(Debug, Clone, Serialize)]
-pub struct HealthConfig {
-    /// Path requested on every backend.
-    pub path: String,
-    /// Time between checks.
-    #[serde(with = "humantime_serde")]
-    pub interval: Duration,
-    /// Time a check may take.
-    #[serde(with = "humantime_serde")]
-    pub timeout: Duration,
-    /// Consecutive good checks to come back.
-    pub healthy_threshold: u32,
-    /// Consecutive failed checks to leave.
-    pub unhealthy_threshold: u32,
-}
-
-/// Peak-EWMA tuning.
-#[derive(Debug, Clone, Serialize)]
-pub struct AdaptiveConfig {
-    /// Decay window of the latency estimate.
-    #[serde(with = "humantime_serde")]
-    pub decay: Duration,
-    /// Estimate for a backend that has not answered yet.
-    #[serde(with = "humantime_serde")]
-    pub default_rtt: Duration,
-    /// Latency charged for a failed request.
-    #[serde(with = "humantime_serde")]
-    pub failure_penalty: Duration,
-}
-
-/// Serialises durations as readable text (`"250ms"`) in `check-config` output.
-pub(crate) mod humantime_serde {
-    use std::time::Duration;
-
-    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&humantime::format_duration(*d))
-    }
 }
 
 /// Why a configuration was refused. Each message names the key, the value and what was expected.

@@ -8,8 +8,11 @@
 //! slots through one atomic cursor, so requests never wait on each other unless the ring has
 //! wrapped exactly onto a slot being read. Memory is fixed at start-up whatever the traffic.
 //!
-//! Exclusions are kept as bit masks of backend ids (the first 64 backends); their reasons
-//! (unhealthy and why, over `max_connections`) are resolved from the endpoints when read.
+//! A record names backends by their stable [`BackendId`] and holds the [`BackendSet`]
+//! snapshot the decision was made from (one reference count), so its names and exclusions
+//! are those of that moment, whatever reloads and health changes happened since. The reasons
+//! for an exclusion (unhealthy and why, drained, ejected) are read from the endpoint when the
+//! record is shown.
 
 use std::{
     fmt::Write as _,
@@ -21,25 +24,30 @@ use std::{
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
+use http::HeaderName;
 use serde::Serialize;
 
-use crate::balance::{endpoint::Endpoint, StrategyKind};
+use crate::balance::{BackendId, BackendSet, Endpoint, PickTrace, StrategyKind};
 
-/// Backends tracked in exclusion masks.
-pub const MASK_BACKENDS: usize = 64;
+/// Response header naming the backend that served a request.
+pub static X_ALB_BACKEND: HeaderName = HeaderName::from_static("x-alb-backend");
+/// Request header asking for an explanation (when the config allows it).
+pub static X_ALB_EXPLAIN: HeaderName = HeaderName::from_static("x-alb-explain");
+/// Response header carrying the explanation.
+pub static X_ALB_DECISION: HeaderName = HeaderName::from_static("x-alb-decision");
 
-/// A backend id compared in a pick, with the load value the strategy compared.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+/// A backend compared in a pick, with the load value the strategy compared.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Sampled {
-    /// Backend id (config position).
-    pub backend: u32,
+    /// The backend.
+    pub backend: BackendId,
     /// The strategy's load measure (adaptive: cost in seconds; least_conn: in flight per
     /// weight; sticky: rendezvous score, higher wins; round_robin: position in the cycle).
     pub score: f64,
 }
 
 /// One request's routing decision and outcome.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct DecisionRecord {
     /// Sequence number, from 1.
     pub id: u64,
@@ -49,24 +57,21 @@ pub struct DecisionRecord {
     pub client: Option<IpAddr>,
     /// The strategy in use.
     pub strategy: StrategyKind,
+    /// The backend set the decision was made from.
+    pub set: Arc<BackendSet>,
     /// The backend chosen; `None` when none could be (all down or all full).
-    pub chosen: Option<u32>,
+    pub chosen: Option<BackendId>,
     /// What the strategy compared (adaptive: the two sampled).
-    pub sampled: [Sampled; 2],
-    /// How many entries of `sampled` are used.
-    pub sampled_len: u8,
-    /// Healthy backends in the set at the decision.
-    pub healthy: u16,
-    /// Backends out of the set (unhealthy), as a mask of ids.
-    pub excluded: u64,
-    /// Backends passed over because they were at `max_connections`, as a mask of ids.
-    pub full: u64,
+    pub sampled: [Option<Sampled>; 2],
+    /// Backends passed over because they were at `max_connections` (empty, without an
+    /// allocation, unless one was).
+    pub full: Box<[BackendId]>,
     /// Sticky: the client's home backend, whether or not it was chosen.
-    pub sticky_home: Option<u32>,
+    pub sticky_home: Option<BackendId>,
     /// Shadow strategies' choices, by `StrategyKind::ALL` order (`None`: not evaluated).
-    pub shadow: [Option<u32>; 4],
+    pub shadow: [Option<BackendId>; 4],
     /// The backend a failed first attempt went to, if the request was retried.
-    pub retried_from: Option<u32>,
+    pub retried_from: Option<BackendId>,
     /// Status sent to the client (0 until known).
     pub status: u16,
     /// Time from decision to response headers, in microseconds.
@@ -74,20 +79,22 @@ pub struct DecisionRecord {
 }
 
 impl DecisionRecord {
-    /// A record for a decision made at `at`.
-    pub fn new(strategy: StrategyKind, client: Option<IpAddr>, at: Instant) -> Self {
-        let at_unix_us = unix_micros(at);
+    /// A record for a decision made at `at` from `set`.
+    pub fn new(
+        strategy: StrategyKind,
+        client: Option<IpAddr>,
+        at: Instant,
+        set: Arc<BackendSet>,
+    ) -> Self {
         DecisionRecord {
             id: 0,
-            at_unix_us,
+            at_unix_us: unix_micros(at),
             client,
             strategy,
+            set,
             chosen: None,
-            sampled: [Sampled::default(); 2],
-            sampled_len: 0,
-            healthy: 0,
-            excluded: 0,
-            full: 0,
+            sampled: [None; 2],
+            full: Box::default(),
             sticky_home: None,
             shadow: [None; 4],
             retried_from: None,
@@ -96,18 +103,30 @@ impl DecisionRecord {
         }
     }
 
-    /// The sampled candidates in use.
-    pub fn sampled(&self) -> &[Sampled] {
-        &self.sampled[..usize::from(self.sampled_len)]
+    /// Notes what the strategy compared (indices into `self.set.endpoints`).
+    pub fn note_trace(&mut self, trace: &PickTrace) {
+        for (slot, (index, score)) in self.sampled.iter_mut().zip(trace.sampled()) {
+            *slot = Some(Sampled {
+                backend: self.set.endpoints[*index].id(),
+                score: *score,
+            });
+        }
+        self.sticky_home = trace.sticky_home;
     }
-}
 
-/// Marks `id` in an exclusion mask (ids past [`MASK_BACKENDS`] are not tracked).
-pub fn mask_bit(id: usize) -> u64 {
-    if id < MASK_BACKENDS {
-        1 << id
-    } else {
-        0
+    /// The sampled candidates in use.
+    pub fn sampled(&self) -> impl Iterator<Item = Sampled> + '_ {
+        self.sampled.iter().flatten().copied()
+    }
+
+    /// Backends in service when the decision was made.
+    pub fn healthy(&self) -> usize {
+        self.set.endpoints.len()
+    }
+
+    /// The name of backend `id` as the decision's snapshot knew it.
+    pub fn name(&self, id: BackendId) -> String {
+        self.set.name(id)
     }
 }
 
@@ -130,12 +149,17 @@ impl DecisionLog {
         })
     }
 
-    /// Stores a finished decision, giving it the next id.
+    /// Stores a finished decision, giving it the next id. The record it replaces is dropped
+    /// after the slot's lock is released.
     pub fn push(&self, mut record: DecisionRecord) -> u64 {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         record.id = id;
         let slot = (id as usize) % Self::CAPACITY;
-        *self.slots[slot].lock().unwrap_or_else(|e| e.into_inner()) = Some(record);
+        let replaced = std::mem::replace(
+            &mut *self.slots[slot].lock().unwrap_or_else(|e| e.into_inner()),
+            Some(record),
+        );
+        drop(replaced);
         id
     }
 
@@ -144,8 +168,13 @@ impl DecisionLog {
         let mut out: Vec<DecisionRecord> = self
             .slots
             .iter()
-            .filter_map(|s| *s.lock().unwrap_or_else(|e| e.into_inner()))
-            .filter(|r| r.id > after)
+            .filter_map(|s| {
+                s.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .as_ref()
+                    .filter(|r| r.id > after)
+                    .cloned()
+            })
             .collect();
         out.sort_by_key(|r| r.id);
         out
@@ -188,7 +217,7 @@ pub struct DecisionView {
     /// What the strategy compared.
     pub sampled: Vec<SampledView>,
     /// Healthy backends at the decision.
-    pub healthy: u16,
+    pub healthy: usize,
     /// Backends not considered, with the reason.
     pub excluded: Vec<ExcludedView>,
     /// Sticky: `hit` (home chosen) or `remap` (home out of service).
@@ -235,12 +264,6 @@ pub struct ShadowView {
     pub agrees: bool,
 }
 
-fn name(endpoints: &[Arc<Endpoint>], id: u32) -> String {
-    endpoints
-        .get(id as usize)
-        .map_or_else(|| format!("#{id}"), |e| e.name().to_owned())
-}
-
 /// The reason an endpoint was out of the set, as best known now.
 fn exclusion_reason(ep: &Endpoint) -> String {
     let last = ep.last_transition().map(|t| t.cause).unwrap_or_default();
@@ -256,23 +279,20 @@ fn exclusion_reason(ep: &Endpoint) -> String {
 }
 
 impl DecisionView {
-    /// Resolves a record against the endpoints (indexed by id).
-    pub fn new(r: &DecisionRecord, endpoints: &[Arc<Endpoint>]) -> Self {
-        let mut excluded = Vec::new();
-        for ep in endpoints.iter().take(MASK_BACKENDS) {
-            let bit = mask_bit(ep.id);
-            if r.excluded & bit != 0 {
-                excluded.push(ExcludedView {
-                    backend: ep.name().to_owned(),
-                    reason: exclusion_reason(ep),
-                });
-            } else if r.full & bit != 0 {
-                excluded.push(ExcludedView {
-                    backend: ep.name().to_owned(),
-                    reason: "at max_connections".to_owned(),
-                });
-            }
-        }
+    /// Resolves a record's ids to names, against the snapshot it was made from.
+    pub fn new(r: &DecisionRecord) -> Self {
+        let mut excluded: Vec<ExcludedView> = r
+            .set
+            .excluded()
+            .map(|ep| ExcludedView {
+                backend: ep.name().to_owned(),
+                reason: exclusion_reason(ep),
+            })
+            .collect();
+        excluded.extend(r.full.iter().map(|id| ExcludedView {
+            backend: r.name(*id),
+            reason: "at max_connections".to_owned(),
+        }));
         let shadow = StrategyKind::ALL
             .iter()
             .zip(r.shadow)
@@ -280,7 +300,7 @@ impl DecisionView {
                 let chosen = chosen?;
                 Some(ShadowView {
                     strategy: kind.as_str(),
-                    chosen: name(endpoints, chosen),
+                    chosen: r.name(chosen),
                     agrees: Some(chosen) == r.chosen,
                 })
             })
@@ -290,16 +310,15 @@ impl DecisionView {
             at_unix: r.at_unix_us as f64 / 1e6,
             client: r.client.map(|c| c.to_string()),
             strategy: r.strategy.as_str(),
-            chosen: r.chosen.map(|c| name(endpoints, c)),
+            chosen: r.chosen.map(|c| r.name(c)),
             sampled: r
                 .sampled()
-                .iter()
                 .map(|s| SampledView {
-                    backend: name(endpoints, s.backend),
+                    backend: r.name(s.backend),
                     score: s.score,
                 })
                 .collect(),
-            healthy: r.healthy,
+            healthy: r.healthy(),
             excluded,
             sticky: r.sticky_home.map(|home| {
                 if Some(home) == r.chosen {
@@ -309,7 +328,7 @@ impl DecisionView {
                 }
             }),
             shadow,
-            retried_from: r.retried_from.map(|id| name(endpoints, id)),
+            retried_from: r.retried_from.map(|id| r.name(id)),
             status: r.status,
             latency_ms: f64::from(r.latency_us) / 1e3,
         }
@@ -319,8 +338,8 @@ impl DecisionView {
 /// One candidate as the explanation header shows it.
 #[derive(Debug, Clone)]
 pub struct CandidateState {
-    /// Backend id.
-    pub id: usize,
+    /// The backend.
+    pub id: BackendId,
     /// `host:port`.
     pub name: String,
     /// Peak-EWMA estimate, seconds.
@@ -333,54 +352,63 @@ pub struct CandidateState {
     pub score: f64,
 }
 
+/// Every in-service candidate's numbers from `set`, read before the chosen one counts the
+/// request (only computed when an explanation is asked for).
+pub fn candidates(set: &BackendSet, strategy: &crate::balance::Strategy) -> Vec<CandidateState> {
+    let now = Instant::now();
+    set.endpoints
+        .iter()
+        .map(|ep| CandidateState {
+            id: ep.id(),
+            name: ep.name().to_owned(),
+            ewma_secs: ep.ewma_secs(now),
+            in_flight: ep.in_flight(),
+            weight: ep.weight(),
+            score: strategy.score(ep, now),
+        })
+        .collect()
+}
+
 /// The `x-alb-decision` header text: every candidate with its numbers, the choice and why,
 /// and every excluded backend with its reason. One line, `;`-separated, ASCII only.
-pub fn explain(
-    record: &DecisionRecord,
-    candidates: &[CandidateState],
-    endpoints: &[Arc<Endpoint>],
-) -> String {
+pub fn explain(record: &DecisionRecord, candidates: &[CandidateState]) -> String {
     let mut out = String::with_capacity(256);
     let _ = write!(out, "strategy={}", record.strategy);
     match record.chosen {
         Some(c) => {
-            let _ = write!(out, "; chosen={}", name(endpoints, c));
+            let _ = write!(out, "; chosen={}", record.name(c));
         }
         None => out.push_str("; chosen=none"),
     }
     let why = match record.strategy {
-        StrategyKind::Adaptive if record.sampled_len == 2 => {
-            let [a, b] = record.sampled;
-            format!(
+        StrategyKind::Adaptive => match record.sampled {
+            [Some(a), Some(b)] => format!(
                 "lower cost of two sampled: {}={:.6} vs {}={:.6}",
-                name(endpoints, a.backend),
+                record.name(a.backend),
                 a.score,
-                name(endpoints, b.backend),
+                record.name(b.backend),
                 b.score
-            )
-        }
-        StrategyKind::Adaptive => "only candidate".to_owned(),
+            ),
+            _ => "only candidate".to_owned(),
+        },
         StrategyKind::LeastConn => "fewest in flight per weight".to_owned(),
         StrategyKind::RoundRobin => "next in rotation".to_owned(),
         StrategyKind::Sticky => match record.sticky_home {
             Some(home) if Some(home) == record.chosen => "sticky hit: the client's home".to_owned(),
-            Some(home) => format!(
-                "sticky remap: home {} is out of service",
-                name(endpoints, home)
-            ),
+            Some(home) => format!("sticky remap: home {} is out of service", record.name(home)),
             None => "client hash".to_owned(),
         },
     };
     let _ = write!(out, "; why={why}");
     if let Some(from) = record.retried_from {
-        let _ = write!(out, "; retried_from={}", name(endpoints, from));
+        let _ = write!(out, "; retried_from={}", record.name(from));
     }
     out.push_str("; candidates=");
     for (i, c) in candidates.iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
-        let sampled = record.sampled().iter().any(|s| s.backend as usize == c.id);
+        let sampled = record.sampled().any(|s| s.backend == c.id);
         let _ = write!(
             out,
             "{}[ewma_ms={:.3} in_flight={} weight={} score={:.6}{}]",
@@ -392,7 +420,7 @@ pub fn explain(
             if sampled { " sampled" } else { "" }
         );
     }
-    let view = DecisionView::new(record, endpoints);
+    let view = DecisionView::new(record);
     if !view.excluded.is_empty() {
         out.push_str("; excluded=");
         for (i, e) in view.excluded.iter().enumerate() {

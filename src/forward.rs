@@ -36,30 +36,16 @@ use http::{
 };
 use http_body::Body as _;
 use hyper::body::Incoming;
-use hyper_util::{
-    client::legacy::{connect::HttpConnector, Client},
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-};
+use hyper_util::rt::TokioIo;
 use tower::Service;
 
 use crate::{
-    balance::Routed,
+    balance::{BackendId, Endpoint, Routed},
     client_ip::ClientIp,
     local_reply::local_reply,
-    upstream::{self, ConnectionPool, PooledBody, UpstreamError},
+    semantics::{strip_hop_by_hop, upgrade_protocol},
+    upstream::{self, root_cause, BackendClient, ConnectionPool, PooledBody, UpstreamError},
 };
-
-/// Hop-by-hop headers of RFC 9110 §7.6.1 and the legacy ones proxies also drop.
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("proxy-connection"),
-    HeaderName::from_static("keep-alive"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-];
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -83,32 +69,20 @@ impl ClientProto {
     }
 }
 
-/// The pooled HTTP/1.1 client shared by every forwarder and the health checker.
-pub type BackendClient = Client<HttpConnector, Body>;
-
-/// Builds the pooled client: `TCP_NODELAY`, a connect timeout, idle connections expire.
-pub fn backend_client(connect_timeout: Duration) -> BackendClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(connect_timeout));
-    connector.enforce_http(true);
-    Client::builder(TokioExecutor::new())
-        // pool_idle_timeout only takes effect with a timer (NOTES §2).
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(upstream::IDLE_TIMEOUT)
-        .build(connector)
-}
-
 /// Why a request could not be forwarded.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
     /// No TCP connection could be made (refused, unreachable, connect timeout).
-    Connect(BoxError),
+    #[error("cannot connect ({})", root_cause(&**.0))]
+    Connect(#[source] BoxError),
     /// The backend did not send response headers within the request timeout.
+    #[error("no response within {}", humantime::format_duration(*.0))]
     Timeout(Duration),
     /// The connection failed after it was made (reset, malformed response, closed early).
-    Upstream(BoxError),
+    #[error("connection failed ({})", root_cause(&**.0))]
+    Upstream(#[source] BoxError),
     /// The client's body passed `max_request_body` while it was being forwarded.
+    #[error("request body too large")]
     BodyTooLarge,
 }
 
@@ -144,23 +118,6 @@ impl ForwardError {
     }
 }
 
-impl fmt::Display for ForwardError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ForwardError::Connect(e) => write!(f, "cannot connect ({})", root_cause(&**e)),
-            ForwardError::Timeout(t) => {
-                write!(f, "no response within {}", humantime::format_duration(*t))
-            }
-            ForwardError::Upstream(e) => {
-                write!(f, "connection failed ({})", root_cause(&**e))
-            }
-            ForwardError::BodyTooLarge => f.write_str("request body too large"),
-        }
-    }
-}
-
-impl std::error::Error for ForwardError {}
-
 impl From<UpstreamError> for ForwardError {
     fn from(error: UpstreamError) -> Self {
         match error {
@@ -182,13 +139,45 @@ fn caused_by_length_limit(error: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// The innermost error's message: "connection refused" rather than "client error (Connect)".
-pub(crate) fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut cause = error;
-    while let Some(next) = cause.source() {
-        cause = next;
+/// One connection pool per backend, keyed by [`BackendId`] (ids are dense, so the key is
+/// an index and the lookup costs no hashing).
+#[derive(Debug, Clone, Default)]
+pub struct BackendPools {
+    by_id: Arc<[Option<Arc<ConnectionPool>>]>,
+}
+
+impl BackendPools {
+    /// Pools for `endpoints`; a backend that `previous` has a pool for (same authority, same
+    /// connect timeout) keeps it, with its warm connections.
+    pub fn new(endpoints: &[Arc<Endpoint>], connect_timeout: Duration, previous: &Self) -> Self {
+        let len = endpoints
+            .iter()
+            .map(|e| e.id().index() + 1)
+            .max()
+            .unwrap_or(0);
+        let mut by_id = vec![None; len];
+        for ep in endpoints {
+            let kept = previous.get(ep.id()).filter(|p| {
+                *p.authority() == ep.backend.authority && p.connect_timeout() == connect_timeout
+            });
+            by_id[ep.id().index()] = Some(kept.cloned().unwrap_or_else(|| {
+                ConnectionPool::new(ep.backend.authority.clone(), connect_timeout)
+            }));
+        }
+        BackendPools {
+            by_id: by_id.into(),
+        }
     }
-    cause.to_string()
+
+    /// The pool of backend `id`.
+    pub fn get(&self, id: BackendId) -> Option<&Arc<ConnectionPool>> {
+        self.by_id.get(id.index())?.as_ref()
+    }
+
+    /// Every pool.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<ConnectionPool>> {
+        self.by_id.iter().flatten()
+    }
 }
 
 /// The forwarding service. One reference count to clone: servers clone the whole stack for
@@ -200,7 +189,7 @@ pub struct Forward {
 
 struct ForwardShared {
     client: BackendClient,
-    pools: Arc<[Arc<ConnectionPool>]>,
+    pools: BackendPools,
     proto: ClientProto,
     request_timeout: Duration,
 }
@@ -215,11 +204,11 @@ impl fmt::Debug for Forward {
 }
 
 impl Forward {
-    /// A forwarder for requests that arrived over `proto`. `pools` holds one connection pool
-    /// per backend, indexed by [`crate::balance::endpoint::Endpoint::id`].
+    /// A forwarder for requests that arrived over `proto`, with one connection pool per
+    /// backend in `pools`.
     pub fn new(
         client: BackendClient,
-        pools: Arc<[Arc<ConnectionPool>]>,
+        pools: BackendPools,
         proto: ClientProto,
         request_timeout: Duration,
     ) -> Self {
@@ -294,9 +283,14 @@ impl Service<Routed<Body>> for Forward {
             .is_some()
             .then(|| hyper::upgrade::on(&mut request));
         let shared = &*self.shared;
-        rewrite_request(&mut request, &endpoint.authority, peer, shared.proto);
+        rewrite_request(
+            &mut request,
+            &endpoint.backend.authority,
+            peer,
+            shared.proto,
+        );
         let timeout = shared.request_timeout;
-        let pool = shared.pools.get(endpoint.id).cloned();
+        let pool = shared.pools.get(endpoint.id()).cloned();
         if let Some(pool) = pool.filter(|_| client_upgrade.is_none()) {
             if request.body().is_end_stream() {
                 let sent = upstream::send(pool, &request);
@@ -409,70 +403,6 @@ fn push_ipv4(out: &mut String, ip: std::net::Ipv4Addr) {
             out.push(char::from(b'0' + octet / 10 % 10));
         }
         out.push(char::from(b'0' + octet % 10));
-    }
-}
-
-/// Whether `name` is hop-by-hop whatever `Connection` lists: the RFC 9110 names, the legacy
-/// ones, and `Upgrade` (kept only for an upgrade handshake, see [`rewrite_request`]).
-pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == header::UPGRADE || HOP_BY_HOP.contains(name)
-}
-
-/// The `Upgrade` protocol if this is an upgrade request (`Connection: upgrade` + `Upgrade`).
-fn upgrade_protocol(headers: &HeaderMap) -> Option<&HeaderValue> {
-    let connection_says_upgrade = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
-    connection_says_upgrade
-        .then(|| headers.get(header::UPGRADE))
-        .flatten()
-}
-
-/// Removes hop-by-hop headers. With `keep_upgrade`, the handshake's `Connection: upgrade`
-/// and `Upgrade` survive so the backend sees the upgrade request.
-fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // One pass over the (few) headers, comparing names (cheap for standard headers), finds
-    // which hop-by-hop names are present; only those are removed (a hash lookup each).
-    let mut present: Vec<HeaderName> = Vec::new();
-    let mut upgrade_present = false;
-    for name in headers.keys() {
-        if name == header::UPGRADE {
-            upgrade_present = true;
-        } else if HOP_BY_HOP.contains(name) && !present.contains(name) {
-            present.push(name.clone());
-        }
-    }
-    if present.is_empty() && !upgrade_present {
-        return;
-    }
-    let upgrade = keep_upgrade
-        .then(|| headers.get(header::UPGRADE).cloned())
-        .flatten();
-    // Names listed in Connection are hop-by-hop too (RFC 9110 §7.6.1); `keep-alive` and
-    // `close`, the usual tokens, name nothing else to remove.
-    for value in headers.get_all(header::CONNECTION) {
-        let Ok(text) = value.to_str() else { continue };
-        for token in text.split(',').map(str::trim) {
-            if token.eq_ignore_ascii_case("keep-alive") || token.eq_ignore_ascii_case("close") {
-                continue;
-            }
-            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
-                present.push(name);
-            }
-        }
-    }
-    for name in &present {
-        headers.remove(name);
-    }
-    if upgrade_present {
-        headers.remove(header::UPGRADE);
-    }
-    if let Some(upgrade) = upgrade {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        headers.insert(header::UPGRADE, upgrade);
     }
 }
 

@@ -14,11 +14,30 @@ use axum::body::Body;
 use http::{Request, StatusCode};
 use tokio::task::JoinHandle;
 
+use serde::Serialize;
+
 use crate::{
-    balance::{discover::DiscoverSender, endpoint::Endpoint},
-    config::HealthConfig,
-    forward::{root_cause, BackendClient},
+    balance::{discover::DiscoverSender, Endpoint},
+    telemetry::HEALTH_CHECKS_TOTAL,
+    upstream::{root_cause, BackendClient},
 };
+
+/// Active health checks.
+#[derive(Debug, Clone, Serialize)]
+pub struct HealthConfig {
+    /// Path requested on every backend.
+    pub path: String,
+    /// Time between checks.
+    #[serde(with = "crate::humantime_serde")]
+    pub interval: Duration,
+    /// Time a check may take.
+    #[serde(with = "crate::humantime_serde")]
+    pub timeout: Duration,
+    /// Consecutive good checks to come back.
+    pub healthy_threshold: u32,
+    /// Consecutive failed checks to leave.
+    pub unhealthy_threshold: u32,
+}
 
 /// What one check saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,7 +119,7 @@ impl HealthChecker {
         loop {
             ticks.tick().await;
             let result = self.check(&endpoint).await;
-            metrics::counter!("lb_health_checks_total",
+            metrics::counter!(HEALTH_CHECKS_TOTAL,
                 "backend" => endpoint.name().to_owned(), "result" => result.label())
             .increment(1);
             let up = endpoint.is_up();
@@ -137,7 +156,7 @@ impl HealthChecker {
     }
 
     async fn check(&self, endpoint: &Endpoint) -> CheckResult {
-        let uri = format!("http://{}{}", endpoint.authority, self.config.path);
+        let uri = format!("http://{}{}", endpoint.name(), self.config.path);
         let request = match Request::get(uri)
             .header(http::header::USER_AGENT, "alb-health-check")
             .body(Body::empty())

@@ -25,6 +25,7 @@
 
 pub mod admin;
 pub mod balance;
+pub mod builder;
 pub mod client_ip;
 pub mod config;
 pub mod decision;
@@ -32,6 +33,7 @@ pub mod demo;
 pub mod forward;
 pub mod guarded_body;
 pub mod health;
+pub mod humantime_serde;
 pub mod lab;
 pub mod layer;
 pub mod loadgen;
@@ -41,13 +43,18 @@ pub mod prometheus;
 pub mod proxy;
 pub mod redirect;
 pub mod retry;
+pub mod route;
+pub mod semantics;
 pub mod server;
 pub mod sim;
+pub mod telemetry;
 pub mod tls;
 pub mod upstream;
 
-pub use balance::{Balance, Balancer, Strategy, StrategyKind};
+pub use balance::{Balancer, Strategy, StrategyKind};
+pub use builder::{Builder, LoadBalancer};
 pub use config::Config;
 pub use forward::Forward;
 pub use proxy::{LiveProxy, Proxy};
+pub use route::{Route, Routing};
 pub use server::Server;

@@ -6,6 +6,8 @@
 use axum::body::Body;
 use http::{header, HeaderValue, Response, StatusCode};
 
+use crate::telemetry::LOAD_SHED_TOTAL;
+
 /// A plain-text response written by the balancer.
 pub fn local_reply(status: StatusCode, reason: impl std::fmt::Display) -> Response<Body> {
     let mut response = Response::new(Body::from(format!("alb: {reason}\n")));
@@ -14,5 +16,15 @@ pub fn local_reply(status: StatusCode, reason: impl std::fmt::Display) -> Respon
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    response
+}
+
+/// The `503` of a shed request.
+pub fn overloaded(reason: impl std::fmt::Display) -> Response<Body> {
+    metrics::counter!(LOAD_SHED_TOTAL).increment(1);
+    let mut response = local_reply(StatusCode::SERVICE_UNAVAILABLE, reason);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     response
 }

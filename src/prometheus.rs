@@ -1,60 +1,14 @@
-//! The Prometheus exposition: metric names, histogram buckets, the recorder.
+//! The Prometheus exposition: the recorder, its histogram buckets, and its upkeep.
 //!
-//! Counters and the request histogram are recorded on the request path through cached
-//! handles (see [`crate::layer::metrics`] and [`EndpointMetrics`]). Per-backend gauges (up,
-//! in flight, EWMA, score) are not touched per request at all: they are read from the
-//! endpoints when `/metrics` is scraped ([`publish_backend_gauges`]), which is both cheaper
-//! and exact at the moment of the scrape.
-//!
-//! Names follow the original project where it had them (`lb_http_requests_total`,
-//! `lb_request_duration_seconds`, `lb_backends_alive`, `lb_backend_latency_ewma`,
-//! `lb_rate_limited_requests_total`); `backend` labels are `host:port`.
+//! Metric names and descriptions live in [`crate::telemetry`]; per-backend gauges are set
+//! from the endpoints' live state when `/metrics` is scraped (see the admin routes), which is
+//! both cheaper than updating them per request and exact at the moment of the scrape.
 
-use std::{
-    sync::{Arc, OnceLock},
-    time::{Duration, Instant},
-};
+use std::{sync::OnceLock, time::Duration};
 
-use http::StatusCode;
-use metrics::{
-    counter, describe_counter, describe_gauge, describe_histogram, gauge, Counter, Unit,
-};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::balance::{endpoint::Endpoint, Balancer};
-
-/// Requests answered, by method and status code.
-pub const HTTP_REQUESTS_TOTAL: &str = "lb_http_requests_total";
-/// Time to response headers, by method and status code.
-pub const REQUEST_DURATION_SECONDS: &str = "lb_request_duration_seconds";
-/// Backends currently in service.
-pub const BACKENDS_ALIVE: &str = "lb_backends_alive";
-/// Peak-EWMA latency estimate per backend, in seconds.
-pub const BACKEND_LATENCY_EWMA: &str = "lb_backend_latency_ewma";
-/// Requests answered `429`.
-pub const RATE_LIMITED_REQUESTS_TOTAL: &str = "lb_rate_limited_requests_total";
-/// Requests sent to each backend, by the status the client got.
-pub const BACKEND_REQUESTS_TOTAL: &str = "lb_backend_requests_total";
-/// Requests in flight per backend.
-pub const BACKEND_IN_FLIGHT: &str = "lb_backend_in_flight";
-/// 1 while a backend is in service.
-pub const BACKEND_UP: &str = "lb_backend_up";
-/// The strategy's load measure per backend (lower is preferred).
-pub const BACKEND_SCORE: &str = "lb_backend_score";
-/// Failed requests per backend, by kind.
-pub const BACKEND_ERRORS_TOTAL: &str = "lb_backend_errors_total";
-/// Health checks per backend, by result.
-pub const HEALTH_CHECKS_TOTAL: &str = "lb_health_checks_total";
-/// Requests refused by backpressure (`503`).
-pub const LOAD_SHED_TOTAL: &str = "lb_load_shed_total";
-/// Backends ejected by passive outlier detection.
-pub const OUTLIER_EJECTIONS_TOTAL: &str = "lb_outlier_ejections_total";
-/// Requests retried on another backend, by the failure that caused it.
-pub const RETRIES_TOTAL: &str = "lb_retries_total";
-/// Retries refused because the retry budget was spent.
-pub const RETRY_BUDGET_EXHAUSTED_TOTAL: &str = "lb_retry_budget_exhausted_total";
-/// Shadow strategies' decisions, by strategy and agreement with the active one.
-pub const SHADOW_DECISIONS_TOTAL: &str = "lb_shadow_decisions_total";
+use crate::telemetry::{describe, REQUEST_DURATION_SECONDS};
 
 /// Buckets of the request histogram: 0.5 ms to 10 s.
 pub const DURATION_BUCKETS: [f64; 15] = [
@@ -63,9 +17,6 @@ pub const DURATION_BUCKETS: [f64; 15] = [
 
 /// How often the exporter's histograms are compacted when nobody scrapes.
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
-
-/// Failure kinds counted in [`BACKEND_ERRORS_TOTAL`].
-pub const ERROR_KINDS: [&str; 4] = ["connect", "timeout", "upstream", "status_5xx"];
 
 /// Installs the process-wide Prometheus recorder once and returns its handle. Later calls
 /// return the same handle, so the binary, tests and an embedding app can all call it.
@@ -90,7 +41,7 @@ pub fn install() -> PrometheusHandle {
         .clone()
 }
 
-/// Compacts histograms periodically (the exporter does not do it by itself, NOTES §2).
+/// Compacts histograms periodically (the exporter does not run its upkeep by itself).
 pub fn spawn_upkeep(handle: PrometheusHandle) {
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(UPKEEP_INTERVAL);
@@ -99,122 +50,4 @@ pub fn spawn_upkeep(handle: PrometheusHandle) {
             handle.run_upkeep();
         }
     });
-}
-
-fn describe() {
-    describe_counter!(
-        HTTP_REQUESTS_TOTAL,
-        "Requests answered, by method and status code."
-    );
-    describe_histogram!(
-        REQUEST_DURATION_SECONDS,
-        Unit::Seconds,
-        "Time from request to response headers, by method and status code."
-    );
-    describe_gauge!(BACKENDS_ALIVE, "Backends currently in service.");
-    describe_gauge!(
-        BACKEND_LATENCY_EWMA,
-        Unit::Seconds,
-        "Peak-EWMA latency estimate per backend."
-    );
-    describe_counter!(RATE_LIMITED_REQUESTS_TOTAL, "Requests answered 429.");
-    describe_counter!(
-        BACKEND_REQUESTS_TOTAL,
-        "Requests sent to each backend, by the status the client got."
-    );
-    describe_gauge!(BACKEND_IN_FLIGHT, "Requests in flight per backend.");
-    describe_gauge!(BACKEND_UP, "1 while a backend is in service, else 0.");
-    describe_gauge!(
-        BACKEND_SCORE,
-        "The strategy's load measure per backend; lower is preferred."
-    );
-    describe_counter!(
-        BACKEND_ERRORS_TOTAL,
-        "Failed requests per backend, by kind."
-    );
-    describe_counter!(HEALTH_CHECKS_TOTAL, "Health checks per backend, by result.");
-    describe_counter!(LOAD_SHED_TOTAL, "Requests refused by backpressure (503).");
-    describe_counter!(
-        OUTLIER_EJECTIONS_TOTAL,
-        "Backends ejected by outlier detection."
-    );
-    describe_counter!(
-        RETRIES_TOTAL,
-        "Requests retried on another backend, by cause."
-    );
-    describe_counter!(
-        RETRY_BUDGET_EXHAUSTED_TOTAL,
-        "Retries refused because the retry budget was spent."
-    );
-    describe_counter!(
-        SHADOW_DECISIONS_TOTAL,
-        "Shadow strategies' decisions, by whether they agree with the active strategy."
-    );
-    // Series that exist from the start, so dashboards and alerts see 0 rather than nothing.
-    counter!(RATE_LIMITED_REQUESTS_TOTAL).absolute(0);
-    counter!(LOAD_SHED_TOTAL).absolute(0);
-    counter!(RETRY_BUDGET_EXHAUSTED_TOTAL).absolute(0);
-}
-
-/// Sets the per-backend gauges from the endpoints' live state.
-pub fn publish_backend_gauges(balancer: &Balancer, endpoints: &[Arc<Endpoint>]) {
-    let now = Instant::now();
-    let mut alive = 0;
-    for ep in endpoints {
-        let backend = ep.name().to_owned();
-        let up = ep.is_up();
-        alive += usize::from(up);
-        gauge!(BACKEND_UP, "backend" => backend.clone()).set(if up { 1.0 } else { 0.0 });
-        gauge!(BACKEND_IN_FLIGHT, "backend" => backend.clone()).set(ep.in_flight() as f64);
-        gauge!(BACKEND_LATENCY_EWMA, "backend" => backend.clone()).set(ep.ewma_secs(now));
-        gauge!(BACKEND_SCORE, "backend" => backend).set(balancer.strategy().score(ep, now));
-    }
-    gauge!(BACKENDS_ALIVE).set(alive as f64);
-}
-
-/// Cached counter handles of one backend, so the request path never builds a label set.
-#[derive(Debug)]
-pub struct EndpointMetrics {
-    backend: String,
-    by_status: Box<[OnceLock<Counter>]>,
-    errors: [Counter; ERROR_KINDS.len()],
-}
-
-/// Status codes 100..=599 each get a slot.
-const STATUS_SLOTS: usize = 500;
-
-impl EndpointMetrics {
-    /// Handles for the backend named `backend`; error series start at zero.
-    pub fn new(backend: &str) -> Self {
-        EndpointMetrics {
-            backend: backend.to_owned(),
-            by_status: (0..STATUS_SLOTS).map(|_| OnceLock::new()).collect(),
-            errors: ERROR_KINDS.map(|kind| {
-                let c =
-                    counter!(BACKEND_ERRORS_TOTAL, "backend" => backend.to_owned(), "kind" => kind);
-                c.absolute(0);
-                c
-            }),
-        }
-    }
-
-    /// Counts one request answered with `status`.
-    pub fn request(&self, status: StatusCode) {
-        let slot = usize::from(status.as_u16()).saturating_sub(100);
-        let Some(cell) = self.by_status.get(slot) else {
-            return;
-        };
-        cell.get_or_init(|| {
-            counter!(BACKEND_REQUESTS_TOTAL,
-                "backend" => self.backend.clone(), "code" => status.as_str().to_owned())
-        })
-        .increment(1);
-    }
-
-    /// Counts one failure of `kind`, one of [`ERROR_KINDS`].
-    pub fn error(&self, kind: &str) {
-        if let Some(i) = ERROR_KINDS.iter().position(|k| *k == kind) {
-            self.errors[i].increment(1);
-        }
-    }
 }

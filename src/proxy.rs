@@ -28,11 +28,11 @@ use tower::{Layer, Service};
 
 use crate::{
     balance::{
-        discover, discover::DiscoverSender, endpoint::Endpoint, Balance, Balancer, BalancerOptions,
+        discover, discover::DiscoverSender, Backend, BackendIds, Balancer, Endpoint, Strategy,
     },
     client_ip::ClientIp,
     config::Config,
-    forward::{backend_client, BackendClient, ClientProto, Forward},
+    forward::{BackendPools, ClientProto, Forward},
     health::HealthChecker,
     layer::{
         rate_limit::{spawn_pruning, Limiter},
@@ -41,11 +41,12 @@ use crate::{
     },
     outlier::OutlierDetector,
     retry::RetryBudget,
-    upstream::{self, ConnectionPool},
+    route::{Route, RouteOptions, Routing},
+    upstream::{self, backend_client, BackendClient},
 };
 
-/// The whole request path: metrics, rate limit, backpressure, body limit, balance, forward.
-pub type ProxyService = Metrics<RateLimit<Backpressure<BodyLimit<Balance<Forward>>>>>;
+/// The whole request path: metrics, rate limit, backpressure, body limit, route, forward.
+pub type ProxyService = Metrics<RateLimit<Backpressure<BodyLimit<Route<Forward>>>>>;
 
 /// Background tasks of one `Proxy` (health checks, pruning), stopped with it.
 #[derive(Debug, Default)]
@@ -69,13 +70,15 @@ impl Tasks {
 /// The assembled data plane, independent of listeners.
 #[derive(Debug, Clone)]
 pub struct Proxy {
-    /// The balancer.
-    pub balancer: Arc<Balancer>,
+    /// The balancer and the steps around its pick.
+    pub routing: Arc<Routing>,
     /// Every configured backend, in service or not, in config order.
     pub endpoints: Vec<Arc<Endpoint>>,
+    /// Stable backend ids, handed from each proxy to the next on reload.
+    ids: Arc<BackendIds>,
     changes: DiscoverSender,
     client: BackendClient,
-    pools: Arc<[Arc<ConnectionPool>]>,
+    pools: BackendPools,
     request_timeout: Duration,
     metrics: MetricsLayer,
     rate_limit: RateLimitLayer,
@@ -97,14 +100,14 @@ impl Proxy {
     /// Builds a proxy for `config`; backends also in `previous` keep their state, and the
     /// metric handles and pooled connections are reused.
     fn build_from(config: &Config, previous: Option<&Proxy>) -> Proxy {
+        let ids = previous.map_or_else(BackendIds::new, |p| p.ids.clone());
         let endpoints: Vec<Arc<Endpoint>> = config
             .backends
             .iter()
-            .enumerate()
-            .map(|(id, b)| {
-                let ep = Endpoint::new(id, b, &config.adaptive);
-                let old =
-                    previous.and_then(|p| p.endpoints.iter().find(|o| o.authority == b.authority));
+            .map(|spec| {
+                let backend = Backend::new(ids.id_of(&spec.authority), spec);
+                let old = previous.and_then(|p| p.endpoints.iter().find(|o| o.id() == backend.id));
+                let ep = Endpoint::new(backend, &config.adaptive);
                 if let Some(old) = old {
                     ep.inherit(old);
                     ep.note_reload("config reloaded".to_owned());
@@ -116,10 +119,10 @@ impl Proxy {
             || backend_client(config.connect_timeout),
             |p| p.client.clone(),
         );
-        let pools = ConnectionPool::for_endpoints(
+        let pools = BackendPools::new(
             &endpoints,
             config.connect_timeout,
-            previous.map_or(&[], |p| &p.pools),
+            previous.map_or(&BackendPools::default(), |p| &p.pools),
         );
         let client_ip = ClientIp::new(&config.trusted_proxies);
         let (changes, stream) = discover::channel();
@@ -133,9 +136,10 @@ impl Proxy {
             .outlier_detection
             .clone()
             .map(|c| OutlierDetector::new(c, endpoints.clone(), changes.clone()));
-        let balancer = Balancer::new(
-            config.strategy,
-            BalancerOptions {
+        let balancer = Balancer::new(Strategy::new(config.strategy), endpoints.clone(), stream);
+        let routing = Routing::new(
+            balancer,
+            RouteOptions {
                 client_ip: client_ip.clone(),
                 max_connections: config.max_connections,
                 explain: config.explain,
@@ -145,9 +149,8 @@ impl Proxy {
                     .retries
                     .clone()
                     .map(|r| Arc::new(RetryBudget::new(r))),
-                decisions: previous.map(|p| p.balancer.decisions().clone()),
+                decisions: previous.map(|p| p.routing.decisions().clone()),
             },
-            stream,
         );
         let limiter = config.rate_limit.as_ref().map(|r| {
             let limiter = Arc::new(Limiter::new(r, client_ip));
@@ -155,8 +158,9 @@ impl Proxy {
             limiter
         });
         let mut proxy = Proxy {
-            balancer,
+            routing,
             endpoints,
+            ids,
             changes,
             client,
             pools,
@@ -180,19 +184,24 @@ impl Proxy {
         self.stacks[proto as usize].clone()
     }
 
-    fn build_stack(&self, proto: ClientProto) -> ProxyService {
-        let balance = Balance::new(
-            self.balancer.clone(),
+    /// The routing service alone (no edge layers) for requests arriving over `proto`.
+    pub fn route(&self, proto: ClientProto) -> Route<Forward> {
+        Route::new(
+            self.routing.clone(),
             Forward::new(
                 self.client.clone(),
                 self.pools.clone(),
                 proto,
                 self.request_timeout,
             ),
-        );
+        )
+    }
+
+    fn build_stack(&self, proto: ClientProto) -> ProxyService {
+        let route = self.route(proto);
         self.metrics.layer(
             self.rate_limit
-                .layer(self.backpressure.layer(self.body_limit.layer(balance))),
+                .layer(self.backpressure.layer(self.body_limit.layer(route))),
         )
     }
 
@@ -207,15 +216,20 @@ impl Proxy {
         );
     }
 
+    /// The balancer.
+    pub fn balancer(&self) -> &Arc<Balancer> {
+        self.routing.balancer()
+    }
+
     /// Stops the background tasks (health checks, pruning).
-    fn stop(&self) {
+    pub(crate) fn stop(&self) {
         self.tasks.stop();
     }
 }
 
 /// Closes idle backend connections that expired or that their backend closed, so they do
 /// not hold file descriptors while traffic is quiet.
-fn spawn_pool_sweeping(pools: Arc<[Arc<ConnectionPool>]>) -> AbortHandle {
+fn spawn_pool_sweeping(pools: BackendPools) -> AbortHandle {
     tokio::spawn(async move {
         let mut every = tokio::time::interval(upstream::SWEEP_INTERVAL);
         loop {

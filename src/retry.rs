@@ -10,12 +10,17 @@
 //! requests of that second and the one before.
 
 use std::{
+    net::SocketAddr,
     sync::atomic::{AtomicU64, Ordering},
-    time::Instant,
 };
 
-use http::Method;
+use axum::extract::ConnectInfo;
+use http::Request;
 use serde::Serialize;
+// Tokio's clock, so tests can pause and advance time through the budget's windows.
+use tokio::time::Instant;
+
+use crate::semantics::idempotent;
 
 /// Retry settings.
 #[derive(Debug, Clone, Serialize)]
@@ -26,14 +31,6 @@ pub struct RetryConfig {
     pub budget_percent: u32,
     /// Retries allowed per second regardless of traffic.
     pub min_per_second: u32,
-}
-
-/// Whether a method may be sent twice without changing the outcome (RFC 9110 §9.2.2).
-pub fn idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
-    )
 }
 
 /// The budget: requests and retries in the current and the previous second.
@@ -116,23 +113,106 @@ impl RetryBudget {
     }
 }
 
+/// What is needed to send a request again: everything but the body, which must be empty.
+///
+/// ALB does not buffer bodies to replay them, so only requests that are safe to repeat and
+/// have nothing to repeat but their head qualify ([`Replay::of`]).
+#[derive(Debug)]
+pub struct Replay {
+    method: http::Method,
+    uri: http::Uri,
+    version: http::Version,
+    headers: http::HeaderMap,
+    peer: Option<ConnectInfo<SocketAddr>>,
+}
+
+impl Replay {
+    /// The replayable part of `request`, if it may be retried at all: an idempotent method
+    /// (RFC 9110 §9.2.2) and an empty body.
+    pub fn of<B: http_body::Body>(request: &Request<B>) -> Option<Self> {
+        if !idempotent(request.method()) || !request.body().is_end_stream() {
+            return None;
+        }
+        Some(Replay {
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            version: request.version(),
+            headers: request.headers().clone(),
+            peer: request
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .copied(),
+        })
+    }
+
+    /// A fresh copy of the request, with an empty body.
+    pub fn request<B: Default>(&self) -> Request<B> {
+        let mut request = Request::new(B::default());
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.version_mut() = self.version;
+        *request.headers_mut() = self.headers.clone();
+        if let Some(peer) = self.peer {
+            request.extensions_mut().insert(peer);
+        }
+        request
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
-    #[test]
-    fn budget_allows_the_minimum_plus_a_share_of_requests() {
-        let budget = RetryBudget::new(RetryConfig {
+    fn budget(percent: u32, min: u32) -> RetryBudget {
+        RetryBudget::new(RetryConfig {
             attempts: 1,
-            budget_percent: 20,
-            min_per_second: 2,
-        });
+            budget_percent: percent,
+            min_per_second: min,
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn budget_allows_the_minimum_plus_a_share_of_requests() {
+        let budget = budget(20, 2);
         for _ in 0..50 {
             budget.deposit();
         }
-        let granted = (0..100).filter(|_| budget.withdraw()).count();
-        // within one second: 2 + 20% of 50 (the test runs well within a second boundary
-        // most of the time; a boundary only lowers the count)
-        assert!((2..=12).contains(&granted), "{granted}");
+        // Within one second: 2 + 20% of 50.
+        assert_eq!((0..100).filter(|_| budget.withdraw()).count(), 12);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_budget_refills_each_second_from_the_last_seconds_traffic() {
+        let budget = budget(10, 1);
+        for _ in 0..100 {
+            budget.deposit();
+        }
+        assert_eq!((0..100).filter(|_| budget.withdraw()).count(), 11);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        // A new second: the minimum plus 10% of the previous second's 100 requests.
+        assert_eq!((0..100).filter(|_| budget.withdraw()).count(), 11);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        // After a quiet second, only the minimum is left.
+        assert_eq!((0..100).filter(|_| budget.withdraw()).count(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_no_minimum_and_no_traffic_nothing_is_retried() {
+        let budget = budget(20, 0);
+        assert!(!budget.withdraw());
+    }
+
+    #[test]
+    fn only_idempotent_bodiless_requests_replay() {
+        let get = Request::get("/a").body(String::new()).unwrap();
+        let replay = Replay::of(&get).expect("a GET without a body replays");
+        let again: Request<String> = replay.request();
+        assert_eq!((again.method(), again.uri().path()), (get.method(), "/a"));
+        let post = Request::post("/a").body(String::new()).unwrap();
+        assert!(Replay::of(&post).is_none(), "POST is not idempotent");
+        let put = Request::put("/a").body("data".to_owned()).unwrap();
+        assert!(Replay::of(&put).is_none(), "a body cannot be replayed");
     }
 }

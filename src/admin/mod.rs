@@ -23,14 +23,16 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
 use serde::Serialize;
 
+use metrics::gauge;
+
 use crate::{
-    balance::{
-        endpoint::{Endpoint, Transition},
-        Balancer,
-    },
+    balance::{endpoint::Transition, BackendId, Balancer, Endpoint},
     decision::{DecisionLog, DecisionRecord, DecisionView},
-    prometheus::publish_backend_gauges,
     proxy::LiveProxy,
+    route::Routing,
+    telemetry::{
+        BACKENDS_ALIVE, BACKEND_IN_FLIGHT, BACKEND_LATENCY_EWMA, BACKEND_SCORE, BACKEND_UP,
+    },
 };
 
 /// How often the decision stream looks for new decisions.
@@ -53,25 +55,23 @@ enum Source {
     Live(Arc<LiveProxy>),
 }
 
-/// The balancer and backends that a request to the admin routes looks at.
+/// The routing and backends that a request to the admin routes looks at.
 #[derive(Clone, Debug)]
 struct Snapshot {
-    balancer: Arc<Balancer>,
+    routing: Arc<Routing>,
     endpoints: Vec<Arc<Endpoint>>,
 }
 
 impl AdminState {
-    /// Admin routes over a balancer and its backends (read-only: no reload or drain).
+    /// Admin routes over a routing service's state and its backends (read-only: no reload
+    /// or drain).
     pub fn new(
-        balancer: Arc<Balancer>,
+        routing: Arc<Routing>,
         endpoints: Vec<Arc<Endpoint>>,
         prometheus: PrometheusHandle,
     ) -> Self {
         AdminState {
-            source: Source::Fixed(Snapshot {
-                balancer,
-                endpoints,
-            }),
+            source: Source::Fixed(Snapshot { routing, endpoints }),
             prometheus,
         }
     }
@@ -90,7 +90,7 @@ impl AdminState {
             Source::Live(live) => {
                 let proxy = live.current();
                 Snapshot {
-                    balancer: proxy.balancer.clone(),
+                    routing: proxy.routing.clone(),
                     endpoints: proxy.endpoints.clone(),
                 }
             }
@@ -116,7 +116,7 @@ pub fn router(state: AdminState) -> Router {
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
     let s = state.snapshot();
-    publish_backend_gauges(&s.balancer, &s.endpoints);
+    publish_backend_gauges(s.routing.balancer(), &s.endpoints);
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -149,11 +149,27 @@ async fn health(State(state): State<AdminState>) -> impl IntoResponse {
     (status, Json(body))
 }
 
+/// Sets the per-backend gauges from the endpoints' live state, at scrape time.
+fn publish_backend_gauges(balancer: &Balancer, endpoints: &[Arc<Endpoint>]) {
+    let now = Instant::now();
+    let mut alive = 0;
+    for ep in endpoints {
+        let backend = ep.name().to_owned();
+        let up = ep.is_up();
+        alive += usize::from(up);
+        gauge!(BACKEND_UP, "backend" => backend.clone()).set(if up { 1.0 } else { 0.0 });
+        gauge!(BACKEND_IN_FLIGHT, "backend" => backend.clone()).set(ep.in_flight() as f64);
+        gauge!(BACKEND_LATENCY_EWMA, "backend" => backend.clone()).set(ep.ewma_secs(now));
+        gauge!(BACKEND_SCORE, "backend" => backend).set(balancer.strategy().score(ep, now));
+    }
+    gauge!(BACKENDS_ALIVE).set(alive as f64);
+}
+
 /// One backend as `/backends` shows it.
 #[derive(Serialize)]
 pub struct BackendView {
-    /// Position in the config.
-    pub id: usize,
+    /// Stable id: the same for the same `host:port` across reloads.
+    pub id: BackendId,
     /// URL as configured.
     pub url: String,
     /// `host:port`.
@@ -185,14 +201,14 @@ struct Backends {
 impl Snapshot {
     fn view(&self, ep: &Endpoint, now: Instant) -> BackendView {
         BackendView {
-            id: ep.id,
-            url: ep.url.clone(),
+            id: ep.id(),
+            url: ep.backend.url.clone(),
             backend: ep.name().to_owned(),
-            weight: ep.weight,
+            weight: ep.weight(),
             up: ep.is_up(),
             in_flight: ep.in_flight(),
             ewma_ms: ep.ewma_secs(now) * 1e3,
-            score: self.balancer.strategy().score(ep, now),
+            score: self.routing.balancer().strategy().score(ep, now),
             requests: ep.requests(),
             errors: ep.failures(),
             last_transition: ep.last_transition(),
@@ -200,7 +216,14 @@ impl Snapshot {
     }
 
     fn log(&self) -> &Arc<DecisionLog> {
-        self.balancer.decisions()
+        self.routing.decisions()
+    }
+
+    /// The backend named by `id`: its stable id (`/backends/0`) or its `host:port`.
+    fn find(&self, id: &str) -> Option<&Arc<Endpoint>> {
+        self.endpoints
+            .iter()
+            .find(|ep| ep.name() == id || id.parse::<BackendId>() == Ok(ep.id()))
     }
 }
 
@@ -208,7 +231,7 @@ async fn backends(State(state): State<AdminState>) -> Json<Backends> {
     let state = state.snapshot();
     let now = Instant::now();
     Json(Backends {
-        strategy: state.balancer.strategy().kind().as_str(),
+        strategy: state.routing.balancer().strategy().kind().as_str(),
         backends: state
             .endpoints
             .iter()
@@ -224,15 +247,11 @@ struct BackendDetail {
     transitions: Vec<Transition>,
 }
 
-/// One backend by position (`/backends/0`) or name (`/backends/127.0.0.1:8081`), with its
+/// One backend by stable id (`/backends/0`) or name (`/backends/127.0.0.1:8081`), with its
 /// recent state transitions.
 async fn backend_detail(State(state): State<AdminState>, Path(id): Path<String>) -> Response {
     let state = state.snapshot();
-    let found = state
-        .endpoints
-        .iter()
-        .find(|ep| ep.name() == id || id.parse::<usize>() == Ok(ep.id));
-    match found {
+    match state.find(&id) {
         Some(ep) => Json(BackendDetail {
             backend: state.view(ep, Instant::now()),
             transitions: ep.transitions(),
@@ -269,14 +288,10 @@ impl DecisionFilter {
         }
     }
 
-    fn apply(
-        &self,
-        records: Vec<DecisionRecord>,
-        endpoints: &[Arc<Endpoint>],
-    ) -> Vec<DecisionView> {
+    fn apply(&self, records: Vec<DecisionRecord>) -> Vec<DecisionView> {
         records
             .iter()
-            .map(|r| DecisionView::new(r, endpoints))
+            .map(DecisionView::new)
             .filter(|v| self.keeps(v))
             .collect()
     }
@@ -293,7 +308,7 @@ async fn decisions(
     Query(filter): Query<DecisionFilter>,
 ) -> Json<Decisions> {
     let state = state.snapshot();
-    let mut views = filter.apply(state.log().since(0), &state.endpoints);
+    let mut views = filter.apply(state.log().since(0));
     views.reverse();
     views.truncate(filter.limit.unwrap_or(DEFAULT_DECISIONS));
     Json(Decisions { decisions: views })
@@ -319,7 +334,7 @@ async fn decision_stream(
                     last = newest.id;
                 }
                 pending = filter
-                    .apply(records, &now.endpoints)
+                    .apply(records)
                     .iter()
                     .rev()
                     .filter_map(|v| Event::default().event("decision").json_data(v).ok())
@@ -355,22 +370,15 @@ fn set_drained(state: &AdminState, id: &str, drained: bool) -> Response {
         return not_here("drain and enable");
     };
     let proxy = live.current();
-    let Some(ep) = proxy
-        .endpoints
-        .iter()
-        .find(|ep| ep.name() == id || id.parse::<usize>() == Ok(ep.id))
-    else {
+    let snapshot = Snapshot {
+        routing: proxy.routing.clone(),
+        endpoints: proxy.endpoints.clone(),
+    };
+    let Some(ep) = snapshot.find(id) else {
         return (StatusCode::NOT_FOUND, format!("no backend {id:?}\n")).into_response();
     };
     proxy.set_drained(ep, drained);
-    Json(
-        Snapshot {
-            balancer: proxy.balancer.clone(),
-            endpoints: proxy.endpoints.clone(),
-        }
-        .view(ep, Instant::now()),
-    )
-    .into_response()
+    Json(snapshot.view(ep, Instant::now())).into_response()
 }
 
 fn not_here(what: &str) -> Response {

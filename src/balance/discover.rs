@@ -16,7 +16,7 @@ use futures_util::Stream;
 use tokio::sync::mpsc;
 use tower::discover::Change;
 
-use super::endpoint::{BackendId, Endpoint};
+use super::{backend::BackendId, endpoint::Endpoint};
 
 /// One change to the backend set.
 pub type BackendChange = Change<BackendId, Arc<Endpoint>>;
@@ -43,7 +43,7 @@ impl DiscoverSender {
     /// Puts a backend in service.
     pub fn insert(&self, endpoint: Arc<Endpoint>) {
         // The balancer lives as long as the process; a closed channel means shutdown.
-        let _ = self.tx.send(Change::Insert(endpoint.id, endpoint));
+        let _ = self.tx.send(Change::Insert(endpoint.id(), endpoint));
     }
 
     /// Takes a backend out of service.
@@ -57,7 +57,7 @@ impl DiscoverSender {
         if endpoint.in_service() {
             self.insert(endpoint.clone());
         } else {
-            self.remove(endpoint.id);
+            self.remove(endpoint.id());
         }
     }
 }

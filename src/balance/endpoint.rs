@@ -14,33 +14,21 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use http::{uri::Authority, HeaderValue};
 use serde::Serialize;
 
-use super::ewma::PeakEwma;
-use crate::{
-    config::{AdaptiveConfig, BackendConfig},
-    prometheus::EndpointMetrics,
+use super::{
+    adaptive::AdaptiveConfig,
+    backend::{Backend, BackendId},
+    ewma::PeakEwma,
 };
+use crate::telemetry::EndpointMetrics;
 
-/// Index of a backend in the config's `backends` list: stable for the process's life.
-pub type BackendId = usize;
-
-/// A backend and everything the balancer knows about it.
+/// A backend and everything the balancer knows about it: its identity ([`Backend`]) and
+/// the state requests, health checks and outlier detection update.
 #[derive(Debug)]
 pub struct Endpoint {
-    /// Position in the config.
-    pub id: BackendId,
-    /// The URL as configured.
-    pub url: String,
-    /// `host:port`, used to connect and as the backend's name everywhere.
-    pub authority: Authority,
-    /// `x-alb-backend` value, built once.
-    pub header_value: HeaderValue,
-    /// Relative share of traffic.
-    pub weight: u32,
-    /// Seed for rendezvous hashing, derived from the name so it is stable across restarts.
-    pub hash_seed: u64,
+    /// Who it is: id, name, weight.
+    pub backend: Backend,
     /// This backend's metric handles.
     pub metrics: EndpointMetrics,
     in_flight: AtomicUsize,
@@ -74,17 +62,11 @@ pub struct Transition {
 }
 
 impl Endpoint {
-    /// Builds the state of one configured backend; it starts up, as in the original project.
-    pub fn new(id: BackendId, config: &BackendConfig, tuning: &AdaptiveConfig) -> Self {
-        let name = config.authority.as_str();
+    /// Builds the state of one backend; it starts up, as in the original project.
+    pub fn new(backend: Backend, tuning: &AdaptiveConfig) -> Self {
         Endpoint {
-            id,
-            url: config.url.clone(),
-            authority: config.authority.clone(),
-            header_value: HeaderValue::from_str(name).expect("an authority is a valid header"),
-            weight: config.weight,
-            hash_seed: stable_hash(name.as_bytes()),
-            metrics: EndpointMetrics::new(name),
+            metrics: EndpointMetrics::new(backend.name()),
+            backend,
             in_flight: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
@@ -101,7 +83,17 @@ impl Endpoint {
 
     /// `host:port`.
     pub fn name(&self) -> &str {
-        self.authority.as_str()
+        self.backend.name()
+    }
+
+    /// The backend's stable id.
+    pub fn id(&self) -> BackendId {
+        self.backend.id
+    }
+
+    /// Relative share of traffic.
+    pub fn weight(&self) -> u32 {
+        self.backend.weight
     }
 
     /// Marks a request as started; it stays in flight until the guard drops.
@@ -292,22 +284,4 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
-}
-
-/// FNV-1a followed by a 64-bit finaliser: stable across runs and platforms, unlike std's
-/// randomly keyed hasher, so sticky clients keep their backend over restarts.
-pub fn stable_hash(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    mix64(h)
-}
-
-/// SplitMix64's finaliser: spreads every input bit over the whole output.
-pub fn mix64(mut x: u64) -> u64 {
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
 }

@@ -10,7 +10,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::{BackendSet, PickTrace};
+use super::{set::BackendSet, strategy::PickTrace};
 
 /// Round-robin state: a cursor into the set's precomputed cycle.
 #[derive(Debug, Default)]
@@ -74,6 +74,7 @@ fn gcd(a: u32, b: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::balance::test_support::{endpoints, set_of};
 
     #[test]
     fn nginx_order_for_3_1_1() {
@@ -83,5 +84,35 @@ mod tests {
     #[test]
     fn equal_weights_rotate() {
         assert_eq!(smooth_cycle(&[2, 2, 2]), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn round_robin_rotates_exactly() {
+        let eps = endpoints(&[1, 1, 1]);
+        let set = set_of(&eps, &eps);
+        let rr = RoundRobin::default();
+        let picks: Vec<usize> = (0..7)
+            .map(|_| rr.pick(&set, &mut PickTrace::default()))
+            .collect();
+        assert_eq!(picks, [0, 1, 2, 0, 1, 2, 0]);
+    }
+
+    #[test]
+    fn weighted_shares_are_exact_over_a_cycle() {
+        let eps = endpoints(&[3, 1, 1]);
+        let set = set_of(&eps, &eps);
+        let rr = RoundRobin::default();
+        let mut counts = [0; 3];
+        for _ in 0..500 {
+            counts[rr.pick(&set, &mut PickTrace::default())] += 1;
+        }
+        assert_eq!(counts, [300, 100, 100]);
+    }
+
+    #[test]
+    fn huge_weights_are_scaled_into_a_bounded_cycle() {
+        let cycle = smooth_cycle(&[10_000, 10_000, 10_000, 10_000, 10_000, 10_000, 9_999]);
+        assert!(cycle.len() as u64 <= MAX_CYCLE);
+        assert!((0..7).all(|i| cycle.contains(&i)));
     }
 }

@@ -8,8 +8,7 @@
 
 use std::net::IpAddr;
 
-use super::endpoint::{mix64, Endpoint};
-use super::{BackendSet, PickTrace};
+use super::{backend::mix64, endpoint::Endpoint, set::BackendSet, strategy::PickTrace};
 
 /// Sticky strategy; stateless, all state is in the hash.
 #[derive(Debug, Default)]
@@ -24,15 +23,15 @@ impl Sticky {
         let best = winner(key, &set.endpoints, set.uniform_weights);
         let score = rendezvous_score(
             key,
-            set.endpoints[best].hash_seed,
-            set.endpoints[best].weight,
+            set.endpoints[best].backend.hash_seed,
+            set.endpoints[best].weight(),
         );
         trace.sample(best, score);
         // With every known backend in service, the home is the winner: skip the second scan.
-        let home = if set.excluded == 0 && set.known.len() == set.endpoints.len() {
-            set.endpoints[best].id
+        let home = if set.all_in_service() {
+            set.endpoints[best].id()
         } else {
-            set.known[winner(key, &set.known, set.uniform_weights)].id
+            set.known[winner(key, &set.known, set.uniform_weights)].id()
         };
         trace.sticky_home = Some(home);
         best
@@ -46,7 +45,7 @@ fn winner(key: u64, endpoints: &[std::sync::Arc<Endpoint>], uniform_weights: boo
         let mut best = 0;
         let mut best_hash = 0u64;
         for (i, ep) in endpoints.iter().enumerate() {
-            let h = mix64(key ^ ep.hash_seed);
+            let h = mix64(key ^ ep.backend.hash_seed);
             if h >= best_hash {
                 best = i;
                 best_hash = h;
@@ -57,7 +56,7 @@ fn winner(key: u64, endpoints: &[std::sync::Arc<Endpoint>], uniform_weights: boo
     let mut best = 0;
     let mut best_score = f64::MIN;
     for (i, ep) in endpoints.iter().enumerate() {
-        let score = rendezvous_score(key, ep.hash_seed, ep.weight);
+        let score = rendezvous_score(key, ep.backend.hash_seed, ep.weight());
         if score > best_score {
             best = i;
             best_score = score;
@@ -84,4 +83,63 @@ pub fn rendezvous_score(client_key: u64, backend_seed: u64, weight: u32) -> f64 
     // 53 random bits into (0, 1): never 0, so the logarithm is finite.
     let u = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
     f64::from(weight) / -u.ln()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::balance::test_support::{endpoints, set_of};
+
+    fn client(i: u32) -> Option<IpAddr> {
+        Some(IpAddr::V4(std::net::Ipv4Addr::from(0x7f00_0000 + i)))
+    }
+
+    #[test]
+    fn a_client_keeps_its_backend() {
+        let eps = endpoints(&[1, 1, 1]);
+        let set = set_of(&eps, &eps);
+        for i in 0..50 {
+            let first = Sticky.pick(&set, client(i), &mut PickTrace::default());
+            for _ in 0..3 {
+                assert_eq!(
+                    Sticky.pick(&set, client(i), &mut PickTrace::default()),
+                    first
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn only_the_missing_backends_clients_move() {
+        let eps = endpoints(&[1, 1, 1]);
+        let all = set_of(&eps, &eps);
+        let without_1 = set_of(&[eps[0].clone(), eps[2].clone()], &eps);
+        let mut moved = 0;
+        for i in 0..300 {
+            let before =
+                all.endpoints[Sticky.pick(&all, client(i), &mut PickTrace::default())].id();
+            let mut trace = PickTrace::default();
+            let after = without_1.endpoints[Sticky.pick(&without_1, client(i), &mut trace)].id();
+            // The home is the same as with everyone in service: a remap, not a new home.
+            assert_eq!(trace.sticky_home, Some(before));
+            if before == eps[1].id() {
+                moved += 1;
+            } else {
+                assert_eq!(before, after, "client {i} moved without cause");
+            }
+        }
+        // About a third of the clients lived on the missing backend.
+        assert!((60..=140).contains(&moved), "{moved}");
+    }
+
+    #[test]
+    fn weights_shift_the_shares() {
+        let eps = endpoints(&[3, 1]);
+        let set = set_of(&eps, &eps);
+        let heavy = (0..4000)
+            .filter(|i| Sticky.pick(&set, client(*i), &mut PickTrace::default()) == 0)
+            .count();
+        // Weighted rendezvous gives shares proportional to the weights: 3/4.
+        assert!((2800..=3200).contains(&heavy), "{heavy}");
+    }
 }

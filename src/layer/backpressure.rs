@@ -12,14 +12,14 @@ use std::{
 };
 
 use axum::body::Body;
-use http::{header, HeaderValue, Request, Response, StatusCode};
+use http::{Request, Response};
 use tokio::sync::Semaphore;
 use tower::{Layer, Service};
 
 use futures_util::future::Either;
 
 use super::LayerFuture;
-use crate::{guarded_body::GuardedBody, local_reply::local_reply, prometheus::LOAD_SHED_TOTAL};
+use crate::{guarded_body::GuardedBody, local_reply::overloaded};
 
 /// Adds a global in-flight cap to a service; `None` means no cap.
 #[derive(Debug, Clone)]
@@ -52,16 +52,6 @@ impl<S> Layer<S> for BackpressureLayer {
 pub struct Backpressure<S> {
     inner: S,
     limit: Option<(usize, Arc<Semaphore>)>,
-}
-
-/// The `503` of a shed request.
-pub fn overloaded(reason: impl std::fmt::Display) -> Response<Body> {
-    metrics::counter!(LOAD_SHED_TOTAL).increment(1);
-    let mut response = local_reply(StatusCode::SERVICE_UNAVAILABLE, reason);
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    response
 }
 
 impl<S, B> Service<Request<B>> for Backpressure<S>

@@ -18,7 +18,7 @@ use http::{Method, Request, Response, StatusCode};
 use metrics::{counter, histogram, Counter, Histogram};
 use tower::{Layer, Service};
 
-use crate::prometheus::{HTTP_REQUESTS_TOTAL, REQUEST_DURATION_SECONDS};
+use crate::telemetry::{HTTP_REQUESTS_TOTAL, REQUEST_DURATION_SECONDS};
 
 const METHODS: [&str; 10] = [
     "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE", "OTHER",
@@ -71,7 +71,7 @@ pub struct MetricsLayer {
 }
 
 impl MetricsLayer {
-    /// A layer recording into the global `metrics` recorder (see [`crate::prometheus::install`]).
+    /// A layer recording into the global `metrics` recorder (see `prometheus::install`).
     pub fn new() -> Self {
         MetricsLayer {
             handles: Arc::new(Handles::new()),

@@ -32,12 +32,32 @@ use tower::{Layer, Service};
 use futures_util::future::Either;
 
 use super::LayerFuture;
+use serde::Serialize;
+
 use crate::{
-    client_ip::ClientIp,
-    config::{RateLimitConfig, RateLimitKey},
-    local_reply::local_reply,
-    prometheus::RATE_LIMITED_REQUESTS_TOTAL,
+    client_ip::ClientIp, local_reply::local_reply, telemetry::RATE_LIMITED_REQUESTS_TOTAL,
 };
+
+/// Token-bucket rate limiting.
+#[derive(Debug, Clone, Serialize)]
+pub struct RateLimitConfig {
+    /// Refill rate.
+    pub requests_per_second: u32,
+    /// Bucket size: requests allowed at once after a quiet period.
+    pub burst: u32,
+    /// One bucket per client address, or one for everyone.
+    pub key: RateLimitKey,
+}
+
+/// What a rate-limit bucket belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RateLimitKey {
+    /// One bucket per client IP (socket peer, or `X-Forwarded-For` from trusted proxies).
+    Ip,
+    /// One bucket shared by all clients.
+    Global,
+}
 
 /// How often refilled per-client buckets are dropped.
 pub const PRUNE_INTERVAL: Duration = Duration::from_secs(10);

@@ -12,7 +12,7 @@ use http::{
     Method, Request, Response, StatusCode, Version,
 };
 
-use crate::forward::is_hop_by_hop;
+use crate::semantics::is_hop_by_hop;
 
 /// Most headers a backend's response head may carry (hyper's limit too).
 pub const MAX_RESPONSE_HEADERS: usize = 100;

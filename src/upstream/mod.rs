@@ -12,10 +12,11 @@
 //!
 //! Only requests without a body take this path (GET, HEAD, DELETE..., the bulk of proxied
 //! traffic). Requests with a body need full-duplex streaming (a backend may answer before
-//! the upload ends) and upgrades need connection hand-over: those stay on hyper's client,
-//! which does both well (see `forward`).
+//! the upload ends) and upgrades need connection hand-over: those stay on hyper-util's
+//! client ([`backend_client`]), which does both well; `forward` chooses between the two.
 
 mod body;
+mod client;
 mod head;
 mod pool;
 
@@ -25,9 +26,10 @@ use bytes::BytesMut;
 use http::{Method, Request, Response};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::retry::idempotent;
+use crate::semantics::idempotent;
 
 pub use body::PooledBody;
+pub use client::{backend_client, root_cause, BackendClient};
 pub use head::{
     encode_request, parse_response, Framing, HeadError, ResponseHead, MAX_RESPONSE_HEADERS,
     MAX_RESPONSE_HEAD_BYTES,

@@ -25,8 +25,6 @@ use bytes::BytesMut;
 use http::uri::Authority;
 use tokio::net::TcpStream;
 
-use crate::balance::endpoint::Endpoint;
-
 /// How often idle connections are checked ([`ConnectionPool::sweep`]).
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -87,24 +85,14 @@ impl ConnectionPool {
         })
     }
 
-    /// One pool per endpoint, indexed by endpoint id, as `forward::Forward` wants them. A
-    /// backend also in `previous` (matched by authority) keeps its pool and its warm
-    /// connections.
-    pub fn for_endpoints(
-        endpoints: &[Arc<Endpoint>],
-        connect_timeout: Duration,
-        previous: &[Arc<ConnectionPool>],
-    ) -> Arc<[Arc<ConnectionPool>]> {
-        endpoints
-            .iter()
-            .map(|e| {
-                previous
-                    .iter()
-                    .find(|p| p.authority == e.authority && p.connect_timeout == connect_timeout)
-                    .cloned()
-                    .unwrap_or_else(|| ConnectionPool::new(e.authority.clone(), connect_timeout))
-            })
-            .collect()
+    /// The backend this pool connects to.
+    pub fn authority(&self) -> &Authority {
+        &self.authority
+    }
+
+    /// The connect timeout of new connections.
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
     }
 
     /// A warm idle connection if one is usable, else a new one.

@@ -1,0 +1,558 @@
+//! The routing service: one request's way through the balancer core, composed in one place.
+//!
+//! ```text
+//!  request ─► pick (balance::Balancer::pick) ─► overflow (balance::overflow::check)
+//!          ─► shadows (balance::shadow) ─► decision record (decision)
+//!          ─► attempt: inner service (the forwarder) with Routed { request, endpoint }
+//!               └─ outcome ─► endpoint load and EWMA, outlier detection (outlier)
+//!               └─ failed before any response byte? ─► retry elsewhere within the budget (retry)
+//!          ─► x-alb-backend, x-alb-decision, decision log
+//! ```
+//!
+//! Each step is a plain function of its own module with its own unit tests; this file only
+//! puts them in order. The record carries the backend set it was decided from and names
+//! backends by stable id, so `x-alb-decision` and `/decisions` always name the backend that
+//! `x-alb-backend` names, across reloads and health changes.
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    net::IpAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Instant,
+};
+
+use axum::body::Body;
+use http::{HeaderValue, Request, Response, StatusCode};
+use tower::{Service, ServiceExt};
+
+use crate::{
+    balance::{endpoint::InFlight, overflow, shadow::Shadows, Balancer, Endpoint, Routed},
+    client_ip::ClientIp,
+    decision::{
+        self, CandidateState, DecisionLog, DecisionRecord, X_ALB_BACKEND, X_ALB_DECISION,
+        X_ALB_EXPLAIN,
+    },
+    forward::ForwardError,
+    guarded_body::GuardedBody,
+    local_reply::{local_reply, overloaded},
+    outlier::OutlierDetector,
+    retry::{Replay, RetryBudget},
+    telemetry::{RETRIES_TOTAL, RETRY_BUDGET_EXHAUSTED_TOTAL},
+};
+
+/// How requests are routed besides the balancer's strategy.
+#[derive(Debug, Clone, Default)]
+pub struct RouteOptions {
+    /// Resolves the client address (sticky, decision records).
+    pub client_ip: ClientIp,
+    /// A backend with this many requests in flight is full: it is passed over, and when
+    /// every backend is full the request is shed with `503`.
+    pub max_connections: Option<usize>,
+    /// Answer `x-alb-explain: 1` with an `x-alb-decision` header.
+    pub explain: bool,
+    /// Also evaluate the other strategies on every request, without acting on them.
+    pub shadow: bool,
+    /// Passive outlier detection, fed with every request's outcome.
+    pub outlier: Option<Arc<OutlierDetector>>,
+    /// Retries of requests that never reached a backend, and their budget.
+    pub retry: Option<Arc<RetryBudget>>,
+    /// The decision log to write to (a reload hands the old one on); a new one if `None`.
+    pub decisions: Option<Arc<DecisionLog>>,
+}
+
+/// What every clone of [`Route`] shares: the balancer and the steps around its pick.
+#[derive(Debug)]
+pub struct Routing {
+    balancer: Arc<Balancer>,
+    client_ip: ClientIp,
+    max_connections: Option<usize>,
+    explain: bool,
+    shadows: Option<Shadows>,
+    outlier: Option<Arc<OutlierDetector>>,
+    retry: Option<Arc<RetryBudget>>,
+    decisions: Arc<DecisionLog>,
+}
+
+// === impl Routing ===
+
+impl Routing {
+    /// Routing over `balancer` with `options`.
+    pub fn new(balancer: Arc<Balancer>, options: RouteOptions) -> Arc<Self> {
+        let shadows = options
+            .shadow
+            .then(|| Shadows::new(balancer.strategy().kind()));
+        Arc::new(Routing {
+            balancer,
+            client_ip: options.client_ip,
+            max_connections: options.max_connections,
+            explain: options.explain,
+            shadows,
+            outlier: options.outlier,
+            retry: options.retry,
+            decisions: options.decisions.unwrap_or_else(DecisionLog::new),
+        })
+    }
+
+    /// The balancer.
+    pub fn balancer(&self) -> &Arc<Balancer> {
+        &self.balancer
+    }
+
+    /// The latest decisions.
+    pub fn decisions(&self) -> &Arc<DecisionLog> {
+        &self.decisions
+    }
+
+    fn wants_explanation<B>(&self, request: &Request<B>) -> bool {
+        self.explain
+            && request
+                .headers()
+                .get(&X_ALB_EXPLAIN)
+                .is_some_and(|v| v.as_bytes() == b"1")
+    }
+
+    /// Records how an attempt on `endpoint` went: its load and latency estimate, its error
+    /// counters, and outlier detection. Returns the response, or the error to act on.
+    fn observe<RB>(
+        &self,
+        endpoint: &Arc<Endpoint>,
+        started: Instant,
+        result: Result<Response<RB>, ForwardError>,
+    ) -> (Instant, Result<Response<RB>, ForwardError>) {
+        let now = Instant::now();
+        let latency = now.saturating_duration_since(started);
+        let failed = match &result {
+            Ok(response) => response.status().is_server_error(),
+            Err(_) => true,
+        };
+        let streak = endpoint.record(latency, failed, now);
+        match &result {
+            Ok(response) if failed => {
+                endpoint.metrics.error("status_5xx");
+                self.feed_outlier(endpoint, streak, &response.status());
+            }
+            Ok(_) => {}
+            Err(error) => {
+                endpoint.metrics.error(error.kind());
+                self.feed_outlier(endpoint, streak, error);
+            }
+        }
+        (now, result)
+    }
+
+    fn feed_outlier(&self, endpoint: &Arc<Endpoint>, streak: u32, what: &dyn std::fmt::Display) {
+        if let Some(detector) = &self.outlier {
+            if streak > 0 {
+                detector.observe(endpoint, streak, &what.to_string());
+            }
+        }
+    }
+
+    /// Where a failed attempt goes next, if anywhere: only an error before any response
+    /// byte, of a replayable request, with retries left, to another backend, within budget.
+    fn retry_target(
+        &self,
+        error: &ForwardError,
+        failed: &Endpoint,
+        client: Option<IpAddr>,
+        replayable: bool,
+        retries_left: u32,
+    ) -> Option<Arc<Endpoint>> {
+        let budget = self.retry.as_ref()?;
+        if !replayable || retries_left == 0 || !error.retryable() {
+            return None;
+        }
+        let next = self.balancer.pick_other(failed.id(), client)?;
+        if !budget.withdraw() {
+            metrics::counter!(RETRY_BUDGET_EXHAUSTED_TOTAL).increment(1);
+            return None;
+        }
+        metrics::counter!(RETRIES_TOTAL, "reason" => error.kind()).increment(1);
+        tracing::debug!(from = failed.name(), to = next.name(), %error, "retrying");
+        Some(next)
+    }
+
+    /// Logs the decision and, if asked, explains it in the response.
+    fn finish(
+        &self,
+        mut record: DecisionRecord,
+        latency: std::time::Duration,
+        explanation: Option<Vec<CandidateState>>,
+        response: &mut Response<Body>,
+    ) {
+        record.status = response.status().as_u16();
+        record.latency_us = u32::try_from(latency.as_micros()).unwrap_or(u32::MAX);
+        if let Some(candidates) = explanation {
+            let text = decision::explain(&record, &candidates);
+            if let Ok(value) = HeaderValue::from_str(&text) {
+                response.headers_mut().insert(X_ALB_DECISION.clone(), value);
+            }
+        }
+        self.decisions.push(record);
+    }
+
+    /// A request no backend gets: recorded, explained, answered at once.
+    fn refuse(
+        &self,
+        record: DecisionRecord,
+        started: Instant,
+        explanation: Option<Vec<CandidateState>>,
+        mut reply: Response<Body>,
+    ) -> RouteFuture {
+        self.finish(record, started.elapsed(), explanation, &mut reply);
+        Box::pin(std::future::ready(Ok(reply)))
+    }
+}
+
+/// The routing service: picks a backend, records and explains the decision, retries what
+/// is safe to retry, and sends each attempt through the forwarder `S`.
+#[derive(Debug, Clone)]
+pub struct Route<S> {
+    routing: Arc<Routing>,
+    inner: S,
+}
+
+/// The boxed future of [`Route`].
+pub type RouteFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+// === impl Route ===
+
+impl<S> Route<S> {
+    /// Routes requests with `routing`, sending each attempt through `inner`.
+    pub fn new(routing: Arc<Routing>, inner: S) -> Self {
+        Route { routing, inner }
+    }
+}
+
+/// One request's state between its attempts.
+struct InFlightRequest<S> {
+    inner: S,
+    client: Option<IpAddr>,
+    replay: Option<Replay>,
+    endpoint: Arc<Endpoint>,
+    guard: InFlight,
+}
+
+impl<S, B, RB> Service<Request<B>> for Route<S>
+where
+    S: Service<Routed<B>, Response = Response<RB>, Error = ForwardError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body + Default + Send + 'static,
+    RB: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    RB::Error: Into<axum::BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = RouteFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // The forwarder's error type is for requests only; readiness cannot fail.
+        self.inner.poll_ready(cx).map(|_| Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> RouteFuture {
+        let routing = self.routing.clone();
+        let started = Instant::now();
+        let set = routing.balancer.snapshot();
+        let client = routing.client_ip.resolve(&request);
+        let strategy = routing.balancer.strategy();
+        let explanation = routing
+            .wants_explanation(&request)
+            .then(|| decision::candidates(&set, strategy));
+        let mut record = DecisionRecord::new(strategy.kind(), client, started, set.clone());
+
+        // 1. The strategy's pick.
+        let Some((mut index, trace)) = routing.balancer.pick(&set, client) else {
+            let reply = local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy backend");
+            return routing.refuse(record, started, explanation, reply);
+        };
+        record.note_trace(&trace);
+
+        // 2. Overflow past max_connections.
+        if let Some(max) = routing.max_connections {
+            match overflow::check(&set, index, max) {
+                overflow::Overflow::Fits => {}
+                overflow::Overflow::Spilled { to, full } => {
+                    index = to;
+                    record.full = full;
+                }
+                overflow::Overflow::AllFull { full } => {
+                    record.full = full;
+                    let reply = overloaded(format_args!(
+                        "overloaded: every backend has {max} requests in flight"
+                    ));
+                    return routing.refuse(record, started, explanation, reply);
+                }
+            }
+        }
+        let endpoint = set.endpoints[index].clone();
+        record.chosen = Some(endpoint.id());
+
+        // 3. Shadow strategies, for comparison only.
+        if let Some(shadows) = &routing.shadows {
+            record.shadow = shadows.evaluate(&set, client, endpoint.id());
+        }
+        drop(set);
+
+        // 4. What a retry would need, taken before the request is handed over.
+        let replay = routing
+            .retry
+            .as_ref()
+            .filter(|budget| budget.attempts() > 0)
+            .and_then(|_| Replay::of(&request));
+        if let Some(budget) = &routing.retry {
+            budget.deposit();
+        }
+
+        // 5. The first attempt; the rest happens in the future.
+        let guard = endpoint.start_at(started);
+        let first = self.inner.call(Routed {
+            request,
+            endpoint: endpoint.clone(),
+        });
+        let state = InFlightRequest {
+            inner: self.inner.clone(),
+            client,
+            replay,
+            endpoint,
+            guard,
+        };
+        Box::pin(routing.attempts(first, state, record, explanation, started))
+    }
+}
+
+impl Routing {
+    /// Awaits attempts until one answers or no retry is allowed, then finishes the record.
+    async fn attempts<S, B, RB>(
+        self: Arc<Self>,
+        mut attempt: S::Future,
+        mut state: InFlightRequest<S>,
+        mut record: DecisionRecord,
+        explanation: Option<Vec<CandidateState>>,
+        started: Instant,
+    ) -> Result<Response<Body>, Infallible>
+    where
+        S: Service<Routed<B>, Response = Response<RB>, Error = ForwardError>,
+        B: Default,
+        RB: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        RB::Error: Into<axum::BoxError>,
+    {
+        let mut retries_left = self.retry.as_ref().map_or(0, |b| b.attempts());
+        let (answered, mut response) = loop {
+            let result = attempt.await;
+            let (now, result) = self.observe(&state.endpoint, state.guard.started(), result);
+            let error = match result {
+                Ok(response) => {
+                    let guard = state.guard;
+                    break (
+                        now,
+                        response.map(|body| Body::new(GuardedBody::new(body, guard))),
+                    );
+                }
+                Err(error) => error,
+            };
+            let next = self.retry_target(
+                &error,
+                &state.endpoint,
+                state.client,
+                state.replay.is_some(),
+                retries_left,
+            );
+            let (Some(next), Some(replay)) = (next, &state.replay) else {
+                break (now, error.into_response(state.endpoint.name()));
+            };
+            retries_left -= 1;
+            record.retried_from = Some(state.endpoint.id());
+            record.chosen = Some(next.id());
+            state.guard = next.start();
+            state.endpoint = next;
+            // The forwarder is always ready (see `Forward::poll_ready`); readiness errors
+            // cannot happen, and an attempt's own error is handled like any other.
+            let inner = state.inner.ready().await;
+            attempt = match inner {
+                Ok(inner) => inner.call(Routed {
+                    request: replay.request(),
+                    endpoint: state.endpoint.clone(),
+                }),
+                Err(error) => break (now, error.into_response(state.endpoint.name())),
+            };
+        };
+        state.endpoint.metrics.request(response.status());
+        response.headers_mut().insert(
+            X_ALB_BACKEND.clone(),
+            state.endpoint.backend.header_value.clone(),
+        );
+        let latency = answered.saturating_duration_since(started);
+        self.finish(record, latency, explanation, &mut response);
+        Ok(response)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::{
+        balance::{discover, test_support::endpoints, Strategy, StrategyKind},
+        decision::DecisionView,
+        retry::RetryConfig,
+    };
+
+    /// A forwarder that answers `200` from every backend but `refusing`, which refuses.
+    #[derive(Clone)]
+    struct Answering {
+        refusing: Option<crate::balance::BackendId>,
+        calls: Arc<AtomicUsize>,
+    }
+
+    impl Service<Routed<Body>> for Answering {
+        type Response = Response<Body>;
+        type Error = ForwardError;
+        type Future = std::future::Ready<Result<Response<Body>, ForwardError>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ForwardError>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, routed: Routed<Body>) -> Self::Future {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            std::future::ready(if Some(routed.endpoint.id()) == self.refusing {
+                Err(ForwardError::Connect("connection refused".into()))
+            } else {
+                Ok(Response::new(Body::from(routed.endpoint.name().to_owned())))
+            })
+        }
+    }
+
+    fn routing(kind: StrategyKind, options: RouteOptions) -> (Arc<Routing>, Vec<Arc<Endpoint>>) {
+        let eps = endpoints(&[1, 1, 1]);
+        let (changes, stream) = discover::channel();
+        eps.iter().for_each(|e| changes.sync(e));
+        let balancer = Balancer::new(Strategy::seeded(kind, 1), eps.clone(), stream);
+        (Routing::new(balancer, options), eps)
+    }
+
+    fn explain_request() -> Request<Body> {
+        Request::get("/")
+            .header("x-alb-explain", "1")
+            .body(Body::empty())
+            .unwrap()
+    }
+
+    fn decision_chosen(response: &Response<Body>) -> String {
+        let text = response.headers()["x-alb-decision"].to_str().unwrap();
+        let chosen = text.split("; ").find_map(|p| p.strip_prefix("chosen="));
+        chosen.unwrap().to_owned()
+    }
+
+    #[tokio::test]
+    async fn the_explanation_names_the_backend_that_answered() {
+        for kind in StrategyKind::ALL {
+            let options = RouteOptions {
+                explain: true,
+                shadow: true,
+                ..Default::default()
+            };
+            let (routing, _) = routing(kind, options);
+            let forward = Answering {
+                refusing: None,
+                calls: Arc::default(),
+            };
+            let mut route = Route::new(routing.clone(), forward);
+            for _ in 0..20 {
+                let response = route.call(explain_request()).await.unwrap();
+                let served = response.headers()[&X_ALB_BACKEND].to_str().unwrap();
+                assert_eq!(decision_chosen(&response), served, "{kind}");
+            }
+            let logged = routing.decisions().since(0);
+            assert_eq!(logged.len(), 20);
+            for record in &logged {
+                let view = DecisionView::new(record);
+                assert!(view.chosen.unwrap().starts_with("127.0.0.1:900"));
+                assert_eq!(view.shadow.len(), 3);
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_request_is_retried_once_on_another_backend() {
+        let options = RouteOptions {
+            explain: true,
+            retry: Some(Arc::new(RetryBudget::new(RetryConfig {
+                attempts: 1,
+                budget_percent: 20,
+                min_per_second: 10,
+            }))),
+            ..Default::default()
+        };
+        let (routing, eps) = routing(StrategyKind::RoundRobin, options);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let forward = Answering {
+            refusing: Some(eps[0].id()),
+            calls: calls.clone(),
+        };
+        let mut route = Route::new(routing.clone(), forward);
+        // Round robin starts with backend 0, which refuses: the retry goes elsewhere.
+        let response = route.call(explain_request()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(calls.load(Ordering::Relaxed), 2);
+        let served = response.headers()[&X_ALB_BACKEND]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert_ne!(served, eps[0].name());
+        assert_eq!(decision_chosen(&response), served);
+        let text = response.headers()["x-alb-decision"].to_str().unwrap();
+        assert!(
+            text.contains(&format!("retried_from={}", eps[0].name())),
+            "{text}"
+        );
+        // Every request is counted in flight until its body ends, then released.
+        drop(response);
+        assert!(eps.iter().all(|e| e.in_flight() == 0));
+        // A POST is not replayed: the refusal reaches the client as a 502.
+        let post = Request::post("/").body(Body::empty()).unwrap();
+        let mut answers = Vec::new();
+        for _ in 0..3 {
+            answers.push(route.call(post_clone(&post)).await.unwrap().status());
+        }
+        assert!(answers.contains(&StatusCode::BAD_GATEWAY), "{answers:?}");
+    }
+
+    fn post_clone(post: &Request<Body>) -> Request<Body> {
+        Request::post(post.uri().clone())
+            .body(Body::empty())
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn every_backend_full_is_a_503_naming_them() {
+        let options = RouteOptions {
+            max_connections: Some(1),
+            explain: true,
+            ..Default::default()
+        };
+        let (routing, eps) = routing(StrategyKind::LeastConn, options);
+        let _busy: Vec<_> = eps.iter().map(|e| e.start()).collect();
+        let forward = Answering {
+            refusing: None,
+            calls: Arc::default(),
+        };
+        let response = Route::new(routing.clone(), forward)
+            .call(explain_request())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(decision_chosen(&response), "none");
+        let view = DecisionView::new(&routing.decisions().since(0)[0]);
+        assert_eq!(view.excluded.len(), 3);
+        assert!(view
+            .excluded
+            .iter()
+            .all(|e| e.reason == "at max_connections"));
+    }
+}

@@ -1,0 +1,92 @@
+//! The HTTP semantics ALB relies on (RFC 9110), shared by the forwarder and the upstream
+//! client: which headers are hop-by-hop, what makes a request an upgrade, which methods are
+//! idempotent. A leaf: it imports nothing from the rest of the crate.
+
+use http::{
+    header::{self, HeaderMap, HeaderName, HeaderValue},
+    Method,
+};
+
+/// Hop-by-hop headers of RFC 9110 §7.6.1 and the legacy ones proxies also drop.
+pub const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("keep-alive"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+];
+
+/// Whether `name` is hop-by-hop whatever `Connection` lists: the RFC 9110 names, the legacy
+/// ones, and `Upgrade` (kept only for an upgrade handshake, see `forward::rewrite_request`).
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::UPGRADE || HOP_BY_HOP.contains(name)
+}
+
+/// The `Upgrade` protocol if this is an upgrade request (`Connection: upgrade` + `Upgrade`).
+pub fn upgrade_protocol(headers: &HeaderMap) -> Option<&HeaderValue> {
+    let connection_says_upgrade = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    connection_says_upgrade
+        .then(|| headers.get(header::UPGRADE))
+        .flatten()
+}
+
+/// Removes hop-by-hop headers. With `keep_upgrade`, the handshake's `Connection: upgrade`
+/// and `Upgrade` survive so the backend sees the upgrade request.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // One pass over the (few) headers, comparing names (cheap for standard headers), finds
+    // which hop-by-hop names are present; only those are removed (a hash lookup each).
+    let mut present: Vec<HeaderName> = Vec::new();
+    let mut upgrade_present = false;
+    for name in headers.keys() {
+        if name == header::UPGRADE {
+            upgrade_present = true;
+        } else if HOP_BY_HOP.contains(name) && !present.contains(name) {
+            present.push(name.clone());
+        }
+    }
+    if present.is_empty() && !upgrade_present {
+        return;
+    }
+    let upgrade = keep_upgrade
+        .then(|| headers.get(header::UPGRADE).cloned())
+        .flatten();
+    // Names listed in Connection are hop-by-hop too (RFC 9110 §7.6.1); `keep-alive` and
+    // `close`, the usual tokens, name nothing else to remove.
+    for value in headers.get_all(header::CONNECTION) {
+        let Ok(text) = value.to_str() else { continue };
+        for token in text.split(',').map(str::trim) {
+            if token.eq_ignore_ascii_case("keep-alive") || token.eq_ignore_ascii_case("close") {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                present.push(name);
+            }
+        }
+    }
+    for name in &present {
+        headers.remove(name);
+    }
+    if upgrade_present {
+        headers.remove(header::UPGRADE);
+    }
+    if let Some(upgrade) = upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, upgrade);
+    }
+}
+
+/// Whether a method may be sent twice without changing the outcome (RFC 9110 §9.2.2).
+pub fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+    )
+}
