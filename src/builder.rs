@@ -9,7 +9,7 @@
 //!     .strategy(StrategyKind::Adaptive)
 //!     .health_check("/health", Duration::from_secs(5))
 //!     .build()?; // health checks start here (inside a Tokio runtime)
-//! let app = axum::Router::new()
+//! let app: axum::Router = axum::Router::new()
 //!     .route("/hello", axum::routing::get(|| async { "hi" }))
 //!     .fallback_service(lb.service()) // everything else is balanced
 //!     .layer(alb::layer::MetricsLayer::new());

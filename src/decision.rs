@@ -155,10 +155,10 @@ impl DecisionLog {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         record.id = id;
         let slot = (id as usize) % Self::CAPACITY;
-        let replaced = std::mem::replace(
-            &mut *self.slots[slot].lock().unwrap_or_else(|e| e.into_inner()),
-            Some(record),
-        );
+        let replaced = self.slots[slot]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(record);
         drop(replaced);
         id
     }
@@ -440,4 +440,77 @@ pub fn explain(record: &DecisionRecord, candidates: &[CandidateState]) -> String
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::balance::test_support::{endpoints, set_of};
+
+    fn record(set: &Arc<BackendSet>, chosen: usize) -> DecisionRecord {
+        let mut r =
+            DecisionRecord::new(StrategyKind::RoundRobin, None, Instant::now(), set.clone());
+        r.chosen = Some(set.endpoints[chosen].id());
+        r
+    }
+
+    #[test]
+    fn the_ring_keeps_the_latest_in_order() {
+        let eps = endpoints(&[1]);
+        let set = Arc::new(set_of(&eps, &eps));
+        let log = DecisionLog::new();
+        for _ in 0..DecisionLog::CAPACITY + 10 {
+            log.push(record(&set, 0));
+        }
+        let kept = log.since(0);
+        assert_eq!(kept.len(), DecisionLog::CAPACITY);
+        assert!(kept.windows(2).all(|w| w[1].id == w[0].id + 1));
+        assert_eq!(kept.last().unwrap().id, log.last_id());
+        assert_eq!(log.since(log.last_id() - 3).len(), 3);
+    }
+
+    #[test]
+    fn names_come_from_the_snapshot_the_decision_was_made_from() {
+        let eps = endpoints(&[1, 1, 1]);
+        // Backend 1 is out of service; the set is listed in another order than the ids.
+        let reordered = vec![eps[2].clone(), eps[1].clone(), eps[0].clone()];
+        let in_service = vec![eps[2].clone(), eps[0].clone()];
+        let set = Arc::new(set_of(&in_service, &reordered));
+        let mut r = record(&set, 1); // the second in service: eps[0]
+        r.retried_from = Some(eps[2].id());
+        let view = DecisionView::new(&r);
+        assert_eq!(view.chosen.as_deref(), Some(eps[0].name()));
+        assert_eq!(view.retried_from.as_deref(), Some(eps[2].name()));
+        assert_eq!(view.healthy, 2);
+        assert_eq!(view.excluded.len(), 1);
+        assert_eq!(view.excluded[0].backend, eps[1].name());
+        let text = explain(
+            &r,
+            &candidates(
+                &set,
+                &crate::balance::Strategy::new(StrategyKind::RoundRobin),
+            ),
+        );
+        assert!(
+            text.contains(&format!("chosen={};", eps[0].name())),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("excluded={}(", eps[1].name())),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn explanations_are_one_ascii_line() {
+        let eps = endpoints(&[1, 1]);
+        let set = Arc::new(set_of(&eps[..1], &eps));
+        eps[1].set_up(false, "status 503\r\nInjected: header ü".to_owned());
+        let text = explain(&record(&set, 0), &[]);
+        assert!(
+            text.chars().all(|c| c.is_ascii_graphic() || c == ' '),
+            "{text}"
+        );
+        assert!(http::HeaderValue::from_str(&text).is_ok());
+    }
 }

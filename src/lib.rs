@@ -1,24 +1,38 @@
 //! ALB: an adaptive, observable HTTP/HTTPS load balancer.
 //!
-//! The data plane is a Tower stack behind an axum/hyper server:
+//! # Entry points
+//!
+//! - [`LoadBalancer`]: a balancer for your own axum or tower app, from a list of URLs and a
+//!   strategy; [`LoadBalancer::service`] is a `tower::Service` to put behind a route.
+//! - [`layer`]: the edge layers, usable one by one ([`layer::MetricsLayer`],
+//!   [`layer::RateLimitLayer`], [`layer::BackpressureLayer`], [`layer::BodyLimitLayer`]).
+//! - [`admin::router`]: the admin routes (backends, decisions, metrics, dashboard).
+//! - [`balance`]: the core on its own: [`Balancer`] picks from a snapshot fed by a
+//!   `tower::discover` stream, with a [`Strategy`] per file.
+//! - [`Server`] and [`LiveProxy`]: what the `alb` binary runs (listeners, TLS, reloads).
+//!
+//! # The stack
 //!
 //! ```text
-//!  client ─► listener (axum-server: HTTP/1.1, h2c)
-//!            └─► Balance ── picks an Endpoint with the configured Strategy
-//!                 │          (round_robin | least_conn | sticky | adaptive), counts it in flight
-//!                 └─► Forward ─┬─ no body: upstream, ALB's own pooled HTTP/1.1 client ─► backend
-//!                              └─ body or upgrade: hyper-util's pooled client ─────────► backend
+//!  client ─► listener (axum-server: HTTP/1.1, h2c, TLS)
+//!            └─► Metrics ─► RateLimit ─► Backpressure ─► BodyLimit        (layer/)
+//!                 └─► Route: pick ─► overflow ─► shadows ─► attempt ─► retry ─► decision
+//!                      │     (balance/)  (balance/)   (balance/)        (retry)   (decision)
+//!                      └─► Forward ─┬─ no body: upstream, ALB's own pooled HTTP/1.1 ─► backend
+//!                                   └─ body or upgrade: hyper-util's client ─────────► backend
 //!
-//!  HealthChecker ── Change::Insert / Change::Remove ─► Discover stream ─► Balancer snapshot
+//!  HealthChecker, OutlierDetector ── Change::Insert / Remove ─► Discover ─► Balancer snapshot
 //! ```
 //!
-//! One concern per module: [`config`] (the file format), [`server`] (listeners and the
-//! assembled stack), [`balance`] (selection, per-backend state, discovery), [`forward`]
-//! (the request rewrite and the choice of client), [`upstream`] (connections owned by the
-//! request: pool, HTTP/1.1 heads, response bodies), [`health`] (active checks), [`client_ip`]
-//! (who the client is), [`sim`] (simulated backends for the demo, tests and the lab),
-//! [`demo`] (the one-command demo), [`loadgen`] (an open-loop load generator) and [`lab`]
-//! (experiments comparing strategies).
+//! # Layers
+//!
+//! Imports point from the edge down to the core, never back (`tests/architecture.rs` checks
+//! it): leaves ([`semantics`], [`telemetry`], [`client_ip`], [`guarded_body`], [`sim`],
+//! [`tls`]) → [`local_reply`], [`prometheus`] → the core, [`balance`] (identity, state,
+//! selection, discovery) → [`decision`], [`outlier`], [`retry`], [`upstream`] → [`forward`],
+//! [`health`], [`layer`], [`redirect`] → [`route`] → [`config`] (parses the file into the
+//! types below it) → [`proxy`], [`loadgen`] → [`admin`], [`lab`] → [`builder`], [`server`] →
+//! [`demo`].
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

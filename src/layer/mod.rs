@@ -4,7 +4,7 @@
 //! pair that any axum or tower app can stack:
 //!
 //! ```text
-//! Metrics ─► RateLimit ─► Backpressure ─► BodyLimit ─► Balance ─► Forward
+//! Metrics ─► RateLimit ─► Backpressure ─► BodyLimit ─► Route ─► Forward
 //! ```
 
 pub mod backpressure;
