@@ -266,10 +266,14 @@ pub struct ShadowView {
 
 /// The reason an endpoint was out of the set, as best known now.
 fn exclusion_reason(ep: &Endpoint) -> String {
-    let last = ep.last_transition().map(|t| t.cause).unwrap_or_default();
-    if ep.is_drained() {
+    let last = ep
+        .availability
+        .last_transition()
+        .map(|t| t.cause)
+        .unwrap_or_default();
+    if ep.availability.is_drained() {
         "drained".to_owned()
-    } else if ep.is_ejected() {
+    } else if ep.availability.is_ejected() {
         format!("ejected: {last}")
     } else if !ep.is_up() {
         format!("unhealthy: {last}")

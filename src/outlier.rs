@@ -69,14 +69,18 @@ impl OutlierDetector {
     /// Called after every request to `endpoint` with its failures in a row (0 on success)
     /// and what the last failure was.
     pub fn observe(&self, endpoint: &Arc<Endpoint>, streak: u32, last: &str) {
-        if streak < self.config.consecutive_failures || endpoint.is_ejected() {
+        if streak < self.config.consecutive_failures || endpoint.availability.is_ejected() {
             return;
         }
         let _deciding = self.deciding.lock().unwrap_or_else(|e| e.into_inner());
-        if endpoint.is_ejected() {
+        if endpoint.availability.is_ejected() {
             return;
         }
-        let ejected = self.endpoints.iter().filter(|e| e.is_ejected()).count();
+        let ejected = self
+            .endpoints
+            .iter()
+            .filter(|e| e.availability.is_ejected())
+            .count();
         if ejected >= self.allowed_ejections() {
             tracing::warn!(
                 backend = endpoint.name(),
@@ -87,7 +91,7 @@ impl OutlierDetector {
             return;
         }
         let cause = format!("{streak} failures in a row, last: {last}");
-        let times = endpoint.eject(cause.clone());
+        let times = endpoint.availability.eject(cause.clone());
         let duration = self
             .config
             .base_ejection_time
@@ -157,12 +161,12 @@ mod tests {
         let ok = eps[1].record(Duration::from_millis(1), false, std::time::Instant::now());
         detector.observe(&eps[1], ok, "");
         detector.observe(&eps[1], failed(), "status 503");
-        assert!(!eps[1].is_ejected());
+        assert!(!eps[1].availability.is_ejected());
 
         detector.observe(&eps[1], failed(), "status 503");
         detector.observe(&eps[1], failed(), "status 503");
-        assert!(eps[1].is_ejected());
-        let cause = eps[1].last_transition().unwrap();
+        assert!(eps[1].availability.is_ejected());
+        let cause = eps[1].availability.last_transition().unwrap();
         assert_eq!(cause.source, "outlier_detection");
         assert!(
             cause
@@ -176,24 +180,24 @@ mod tests {
         // The first ejection lasts base_ejection_time.
         tokio::time::advance(Duration::from_secs(29)).await;
         settle().await;
-        assert!(eps[1].is_ejected());
+        assert!(eps[1].availability.is_ejected());
         tokio::time::advance(Duration::from_secs(2)).await;
         settle().await;
-        assert!(!eps[1].is_ejected());
+        assert!(!eps[1].availability.is_ejected());
         assert_eq!(ids(&balancer.snapshot()), [0, 1, 2, 3]);
 
         // The second lasts twice as long, capped at max_ejection_time (45 s, not 60 s).
         for _ in 0..3 {
             detector.observe(&eps[1], failed(), "connect");
         }
-        assert!(eps[1].is_ejected());
+        assert!(eps[1].availability.is_ejected());
         settle().await;
         tokio::time::advance(Duration::from_secs(44)).await;
         settle().await;
-        assert!(eps[1].is_ejected());
+        assert!(eps[1].availability.is_ejected());
         tokio::time::advance(Duration::from_secs(2)).await;
         settle().await;
-        assert!(!eps[1].is_ejected());
+        assert!(!eps[1].availability.is_ejected());
     }
 
     #[tokio::test(start_paused = true)]
@@ -208,7 +212,10 @@ mod tests {
             }
         }
         // 50% of 4 backends: two ejected, the other two kept whatever they do.
-        assert_eq!(eps.iter().filter(|e| e.is_ejected()).count(), 2);
+        assert_eq!(
+            eps.iter().filter(|e| e.availability.is_ejected()).count(),
+            2
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -221,7 +228,7 @@ mod tests {
             detector.observe(&eps[0], streak, "status 500");
         }
         assert!(
-            eps[0].is_ejected(),
+            eps[0].availability.is_ejected(),
             "at least one may be ejected, as in Envoy"
         );
     }

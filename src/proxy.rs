@@ -110,7 +110,7 @@ impl Proxy {
                 let ep = Endpoint::new(backend, &config.adaptive);
                 if let Some(old) = old {
                     ep.inherit(old);
-                    ep.note_reload("config reloaded".to_owned());
+                    ep.availability.note_reload("config reloaded".to_owned());
                 }
                 Arc::new(ep)
             })
@@ -207,7 +207,7 @@ impl Proxy {
 
     /// Drains a backend (no new requests; in-flight ones finish) or enables it again.
     pub fn set_drained(&self, endpoint: &Arc<Endpoint>, drained: bool) {
-        endpoint.set_drained(drained);
+        endpoint.availability.set_drained(drained);
         self.changes.sync(endpoint);
         tracing::info!(
             backend = endpoint.name(),
@@ -332,7 +332,7 @@ impl LiveProxy {
     }
 
     /// Reloads and logs the outcome (for SIGHUP).
-    pub fn reload_and_log(&self) -> Result<String, String> {
+    pub fn reload_and_log(&self) -> Result<String, ReloadError> {
         match self.reload() {
             Ok(summary) => {
                 tracing::info!(%summary, "config reloaded");
@@ -340,7 +340,7 @@ impl LiveProxy {
             }
             Err(e) => {
                 tracing::error!(error = %e, "config reload failed");
-                Err(e.to_string())
+                Err(e)
             }
         }
     }

@@ -262,40 +262,58 @@ where
         let explanation = routing
             .wants_explanation(&request)
             .then(|| decision::candidates(&set, strategy));
-        let mut record = DecisionRecord::new(strategy.kind(), client, started, set.clone());
 
         // 1. The strategy's pick.
-        let Some((mut index, trace)) = routing.balancer.pick(&set, client) else {
-            let reply = local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy backend");
-            return routing.refuse(record, started, explanation, reply);
-        };
-        record.note_trace(&trace);
+        let pick = routing.balancer.pick(&set, client);
 
         // 2. Overflow past max_connections.
-        if let Some(max) = routing.max_connections {
-            match overflow::check(&set, index, max) {
-                overflow::Overflow::Fits => {}
-                overflow::Overflow::Spilled { to, full } => {
-                    index = to;
-                    record.full = full;
+        let mut full = None;
+        let spilled = match (&pick, routing.max_connections) {
+            (Some((index, _)), Some(max)) => match overflow::check(&set, *index, max) {
+                overflow::Overflow::Fits => None,
+                overflow::Overflow::Spilled { to, full: at_max } => {
+                    full = Some(at_max);
+                    Some(Ok(to))
                 }
-                overflow::Overflow::AllFull { full } => {
-                    record.full = full;
-                    let reply = overloaded(format_args!(
-                        "overloaded: every backend has {max} requests in flight"
-                    ));
-                    return routing.refuse(record, started, explanation, reply);
+                overflow::Overflow::AllFull { full: at_max } => {
+                    full = Some(at_max);
+                    Some(Err(max))
                 }
-            }
-        }
-        let endpoint = set.endpoints[index].clone();
-        record.chosen = Some(endpoint.id());
+            },
+            _ => None,
+        };
 
         // 3. Shadow strategies, for comparison only.
-        if let Some(shadows) = &routing.shadows {
-            record.shadow = shadows.evaluate(&set, client, endpoint.id());
+        let chosen = match (&pick, spilled) {
+            (None, _) | (_, Some(Err(_))) => None,
+            (Some((index, _)), None) => Some(*index),
+            (_, Some(Ok(to))) => Some(to),
+        };
+        let shadow = match (&routing.shadows, chosen) {
+            (Some(shadows), Some(index)) => {
+                shadows.evaluate(&set, client, set.endpoints[index].id())
+            }
+            _ => [None; 4],
+        };
+
+        // The record takes the snapshot: the one reference this request holds.
+        let mut record = DecisionRecord::new(strategy.kind(), client, started, set);
+        if let Some((_, trace)) = &pick {
+            record.note_trace(trace);
         }
-        drop(set);
+        record.full = full.unwrap_or_default();
+        record.shadow = shadow;
+        let Some(index) = chosen else {
+            let reply = match spilled {
+                Some(Err(max)) => overloaded(format_args!(
+                    "overloaded: every backend has {max} requests in flight"
+                )),
+                _ => local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy backend"),
+            };
+            return routing.refuse(record, started, explanation, reply);
+        };
+        let endpoint = record.set.endpoints[index].clone();
+        record.chosen = Some(endpoint.id());
 
         // 4. What a retry would need, taken before the request is handed over.
         let replay = routing

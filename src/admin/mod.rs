@@ -26,7 +26,7 @@ use serde::Serialize;
 use metrics::gauge;
 
 use crate::{
-    balance::{endpoint::Transition, BackendId, Balancer, Endpoint},
+    balance::{availability::Transition, BackendId, Balancer, Endpoint},
     decision::{DecisionLog, DecisionRecord, DecisionView},
     proxy::LiveProxy,
     route::Routing,
@@ -211,7 +211,7 @@ impl Snapshot {
             score: self.routing.balancer().strategy().score(ep, now),
             requests: ep.requests(),
             errors: ep.failures(),
-            last_transition: ep.last_transition(),
+            last_transition: ep.availability.last_transition(),
         }
     }
 
@@ -254,7 +254,7 @@ async fn backend_detail(State(state): State<AdminState>, Path(id): Path<String>)
     match state.find(&id) {
         Some(ep) => Json(BackendDetail {
             backend: state.view(ep, Instant::now()),
-            transitions: ep.transitions(),
+            transitions: ep.availability.transitions(),
         })
         .into_response(),
         None => (StatusCode::NOT_FOUND, format!("no backend {id:?}\n")).into_response(),

@@ -1,23 +1,22 @@
 //! Per-backend shared state: what many requests touch at once.
 //!
 //! One [`Endpoint`] per configured backend, shared by `Arc` between the balancer, the
-//! forwarder, the health checker and the admin routes. Counters are atomics; the latency
-//! estimate and the health record each have their own small lock. Nothing here is shared
+//! forwarder, the health checker and the admin routes: its identity ([`Backend`]), its load
+//! (in flight, counters, the latency estimate) and its [`Availability`]. Counters are
+//! atomics; the latency estimate and the availability history each have their own small lock. Nothing here is shared
 //! between backends, so two requests to different backends never contend.
 
 use std::{
-    collections::VecDeque,
     sync::{
-        atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering},
-        Arc, Mutex,
+        atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering},
+        Arc,
     },
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
-
-use serde::Serialize;
 
 use super::{
     adaptive::AdaptiveConfig,
+    availability::Availability,
     backend::{Backend, BackendId},
     ewma::PeakEwma,
 };
@@ -34,31 +33,12 @@ pub struct Endpoint {
     in_flight: AtomicUsize,
     requests: AtomicU64,
     failures: AtomicU64,
-    up: AtomicBool,
-    drained: AtomicBool,
-    /// Passive outlier detection: failures in a row, times ejected, ejected or not.
+    /// Failures in a row (passive outlier detection reads it).
     consecutive_failures: AtomicU32,
-    ejections: AtomicU32,
-    ejected: AtomicBool,
     ewma: PeakEwma,
     tuning: AdaptiveConfig,
-    transitions: Mutex<VecDeque<Transition>>,
-}
-
-/// Health transitions kept per backend.
-pub const TRANSITIONS_KEPT: usize = 32;
-
-/// A change of state and why it happened.
-#[derive(Debug, Clone, Serialize)]
-pub struct Transition {
-    /// Seconds since the Unix epoch.
-    pub at_unix: f64,
-    /// In service after the change, or not.
-    pub up: bool,
-    /// What decided it: `health_check` (later also ejection, drain, reload).
-    pub source: &'static str,
-    /// A human-readable cause.
-    pub cause: String,
+    /// In service or not, and why: health, drain, ejection, their history.
+    pub availability: Availability,
 }
 
 impl Endpoint {
@@ -70,14 +50,10 @@ impl Endpoint {
             in_flight: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
-            up: AtomicBool::new(true),
-            drained: AtomicBool::new(false),
             consecutive_failures: AtomicU32::new(0),
-            ejections: AtomicU32::new(0),
-            ejected: AtomicBool::new(false),
             ewma: PeakEwma::new(tuning.default_rtt, tuning.decay),
             tuning: tuning.clone(),
-            transitions: Mutex::new(VecDeque::with_capacity(TRANSITIONS_KEPT)),
+            availability: Availability::default(),
         }
     }
 
@@ -153,111 +129,37 @@ impl Endpoint {
 
     /// Whether the balancer may send it new requests: healthy, not ejected, not drained.
     pub fn in_service(&self) -> bool {
-        self.is_up() && !self.is_ejected() && !self.is_drained()
+        self.availability.in_service()
     }
 
-    /// Whether an operator drained it.
-    pub fn is_drained(&self) -> bool {
-        self.drained.load(Ordering::Relaxed)
+    /// Whether the health checker currently counts this backend as up.
+    pub fn is_up(&self) -> bool {
+        self.availability.is_up()
     }
 
-    /// Drains (no new requests; in-flight ones finish) or enables it.
-    pub fn set_drained(&self, drained: bool) {
-        if self.drained.swap(drained, Ordering::Relaxed) != drained {
-            let cause = if drained {
-                "drained by an operator (POST /backends/{id}/drain)"
-            } else {
-                "enabled by an operator (POST /backends/{id}/enable)"
-            };
-            self.note_transition(!drained && self.is_up(), "admin", cause.to_owned());
+    /// Records a health transition. A backend that comes back starts from the default RTT:
+    /// its old estimate describes a process that no longer exists.
+    pub fn set_up(&self, up: bool, cause: String) {
+        if up {
+            self.ewma.reset(self.tuning.default_rtt);
         }
-    }
-
-    /// Whether passive outlier detection has it ejected.
-    pub fn is_ejected(&self) -> bool {
-        self.ejected.load(Ordering::Relaxed)
-    }
-
-    /// Ejects it; returns how many times it has been ejected, this one included.
-    pub fn eject(&self, cause: String) -> u32 {
-        self.ejected.store(true, Ordering::Relaxed);
-        self.note_transition(false, "outlier_detection", cause);
-        self.ejections.fetch_add(1, Ordering::Relaxed) + 1
+        self.availability.set_up(up, cause);
     }
 
     /// Ends an ejection; the failure streak starts again from zero.
     pub fn uneject(&self, cause: String) {
         self.consecutive_failures.store(0, Ordering::Relaxed);
-        self.ejected.store(false, Ordering::Relaxed);
-        self.note_transition(self.is_up(), "outlier_detection", cause);
+        self.availability.uneject(cause);
     }
 
     /// Takes over what an older endpoint for the same backend knew (a config reload): health,
     /// drain, latency estimate, counters and transitions. Its in-flight requests stay counted
     /// on the old endpoint until they finish.
     pub fn inherit(&self, old: &Endpoint) {
-        self.up.store(old.is_up(), Ordering::Relaxed);
-        self.drained.store(old.is_drained(), Ordering::Relaxed);
+        self.availability.inherit(&old.availability);
         self.ewma.copy_from(&old.ewma);
         self.requests.store(old.requests(), Ordering::Relaxed);
         self.failures.store(old.failures(), Ordering::Relaxed);
-        *self.transitions.lock().unwrap_or_else(|e| e.into_inner()) =
-            old.transitions().into_iter().collect();
-    }
-
-    /// Records a configuration reload in the timeline.
-    pub fn note_reload(&self, cause: String) {
-        self.note_transition(self.in_service(), "reload", cause);
-    }
-
-    /// Whether the health checker currently counts this backend as up.
-    pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Relaxed)
-    }
-
-    /// Records a health transition. A backend that comes back starts from the default RTT:
-    /// its old estimate describes a process that no longer exists.
-    pub fn set_up(&self, up: bool, cause: String) {
-        self.up.store(up, Ordering::Relaxed);
-        if up {
-            self.ewma.reset(self.tuning.default_rtt);
-        }
-        self.note_transition(up, "health_check", cause);
-    }
-
-    fn note_transition(&self, up: bool, source: &'static str, cause: String) {
-        let at_unix = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64());
-        let mut log = self.transitions.lock().unwrap_or_else(|e| e.into_inner());
-        if log.len() == TRANSITIONS_KEPT {
-            log.pop_front();
-        }
-        log.push_back(Transition {
-            at_unix,
-            up,
-            source,
-            cause,
-        });
-    }
-
-    /// The last transition, if any.
-    pub fn last_transition(&self) -> Option<Transition> {
-        self.transitions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .back()
-            .cloned()
-    }
-
-    /// The recent transitions, oldest first.
-    pub fn transitions(&self) -> Vec<Transition> {
-        self.transitions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .cloned()
-            .collect()
     }
 }
 

@@ -6,7 +6,7 @@
 //!   Balancer::pick(snapshot, client) ──► Strategy::pick ──► index into snapshot.endpoints
 //! ```
 //!
-//! Identity ([`backend`]), per-backend state ([`endpoint`], [`ewma`]), the snapshot
+//! Identity ([`backend`]), per-backend state ([`endpoint`], [`ewma`], [`availability`]), the snapshot
 //! ([`set`]), selection ([`strategy`] and one file per algorithm), discovery ([`discover`]),
 //! overflow past `max_connections` ([`overflow`]) and shadow strategies ([`shadow`]) are kept
 //! apart, as in pingora-load-balancing. This module is the bottom of the crate: it imports
@@ -15,6 +15,7 @@
 //! none of them.
 
 pub mod adaptive;
+pub mod availability;
 pub mod backend;
 pub mod discover;
 pub mod endpoint;

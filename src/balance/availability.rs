@@ -1,0 +1,219 @@
+//! Whether a backend may get new requests, and why not: health checks, an operator's
+//! drain, outlier ejection, and the history of those changes.
+//!
+//! Apart from identity and load, as pingora-load-balancing keeps a backend's health apart
+//! from the backend: each flag has one writer (the health checker, the admin routes, the
+//! outlier detector) and many readers, so they are atomics; the short history of transitions
+//! shown by `/backends/{id}` and in decision explanations has its own small lock, taken only
+//! on a transition or when someone reads it.
+
+use std::{
+    collections::VecDeque,
+    sync::{
+        atomic::{AtomicBool, AtomicU32, Ordering},
+        Mutex,
+    },
+    time::SystemTime,
+};
+
+use serde::Serialize;
+
+/// Health transitions kept per backend.
+pub const TRANSITIONS_KEPT: usize = 32;
+
+/// A change of state and why it happened.
+#[derive(Debug, Clone, Serialize)]
+pub struct Transition {
+    /// Seconds since the Unix epoch.
+    pub at_unix: f64,
+    /// In service after the change, or not.
+    pub up: bool,
+    /// What decided it: `health_check`, `outlier_detection`, `admin` or `reload`.
+    pub source: &'static str,
+    /// A human-readable cause.
+    pub cause: String,
+}
+
+/// A backend's availability: up (health checks), drained (an operator), ejected (outlier
+/// detection), and the recent transitions. It starts up, as in the original project.
+#[derive(Debug)]
+pub struct Availability {
+    up: AtomicBool,
+    drained: AtomicBool,
+    ejected: AtomicBool,
+    ejections: AtomicU32,
+    transitions: Mutex<VecDeque<Transition>>,
+}
+
+impl Default for Availability {
+    fn default() -> Self {
+        Availability {
+            up: AtomicBool::new(true),
+            drained: AtomicBool::new(false),
+            ejected: AtomicBool::new(false),
+            ejections: AtomicU32::new(0),
+            transitions: Mutex::new(VecDeque::with_capacity(TRANSITIONS_KEPT)),
+        }
+    }
+}
+
+impl Availability {
+    /// Whether the balancer may send it new requests: healthy, not ejected, not drained.
+    pub fn in_service(&self) -> bool {
+        self.is_up() && !self.is_ejected() && !self.is_drained()
+    }
+
+    /// Whether the health checker currently counts it as up.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// Records a health transition.
+    pub fn set_up(&self, up: bool, cause: String) {
+        self.up.store(up, Ordering::Relaxed);
+        self.note(
+            up && !self.is_ejected() && !self.is_drained(),
+            "health_check",
+            cause,
+        );
+    }
+
+    /// Whether an operator drained it.
+    pub fn is_drained(&self) -> bool {
+        self.drained.load(Ordering::Relaxed)
+    }
+
+    /// Drains (no new requests; in-flight ones finish) or enables it.
+    pub fn set_drained(&self, drained: bool) {
+        if self.drained.swap(drained, Ordering::Relaxed) != drained {
+            let cause = if drained {
+                "drained by an operator (POST /backends/{id}/drain)"
+            } else {
+                "enabled by an operator (POST /backends/{id}/enable)"
+            };
+            self.note(self.in_service(), "admin", cause.to_owned());
+        }
+    }
+
+    /// Whether passive outlier detection has it ejected.
+    pub fn is_ejected(&self) -> bool {
+        self.ejected.load(Ordering::Relaxed)
+    }
+
+    /// Ejects it; returns how many times it has been ejected, this one included.
+    pub fn eject(&self, cause: String) -> u32 {
+        self.ejected.store(true, Ordering::Relaxed);
+        self.note(false, "outlier_detection", cause);
+        self.ejections.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Ends an ejection.
+    pub fn uneject(&self, cause: String) {
+        self.ejected.store(false, Ordering::Relaxed);
+        self.note(self.in_service(), "outlier_detection", cause);
+    }
+
+    /// Records a configuration reload in the timeline.
+    pub fn note_reload(&self, cause: String) {
+        self.note(self.in_service(), "reload", cause);
+    }
+
+    /// Takes over an older record of the same backend (a config reload): health, drain and
+    /// history. An ejection is not carried over: its timer belongs to the old data plane.
+    pub fn inherit(&self, old: &Availability) {
+        self.up.store(old.is_up(), Ordering::Relaxed);
+        self.drained.store(old.is_drained(), Ordering::Relaxed);
+        *self.transitions.lock().unwrap_or_else(|e| e.into_inner()) =
+            old.transitions().into_iter().collect();
+    }
+
+    fn note(&self, up: bool, source: &'static str, cause: String) {
+        let at_unix = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let mut log = self.transitions.lock().unwrap_or_else(|e| e.into_inner());
+        if log.len() == TRANSITIONS_KEPT {
+            log.pop_front();
+        }
+        log.push_back(Transition {
+            at_unix,
+            up,
+            source,
+            cause,
+        });
+    }
+
+    /// The last transition, if any.
+    pub fn last_transition(&self) -> Option<Transition> {
+        self.transitions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .back()
+            .cloned()
+    }
+
+    /// The recent transitions, oldest first.
+    pub fn transitions(&self) -> Vec<Transition> {
+        self.transitions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_service_needs_up_not_drained_not_ejected() {
+        let a = Availability::default();
+        assert!(a.in_service());
+        a.set_drained(true);
+        assert!(!a.in_service());
+        a.set_drained(false);
+        assert_eq!(a.eject("5 failures in a row".into()), 1);
+        assert!(!a.in_service());
+        a.uneject("ejection ended".into());
+        a.set_up(false, "2 checks failed".into());
+        assert!(!a.in_service());
+        a.set_up(true, "2 checks passed".into());
+        assert!(a.in_service());
+        assert_eq!(a.eject("again".into()), 2, "ejections are counted");
+    }
+
+    #[test]
+    fn transitions_say_what_and_why_and_are_bounded() {
+        let a = Availability::default();
+        a.set_drained(true);
+        a.set_drained(true); // no change, no entry
+        let last = a.last_transition().unwrap();
+        assert_eq!((last.source, last.up), ("admin", false));
+        assert_eq!(a.transitions().len(), 1);
+        for i in 0..TRANSITIONS_KEPT + 5 {
+            a.note_reload(format!("reload {i}"));
+        }
+        let kept = a.transitions();
+        assert_eq!(kept.len(), TRANSITIONS_KEPT);
+        assert_eq!(
+            kept.last().unwrap().cause,
+            format!("reload {}", TRANSITIONS_KEPT + 4)
+        );
+        // Drained all along: a reload does not claim it is in service.
+        assert!(!kept.last().unwrap().up);
+    }
+
+    #[test]
+    fn a_reload_keeps_health_drain_and_history_but_not_an_ejection() {
+        let old = Availability::default();
+        old.set_up(false, "down".into());
+        old.set_drained(true);
+        old.eject("failing".into());
+        let new = Availability::default();
+        new.inherit(&old);
+        assert!(!new.is_up() && new.is_drained() && !new.is_ejected());
+        assert_eq!(new.transitions().len(), old.transitions().len());
+    }
+}
