@@ -1,7 +1,7 @@
 //! The library's front door: a load balancer for an axum or tower app in a few lines.
 //!
 //! ```no_run
-//! # async fn app() -> Result<(), alb::config::ConfigError> {
+//! # async fn app() -> Result<(), alb::builder::BuildError> {
 //! use std::time::Duration;
 //! use alb::{LoadBalancer, StrategyKind};
 //!
@@ -36,6 +36,17 @@ use crate::{
     proxy::Proxy,
     route::{Route, Routing},
 };
+
+/// Why [`Builder::build`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// A setting is invalid; the message names the key, the value and what was expected.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The settings are valid but a part could not start (an access log file, an exporter).
+    #[error(transparent)]
+    Start(#[from] crate::proxy::BuildError),
+}
 
 /// Settings for a [`LoadBalancer`], as config keys.
 #[derive(Debug, Clone)]
@@ -92,11 +103,11 @@ impl Builder {
     /// Validates the settings and starts the balancer's background tasks (health checks,
     /// connection-pool sweeping); call it inside a Tokio runtime. Install the metrics
     /// recorder first (`prometheus::install`) if you want metrics.
-    pub fn build(self) -> Result<LoadBalancer, ConfigError> {
+    pub fn build(self) -> Result<LoadBalancer, BuildError> {
         let text = Value::Object(self.settings).to_string();
         let config = Config::parse(&text, Path::new("<LoadBalancer::builder>"))?;
         Ok(LoadBalancer {
-            proxy: Proxy::build(&config),
+            proxy: Proxy::build(&config)?,
         })
     }
 }

@@ -23,9 +23,13 @@ use crate::{
     balance::{adaptive::AdaptiveConfig, BackendSpec, StrategyKind},
     health::HealthConfig,
     humantime_serde,
-    layer::rate_limit::{RateLimitConfig, RateLimitKey},
+    layer::{
+        access_log::{AccessLogConfig, LogFormat, Target},
+        rate_limit::{RateLimitConfig, RateLimitKey},
+    },
     outlier::OutlierConfig,
     retry::RetryConfig,
+    trace::TraceConfig,
 };
 
 /// One backend as the config gives it (the core's [`BackendSpec`]).
@@ -87,6 +91,12 @@ impl Defaults {
     pub const FAILURE_PENALTY: Duration = AdaptiveConfig::DEFAULT.failure_penalty;
     /// Weight of a backend given as a plain URL.
     pub const WEIGHT: u32 = 1;
+    /// Share of requests written to the access log.
+    pub const ACCESS_LOG_SAMPLE: f64 = 1.0;
+    /// Share of new traces that are recorded (a caller's decision is followed).
+    pub const TRACE_SAMPLE: f64 = 1.0;
+    /// `service.name` of exported spans.
+    pub const SERVICE_NAME: &'static str = "alb";
 }
 
 /// The validated configuration.
@@ -146,6 +156,12 @@ pub struct Config {
     pub max_request_body: Option<usize>,
     /// Evaluate the other strategies on every request, without acting on them.
     pub shadow: bool,
+    /// Keep or make an `x-request-id` for every request.
+    pub request_id: bool,
+    /// The access log; `None` when off.
+    pub access_log: Option<AccessLogConfig>,
+    /// Trace context and span export; `None` when off.
+    pub tracing: Option<TraceConfig>,
 }
 
 /// TLS termination settings.
@@ -274,6 +290,25 @@ pub struct RawConfig {
     max_header_bytes: Option<usize>,
     max_headers: Option<usize>,
     max_request_body: Option<usize>,
+    request_id: Option<bool>,
+    access_log: Option<RawAccessLog>,
+    tracing: Option<RawTracing>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAccessLog {
+    path: String,
+    format: Option<String>,
+    sample: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTracing {
+    otlp_endpoint: Option<String>,
+    sample: Option<f64>,
+    service_name: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -560,8 +595,73 @@ impl RawConfig {
             max_headers,
             max_request_body: self.max_request_body,
             shadow: self.shadow.unwrap_or(false),
+            request_id: self.request_id.unwrap_or(true),
+            access_log: self.access_log.map(access_log).transpose()?,
+            tracing: self.tracing.map(tracing).transpose()?,
         })
     }
+}
+
+/// A probability from 0 to 1, named `key` in messages.
+fn fraction(key: &str, value: Option<f64>, default: f64) -> Result<f64, ConfigError> {
+    let value = value.unwrap_or(default);
+    if (0.0..=1.0).contains(&value) {
+        Ok(value)
+    } else {
+        Err(ConfigError::invalid(key, value, "a fraction from 0 to 1"))
+    }
+}
+
+fn access_log(raw: RawAccessLog) -> Result<AccessLogConfig, ConfigError> {
+    let target = match raw.path.as_str() {
+        "" => {
+            return Err(ConfigError::invalid(
+                "access_log.path",
+                "\"\"",
+                "\"stdout\" or a file path",
+            ))
+        }
+        "stdout" | "-" => Target::Stdout,
+        path => Target::File(PathBuf::from(path)),
+    };
+    let format = match raw.format.as_deref() {
+        None | Some("json") => LogFormat::Json,
+        Some("combined") => LogFormat::Combined,
+        Some(other) => {
+            return Err(ConfigError::invalid(
+                "access_log.format",
+                format!("{other:?}"),
+                "\"json\" or \"combined\"",
+            ))
+        }
+    };
+    Ok(AccessLogConfig {
+        target,
+        format,
+        sample: fraction("access_log.sample", raw.sample, Defaults::ACCESS_LOG_SAMPLE)?,
+    })
+}
+
+fn tracing(raw: RawTracing) -> Result<TraceConfig, ConfigError> {
+    if let Some(endpoint) = &raw.otlp_endpoint {
+        let ok = endpoint
+            .parse::<Uri>()
+            .is_ok_and(|u| u.scheme_str() == Some("http") && u.authority().is_some());
+        if !ok {
+            return Err(ConfigError::invalid(
+                "tracing.otlp_endpoint",
+                format!("{endpoint:?}"),
+                "an OTLP/HTTP URL such as \"http://127.0.0.1:4318/v1/traces\"",
+            ));
+        }
+    }
+    Ok(TraceConfig {
+        sample: fraction("tracing.sample", raw.sample, Defaults::TRACE_SAMPLE)?,
+        otlp_endpoint: raw.otlp_endpoint,
+        service_name: raw
+            .service_name
+            .unwrap_or_else(|| Defaults::SERVICE_NAME.to_owned()),
+    })
 }
 
 fn outlier(raw: RawOutlier) -> Result<Option<OutlierConfig>, ConfigError> {

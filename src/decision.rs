@@ -24,17 +24,30 @@ use std::{
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
-use http::HeaderName;
+use http::HeaderValue;
 use serde::Serialize;
 
 use crate::balance::{BackendId, BackendSet, Endpoint, PickTrace, StrategyKind};
 
-/// Response header naming the backend that served a request.
-pub static X_ALB_BACKEND: HeaderName = HeaderName::from_static("x-alb-backend");
-/// Request header asking for an explanation (when the config allows it).
-pub static X_ALB_EXPLAIN: HeaderName = HeaderName::from_static("x-alb-explain");
-/// Response header carrying the explanation.
-pub static X_ALB_DECISION: HeaderName = HeaderName::from_static("x-alb-decision");
+/// What routing did with a request, for the layers outside it (access log, tracing): a
+/// response extension, added only when one of them is on.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The decision's id in the log (`/decisions`).
+    pub decision_id: u64,
+    /// The backend that answered, if one did.
+    pub backend: Option<Arc<Endpoint>>,
+    /// The strategy that chose it.
+    pub strategy: StrategyKind,
+    /// The request went to a second backend after the first failed.
+    pub retried: bool,
+    /// This request's failure ejected its backend (passive outlier detection).
+    pub ejected: bool,
+    /// From handing the request to the backend to its response headers.
+    pub upstream: std::time::Duration,
+    /// The strategy's reason, in the words of `x-alb-decision`'s `why=`.
+    pub why: String,
+}
 
 /// A backend compared in a pick, with the load value the strategy compared.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -72,6 +85,8 @@ pub struct DecisionRecord {
     pub shadow: [Option<BackendId>; 4],
     /// The backend a failed first attempt went to, if the request was retried.
     pub retried_from: Option<BackendId>,
+    /// The request's `x-request-id`, if it had one.
+    pub request_id: Option<HeaderValue>,
     /// Status sent to the client (0 until known).
     pub status: u16,
     /// Time from decision to response headers, in microseconds.
@@ -98,6 +113,7 @@ impl DecisionRecord {
             sticky_home: None,
             shadow: [None; 4],
             retried_from: None,
+            request_id: None,
             status: 0,
             latency_us: 0,
         }
@@ -229,6 +245,9 @@ pub struct DecisionView {
     /// The backend of a failed first attempt, when the request was retried.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retried_from: Option<String>,
+    /// The request's `x-request-id`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
     /// Status sent.
     pub status: u16,
     /// Time to response headers, ms.
@@ -333,6 +352,11 @@ impl DecisionView {
             }),
             shadow,
             retried_from: r.retried_from.map(|id| r.name(id)),
+            request_id: r
+                .request_id
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
             status: r.status,
             latency_ms: f64::from(r.latency_us) / 1e3,
         }
@@ -354,6 +378,29 @@ pub struct CandidateState {
     pub weight: u32,
     /// The strategy's score.
     pub score: f64,
+}
+
+/// Why the strategy chose what it chose, in one phrase (`why=` of `x-alb-decision`).
+pub fn why(record: &DecisionRecord) -> String {
+    match record.strategy {
+        StrategyKind::Adaptive => match record.sampled {
+            [Some(a), Some(b)] => format!(
+                "lower cost of two sampled: {}={:.6} vs {}={:.6}",
+                record.name(a.backend),
+                a.score,
+                record.name(b.backend),
+                b.score
+            ),
+            _ => "only candidate".to_owned(),
+        },
+        StrategyKind::LeastConn => "fewest in flight per weight".to_owned(),
+        StrategyKind::RoundRobin => "next in rotation".to_owned(),
+        StrategyKind::Sticky => match record.sticky_home {
+            Some(home) if Some(home) == record.chosen => "sticky hit: the client's home".to_owned(),
+            Some(home) => format!("sticky remap: home {} is out of service", record.name(home)),
+            None => "client hash".to_owned(),
+        },
+    }
 }
 
 /// Every in-service candidate's numbers from `set`, read before the chosen one counts the
@@ -384,25 +431,7 @@ pub fn explain(record: &DecisionRecord, candidates: &[CandidateState]) -> String
         }
         None => out.push_str("; chosen=none"),
     }
-    let why = match record.strategy {
-        StrategyKind::Adaptive => match record.sampled {
-            [Some(a), Some(b)] => format!(
-                "lower cost of two sampled: {}={:.6} vs {}={:.6}",
-                record.name(a.backend),
-                a.score,
-                record.name(b.backend),
-                b.score
-            ),
-            _ => "only candidate".to_owned(),
-        },
-        StrategyKind::LeastConn => "fewest in flight per weight".to_owned(),
-        StrategyKind::RoundRobin => "next in rotation".to_owned(),
-        StrategyKind::Sticky => match record.sticky_home {
-            Some(home) if Some(home) == record.chosen => "sticky hit: the client's home".to_owned(),
-            Some(home) => format!("sticky remap: home {} is out of service", record.name(home)),
-            None => "client hash".to_owned(),
-        },
-    };
+    let why = why(record);
     let _ = write!(out, "; why={why}");
     if let Some(from) = record.retried_from {
         let _ = write!(out, "; retried_from={}", record.name(from));

@@ -46,6 +46,7 @@ pub mod decision;
 pub mod demo;
 pub mod forward;
 pub mod guarded_body;
+pub mod headers;
 pub mod health;
 pub mod humantime_serde;
 pub mod lab;
@@ -63,6 +64,7 @@ pub mod server;
 pub mod sim;
 pub mod telemetry;
 pub mod tls;
+pub mod trace;
 pub mod upstream;
 
 pub use balance::{Balancer, Strategy, StrategyKind};

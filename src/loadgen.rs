@@ -33,7 +33,7 @@ use rand_distr::{Distribution, Exp};
 use serde::Serialize;
 use tokio::{sync::mpsc, time::Instant};
 
-use crate::{decision::X_ALB_BACKEND, sim::SimHandle};
+use crate::{headers::X_ALB_BACKEND, sim::SimHandle};
 
 /// Send lag (p99) above which a run is marked unreliable.
 pub const MAX_RELIABLE_LAG: Duration = Duration::from_millis(5);

@@ -67,14 +67,14 @@ impl OutlierDetector {
     }
 
     /// Called after every request to `endpoint` with its failures in a row (0 on success)
-    /// and what the last failure was.
-    pub fn observe(&self, endpoint: &Arc<Endpoint>, streak: u32, last: &str) {
+    /// and what the last failure was; returns whether this call ejected it.
+    pub fn observe(&self, endpoint: &Arc<Endpoint>, streak: u32, last: &str) -> bool {
         if streak < self.config.consecutive_failures || endpoint.availability.is_ejected() {
-            return;
+            return false;
         }
         let _deciding = self.deciding.lock().unwrap_or_else(|e| e.into_inner());
         if endpoint.availability.is_ejected() {
-            return;
+            return false;
         }
         let ejected = self
             .endpoints
@@ -88,7 +88,7 @@ impl OutlierDetector {
                 max_ejection_percent = self.config.max_ejection_percent,
                 "outlier not ejected: too many backends are ejected already"
             );
-            return;
+            return false;
         }
         let cause = format!("{streak} failures in a row, last: {last}");
         let times = endpoint.availability.eject(cause.clone());
@@ -114,6 +114,7 @@ impl OutlierDetector {
             endpoint.uneject(cause);
             changes.sync(&endpoint);
         });
+        true
     }
 }
 

@@ -35,18 +35,39 @@ use crate::{
     forward::{BackendPools, ClientProto, Forward},
     health::HealthChecker,
     layer::{
+        access_log::AccessLogConfig,
         rate_limit::{spawn_pruning, Limiter},
-        Backpressure, BackpressureLayer, BodyLimit, BodyLimitLayer, Metrics, MetricsLayer,
-        RateLimit, RateLimitLayer,
+        AccessLog, AccessLogLayer, Backpressure, BackpressureLayer, BodyLimit, BodyLimitLayer,
+        Metrics, MetricsLayer, RateLimit, RateLimitLayer, RequestId, RequestIdLayer,
     },
     outlier::OutlierDetector,
     retry::RetryBudget,
     route::{Route, RouteOptions, Routing},
+    trace::{ExportError, Trace, TraceConfig, TraceLayer},
     upstream::{self, backend_client, BackendClient},
 };
 
-/// The whole request path: metrics, rate limit, backpressure, body limit, route, forward.
-pub type ProxyService = Metrics<RateLimit<Backpressure<BodyLimit<Route<Forward>>>>>;
+/// The whole request path: request id, trace context, access log, metrics, rate limit,
+/// backpressure, body limit, route, forward.
+pub type ProxyService =
+    RequestId<Trace<AccessLog<Metrics<RateLimit<Backpressure<BodyLimit<Route<Forward>>>>>>>>;
+
+/// Why a data plane could not be built from a valid config.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The access log file cannot be opened for writing.
+    #[error("access_log.path: cannot open {path} for writing: {source}")]
+    AccessLog {
+        /// The file.
+        path: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The span exporter could not be set up.
+    #[error("tracing.otlp_endpoint: {0}")]
+    Tracing(#[from] ExportError),
+}
 
 /// Background tasks of one `Proxy` (health checks, pruning), stopped with it.
 #[derive(Debug, Default)]
@@ -84,6 +105,9 @@ pub struct Proxy {
     rate_limit: RateLimitLayer,
     backpressure: BackpressureLayer,
     body_limit: BodyLimitLayer,
+    request_id: RequestIdLayer,
+    access_log: (Option<AccessLogConfig>, AccessLogLayer),
+    trace: (Option<TraceConfig>, TraceLayer),
     /// The stack, built once per listener protocol, indexed by `ClientProto as usize`.
     stacks: Vec<ProxyService>,
     tasks: Arc<Tasks>,
@@ -93,13 +117,34 @@ impl Proxy {
     /// Builds endpoints and starts health checks, the balancer and the rate limiter's
     /// pruning. Needs a Tokio runtime; install the metrics recorder first
     /// ([`crate::prometheus::install`]) if metrics are wanted, since handles are resolved here.
-    pub fn build(config: &Config) -> Proxy {
+    pub fn build(config: &Config) -> Result<Proxy, BuildError> {
         Proxy::build_from(config, None)
     }
 
     /// Builds a proxy for `config`; backends also in `previous` keep their state, and the
     /// metric handles and pooled connections are reused.
-    fn build_from(config: &Config, previous: Option<&Proxy>) -> Proxy {
+    fn build_from(config: &Config, previous: Option<&Proxy>) -> Result<Proxy, BuildError> {
+        // The log file and the exporter carry over a reload that does not change them, so
+        // the writer thread, its queue and the exporter's batch are not restarted.
+        let access_log = match previous.filter(|p| p.access_log.0 == config.access_log) {
+            Some(p) => p.access_log.1.clone(),
+            None => match &config.access_log {
+                None => AccessLogLayer::off(),
+                Some(c) => AccessLogLayer::new(c, ClientIp::new(&config.trusted_proxies)).map_err(
+                    |source| BuildError::AccessLog {
+                        path: format!("{:?}", c.target),
+                        source,
+                    },
+                )?,
+            },
+        };
+        let trace = match previous.filter(|p| p.trace.0 == config.tracing) {
+            Some(p) => p.trace.1.clone(),
+            None => match &config.tracing {
+                None => TraceLayer::off(),
+                Some(c) => TraceLayer::new(c)?,
+            },
+        };
         let ids = previous.map_or_else(BackendIds::new, |p| p.ids.clone());
         let endpoints: Vec<Arc<Endpoint>> = config
             .backends
@@ -150,6 +195,7 @@ impl Proxy {
                     .clone()
                     .map(|r| Arc::new(RetryBudget::new(r))),
                 decisions: previous.map(|p| p.routing.decisions().clone()),
+                outcomes: config.access_log.is_some() || config.tracing.is_some(),
             },
         );
         let limiter = config.rate_limit.as_ref().map(|r| {
@@ -169,6 +215,9 @@ impl Proxy {
             rate_limit: RateLimitLayer::new(limiter),
             backpressure: BackpressureLayer::new(config.max_in_flight),
             body_limit: BodyLimitLayer::new(config.max_request_body),
+            request_id: RequestIdLayer::new(config.request_id),
+            access_log: (config.access_log.clone(), access_log),
+            trace: (config.tracing.clone(), trace),
             stacks: Vec::new(),
             tasks,
         };
@@ -176,7 +225,7 @@ impl Proxy {
             .into_iter()
             .map(|proto| proxy.build_stack(proto))
             .collect();
-        proxy
+        Ok(proxy)
     }
 
     /// The full stack for requests arriving over `proto`.
@@ -199,10 +248,19 @@ impl Proxy {
 
     fn build_stack(&self, proto: ClientProto) -> ProxyService {
         let route = self.route(proto);
-        self.metrics.layer(
-            self.rate_limit
-                .layer(self.backpressure.layer(self.body_limit.layer(route))),
+        let limited = self
+            .rate_limit
+            .layer(self.backpressure.layer(self.body_limit.layer(route)));
+        self.request_id.layer(
+            self.trace
+                .1
+                .layer(self.access_log.1.layer(self.metrics.layer(limited))),
         )
+    }
+
+    /// Reopens the access log file (SIGUSR1, after logrotate moved it).
+    pub fn reopen_access_log(&self) {
+        self.access_log.1.reopen();
     }
 
     /// Drains a backend (no new requests; in-flight ones finish) or enables it again.
@@ -249,6 +307,9 @@ pub enum ReloadError {
     /// The new file is invalid; the running config keeps serving.
     #[error("new config refused, the running config keeps serving: {0}")]
     Invalid(#[from] crate::config::ConfigError),
+    /// The new config is valid but its data plane could not be built.
+    #[error("new config refused, the running config keeps serving: {0}")]
+    Build(#[from] BuildError),
 }
 
 /// The current [`Proxy`], replaceable while serving.
@@ -261,12 +322,12 @@ pub struct LiveProxy {
 
 impl LiveProxy {
     /// Builds the first proxy; `path` is re-read on reload.
-    pub fn new(config: Config, path: Option<PathBuf>) -> Arc<Self> {
-        Arc::new(LiveProxy {
-            current: ArcSwap::from_pointee(Proxy::build(&config)),
+    pub fn new(config: Config, path: Option<PathBuf>) -> Result<Arc<Self>, BuildError> {
+        Ok(Arc::new(LiveProxy {
+            current: ArcSwap::from_pointee(Proxy::build(&config)?),
             config: Mutex::new(config),
             path,
-        })
+        }))
     }
 
     /// The proxy serving new requests.
@@ -321,7 +382,7 @@ impl LiveProxy {
                 "ports, addresses and workers change only on restart; the reload keeps the current ones"
             );
         }
-        let proxy = Proxy::build_from(&new, Some(&old));
+        let proxy = Proxy::build_from(&new, Some(&old))?;
         self.current.store(Arc::new(proxy));
         old.stop();
         *running = new;

@@ -31,12 +31,10 @@ use tower::{Service, ServiceExt};
 use crate::{
     balance::{endpoint::InFlight, overflow, shadow::Shadows, Balancer, Endpoint, Routed},
     client_ip::ClientIp,
-    decision::{
-        self, CandidateState, DecisionLog, DecisionRecord, X_ALB_BACKEND, X_ALB_DECISION,
-        X_ALB_EXPLAIN,
-    },
+    decision::{self, CandidateState, DecisionLog, DecisionRecord},
     forward::ForwardError,
     guarded_body::GuardedBody,
+    headers::{X_ALB_BACKEND, X_ALB_DECISION, X_ALB_EXPLAIN, X_REQUEST_ID},
     local_reply::{local_reply, overloaded},
     outlier::OutlierDetector,
     retry::{Replay, RetryBudget},
@@ -61,6 +59,8 @@ pub struct RouteOptions {
     pub retry: Option<Arc<RetryBudget>>,
     /// The decision log to write to (a reload hands the old one on); a new one if `None`.
     pub decisions: Option<Arc<DecisionLog>>,
+    /// Add a [`decision::Outcome`] to every response, for the access log and tracing.
+    pub outcomes: bool,
 }
 
 /// What every clone of [`Route`] shares: the balancer and the steps around its pick.
@@ -74,6 +74,7 @@ pub struct Routing {
     outlier: Option<Arc<OutlierDetector>>,
     retry: Option<Arc<RetryBudget>>,
     decisions: Arc<DecisionLog>,
+    outcomes: bool,
 }
 
 // === impl Routing ===
@@ -93,6 +94,7 @@ impl Routing {
             outlier: options.outlier,
             retry: options.retry,
             decisions: options.decisions.unwrap_or_else(DecisionLog::new),
+            outcomes: options.outcomes,
         })
     }
 
@@ -115,13 +117,14 @@ impl Routing {
     }
 
     /// Records how an attempt on `endpoint` went: its load and latency estimate, its error
-    /// counters, and outlier detection. Returns the response, or the error to act on.
+    /// counters, and outlier detection. Returns when it ended, whether it ejected the
+    /// backend, and the response or the error to act on.
     fn observe<RB>(
         &self,
         endpoint: &Arc<Endpoint>,
         started: Instant,
         result: Result<Response<RB>, ForwardError>,
-    ) -> (Instant, Result<Response<RB>, ForwardError>) {
+    ) -> (Instant, bool, Result<Response<RB>, ForwardError>) {
         let now = Instant::now();
         let latency = now.saturating_duration_since(started);
         let failed = match &result {
@@ -129,25 +132,30 @@ impl Routing {
             Err(_) => true,
         };
         let streak = endpoint.record(latency, failed, now);
-        match &result {
+        let ejected = match &result {
             Ok(response) if failed => {
                 endpoint.metrics.error("status_5xx");
-                self.feed_outlier(endpoint, streak, &response.status());
+                self.feed_outlier(endpoint, streak, &response.status())
             }
-            Ok(_) => {}
+            Ok(_) => false,
             Err(error) => {
                 endpoint.metrics.error(error.kind());
-                self.feed_outlier(endpoint, streak, error);
+                self.feed_outlier(endpoint, streak, error)
             }
-        }
-        (now, result)
+        };
+        (now, ejected, result)
     }
 
-    fn feed_outlier(&self, endpoint: &Arc<Endpoint>, streak: u32, what: &dyn std::fmt::Display) {
-        if let Some(detector) = &self.outlier {
-            if streak > 0 {
-                detector.observe(endpoint, streak, &what.to_string());
-            }
+    /// Tells outlier detection about a failure; returns whether it ejected the backend.
+    fn feed_outlier(
+        &self,
+        endpoint: &Arc<Endpoint>,
+        streak: u32,
+        what: &dyn std::fmt::Display,
+    ) -> bool {
+        match &self.outlier {
+            Some(detector) if streak > 0 => detector.observe(endpoint, streak, &what.to_string()),
+            _ => false,
         }
     }
 
@@ -175,14 +183,14 @@ impl Routing {
         Some(next)
     }
 
-    /// Logs the decision and, if asked, explains it in the response.
+    /// Logs the decision and, if asked, explains it in the response; returns its id.
     fn finish(
         &self,
         mut record: DecisionRecord,
         latency: std::time::Duration,
         explanation: Option<Vec<CandidateState>>,
         response: &mut Response<Body>,
-    ) {
+    ) -> u64 {
         record.status = response.status().as_u16();
         record.latency_us = u32::try_from(latency.as_micros()).unwrap_or(u32::MAX);
         if let Some(candidates) = explanation {
@@ -191,7 +199,7 @@ impl Routing {
                 response.headers_mut().insert(X_ALB_DECISION.clone(), value);
             }
         }
-        self.decisions.push(record);
+        self.decisions.push(record)
     }
 
     /// A request no backend gets: recorded, explained, answered at once.
@@ -202,7 +210,20 @@ impl Routing {
         explanation: Option<Vec<CandidateState>>,
         mut reply: Response<Body>,
     ) -> RouteFuture {
-        self.finish(record, started.elapsed(), explanation, &mut reply);
+        let outcome = self.outcomes.then(|| decision::Outcome {
+            decision_id: 0,
+            backend: None,
+            strategy: record.strategy,
+            retried: false,
+            ejected: false,
+            upstream: std::time::Duration::ZERO,
+            why: "no backend could take it".to_owned(),
+        });
+        let id = self.finish(record, started.elapsed(), explanation, &mut reply);
+        if let Some(mut outcome) = outcome {
+            outcome.decision_id = id;
+            reply.extensions_mut().insert(outcome);
+        }
         Box::pin(std::future::ready(Ok(reply)))
     }
 }
@@ -298,6 +319,7 @@ where
 
         // The record takes the snapshot: the one reference this request holds.
         let mut record = DecisionRecord::new(strategy.kind(), client, started, set);
+        record.request_id = request.headers().get(&X_REQUEST_ID).cloned();
         if let Some((_, trace)) = &pick {
             record.note_trace(trace);
         }
@@ -359,9 +381,12 @@ impl Routing {
         RB::Error: Into<axum::BoxError>,
     {
         let mut retries_left = self.retry.as_ref().map_or(0, |b| b.attempts());
+        let mut ejected = false;
+        let mut attempt_started = state.guard.started();
         let (answered, mut response) = loop {
             let result = attempt.await;
-            let (now, result) = self.observe(&state.endpoint, state.guard.started(), result);
+            let (now, ejected_now, result) = self.observe(&state.endpoint, attempt_started, result);
+            ejected |= ejected_now;
             let error = match result {
                 Ok(response) => {
                     let guard = state.guard;
@@ -386,6 +411,7 @@ impl Routing {
             record.retried_from = Some(state.endpoint.id());
             record.chosen = Some(next.id());
             state.guard = next.start();
+            attempt_started = state.guard.started();
             state.endpoint = next;
             // The forwarder is always ready (see `Forward::poll_ready`); readiness errors
             // cannot happen, and an attempt's own error is handled like any other.
@@ -404,7 +430,20 @@ impl Routing {
             state.endpoint.backend.header_value.clone(),
         );
         let latency = answered.saturating_duration_since(started);
-        self.finish(record, latency, explanation, &mut response);
+        let outcome = self.outcomes.then(|| decision::Outcome {
+            decision_id: 0,
+            backend: Some(state.endpoint.clone()),
+            strategy: record.strategy,
+            retried: record.retried_from.is_some(),
+            ejected,
+            upstream: answered.saturating_duration_since(attempt_started),
+            why: decision::why(&record),
+        });
+        let id = self.finish(record, latency, explanation, &mut response);
+        if let Some(mut outcome) = outcome {
+            outcome.decision_id = id;
+            response.extensions_mut().insert(outcome);
+        }
         Ok(response)
     }
 }

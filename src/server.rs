@@ -44,6 +44,9 @@ pub enum ServeError {
     /// The certificate or key is unusable.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The access log or the span exporter could not start.
+    #[error(transparent)]
+    Build(#[from] crate::proxy::BuildError),
     /// A listener failed while serving.
     #[error("listener {addr} failed: {source}")]
     Serve {
@@ -68,6 +71,7 @@ pub struct Server {
 impl Server {
     /// Reads the certificate files (if TLS is configured), then binds every listener.
     pub fn bind(config: Config) -> Result<Server, ServeError> {
+        check_access_log(&config)?;
         let tls = match &config.tls {
             Some(t) => Some(load_server_config(&t.cert_file, &t.key_file)?),
             None => None,
@@ -133,7 +137,8 @@ impl Server {
         let handle = prometheus::install();
         prometheus::spawn_upkeep(handle.clone());
         let config = self.config.clone();
-        let live = LiveProxy::new(self.config, self.path);
+        let live = LiveProxy::new(self.config, self.path)?;
+        spawn_reopen_on_usr1(live.clone());
         tracing::info!(
             strategy = %config.strategy,
             backends = ?config.backends.iter().map(|b| b.authority.as_str()).collect::<Vec<_>>(),
@@ -291,6 +296,40 @@ fn spawn_reload_on_hangup(
     });
     #[cfg(not(unix))]
     let _ = (live, rustls_config, tls);
+}
+
+/// Opens the access log file once, so an unwritable path stops `alb run` before it binds.
+fn check_access_log(config: &Config) -> Result<(), ServeError> {
+    use crate::layer::access_log::Target;
+    if let Some(Target::File(path)) = config.access_log.as_ref().map(|a| &a.target) {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|source| crate::proxy::BuildError::AccessLog {
+                path: path.display().to_string(),
+                source,
+            })?;
+    }
+    Ok(())
+}
+
+/// SIGUSR1: reopens the access log (logrotate's `postrotate`, as for nginx).
+fn spawn_reopen_on_usr1(live: Arc<LiveProxy>) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut usr1) = signal(SignalKind::user_defined1()) else {
+            tracing::warn!("cannot listen for SIGUSR1; the access log cannot be reopened");
+            return;
+        };
+        while usr1.recv().await.is_some() {
+            live.current().reopen_access_log();
+            tracing::info!("access log reopened");
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = live;
 }
 
 fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, ServeError> {

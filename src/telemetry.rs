@@ -43,6 +43,8 @@ pub const OUTLIER_EJECTIONS_TOTAL: &str = "lb_outlier_ejections_total";
 pub const RETRIES_TOTAL: &str = "lb_retries_total";
 /// Retries refused because the retry budget was spent.
 pub const RETRY_BUDGET_EXHAUSTED_TOTAL: &str = "lb_retry_budget_exhausted_total";
+/// Access-log lines dropped because the writer could not keep up.
+pub const ACCESS_LOG_DROPPED_TOTAL: &str = "lb_access_log_dropped_total";
 /// Shadow strategies' decisions, by strategy and agreement with the active one.
 pub const SHADOW_DECISIONS_TOTAL: &str = "lb_shadow_decisions_total";
 
@@ -99,10 +101,15 @@ pub fn describe() {
         SHADOW_DECISIONS_TOTAL,
         "Shadow strategies' decisions, by whether they agree with the active strategy."
     );
+    describe_counter!(
+        ACCESS_LOG_DROPPED_TOTAL,
+        "Access-log lines dropped because the writer could not keep up."
+    );
     // Series that exist from the start, so dashboards and alerts see 0 rather than nothing.
     counter!(RATE_LIMITED_REQUESTS_TOTAL).absolute(0);
     counter!(LOAD_SHED_TOTAL).absolute(0);
     counter!(RETRY_BUDGET_EXHAUSTED_TOTAL).absolute(0);
+    counter!(ACCESS_LOG_DROPPED_TOTAL).absolute(0);
 }
 
 /// Cached counter handles of one backend, so the request path never builds a label set.

@@ -11,6 +11,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "leaves",
         &[
+            "headers",
             "humantime_serde",
             "semantics",
             "telemetry",
@@ -29,7 +30,10 @@ const LAYERS: &[(&str, &[&str])] = &[
         "around the core",
         &["decision", "outlier", "retry", "upstream"],
     ),
-    ("request path", &["forward", "health", "layer", "redirect"]),
+    (
+        "request path",
+        &["forward", "health", "layer", "redirect", "trace"],
+    ),
     ("composition of one request", &["route"]),
     ("config file", &["config"]),
     ("assembly", &["proxy", "loadgen"]),

@@ -1,0 +1,146 @@
+//! The access log's writer: a bounded queue in front of a thread that owns the file.
+//!
+//! Requests never wait for the disk: a finished line is handed over with a non-blocking
+//! `try_send` into a queue of [`QUEUE_LINES`]; when the queue is full (the disk cannot keep
+//! up), the line is dropped and counted in `lb_access_log_dropped_total`, never silently.
+//! The thread writes through a buffer and flushes whenever the queue runs dry, so a quiet
+//! proxy's lines reach the file at once. [`LogWriter::reopen`] (SIGUSR1, as nginx) makes
+//! the thread flush, close and open the path again: after logrotate's `mv`, new lines go to
+//! a new file and none is lost, since lines queue up while the file changes.
+
+use std::{
+    fs::{File, OpenOptions},
+    io::{self, BufWriter, Write},
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError},
+        Arc,
+    },
+    time::Duration,
+};
+
+use metrics::Counter;
+
+use crate::telemetry::ACCESS_LOG_DROPPED_TOTAL;
+
+/// Lines that may wait for the writer before new ones are dropped.
+pub const QUEUE_LINES: usize = 16 * 1024;
+
+/// How often the writer looks for a reopen request when no line arrives.
+const IDLE_WAKE: Duration = Duration::from_millis(100);
+
+/// Where lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// The process's standard output.
+    Stdout,
+    /// A file, appended to (created if missing).
+    File(PathBuf),
+}
+
+/// The sending side, shared by every request; the thread ends when the last one drops.
+#[derive(Debug, Clone)]
+pub struct LogWriter {
+    lines: SyncSender<Vec<u8>>,
+    reopen: Arc<AtomicBool>,
+    dropped: Counter,
+}
+
+impl LogWriter {
+    /// Opens `target` (so a bad path fails before the proxy starts) and starts the thread.
+    pub fn open(target: &Target) -> io::Result<Self> {
+        let out = Output::open(target)?;
+        let (lines, queue) = sync_channel(QUEUE_LINES);
+        let reopen = Arc::new(AtomicBool::new(false));
+        let flag = reopen.clone();
+        std::thread::Builder::new()
+            .name("alb-access-log".to_owned())
+            .spawn(move || write_lines(out, &queue, &flag))?;
+        Ok(LogWriter {
+            lines,
+            reopen,
+            dropped: metrics::counter!(ACCESS_LOG_DROPPED_TOTAL),
+        })
+    }
+
+    /// Queues one line (with its newline); never blocks.
+    pub fn send(&self, line: Vec<u8>) {
+        match self.lines.try_send(line) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => self.dropped.increment(1),
+        }
+    }
+
+    /// Asks the writer to close and reopen its file (after a rotation).
+    pub fn reopen(&self) {
+        self.reopen.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The open destination.
+enum Output {
+    Stdout(BufWriter<io::Stdout>),
+    File(PathBuf, BufWriter<File>),
+}
+
+impl Output {
+    fn open(target: &Target) -> io::Result<Output> {
+        Ok(match target {
+            Target::Stdout => Output::Stdout(BufWriter::new(io::stdout())),
+            Target::File(path) => Output::File(path.clone(), BufWriter::new(append(path)?)),
+        })
+    }
+
+    fn writer(&mut self) -> &mut dyn Write {
+        match self {
+            Output::Stdout(w) => w,
+            Output::File(_, w) => w,
+        }
+    }
+}
+
+fn append(path: &Path) -> io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+/// The thread: write what arrives, flush when the queue is empty, reopen when asked.
+fn write_lines(mut out: Output, queue: &Receiver<Vec<u8>>, reopen: &AtomicBool) {
+    loop {
+        let received = queue.recv_timeout(IDLE_WAKE);
+        // A reopen asked for while waiting applies to the line that ended the wait too.
+        if reopen.swap(false, Ordering::Relaxed) {
+            reopen_file(&mut out);
+        }
+        match received {
+            Ok(line) => {
+                let writer = out.writer();
+                let _ = writer.write_all(&line);
+                // Take whatever else is waiting before paying for a flush.
+                while let Ok(line) = queue.try_recv() {
+                    let _ = writer.write_all(&line);
+                }
+                if let Err(e) = writer.flush() {
+                    tracing::warn!(error = %e, "access log write failed");
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                let _ = out.writer().flush();
+                return;
+            }
+        }
+    }
+}
+
+/// Flushes the old file and opens the path again (a new file after a rotation).
+fn reopen_file(out: &mut Output) {
+    let _ = out.writer().flush();
+    if let Output::File(path, writer) = out {
+        match append(path) {
+            Ok(file) => *writer = BufWriter::new(file),
+            Err(e) => tracing::error!(path = %path.display(), error = %e,
+                "cannot reopen the access log; still writing to the old file"),
+        }
+    }
+}
