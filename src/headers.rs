@@ -13,3 +13,5 @@ pub static X_ALB_DECISION: HeaderName = HeaderName::from_static("x-alb-decision"
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// W3C Trace Context: version, trace id, parent span id, flags.
 pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+/// W3C Trace Context: vendor-specific trace state, passed on with `traceparent`.
+pub static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");

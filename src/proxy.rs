@@ -251,9 +251,14 @@ impl Proxy {
         let limited = self
             .rate_limit
             .layer(self.backpressure.layer(self.body_limit.layer(route)));
+        let scheme = match proto {
+            ClientProto::Http => "http",
+            ClientProto::Https => "https",
+        };
         self.request_id.layer(
             self.trace
                 .1
+                .for_scheme(scheme)
                 .layer(self.access_log.1.layer(self.metrics.layer(limited))),
         )
     }

@@ -337,7 +337,11 @@ async fn spans_reach_an_otlp_receiver_with_the_trace_ids_backends_saw() {
         let traceparent = format!("00-{trace_id}-{incoming_parent}-01");
         let (headers, echo) = echo_through(
             &lb,
-            &[("traceparent", &traceparent), ("x-request-id", &request_id)],
+            &[
+                ("traceparent", &traceparent),
+                ("tracestate", "vendor=1"),
+                ("x-request-id", &request_id),
+            ],
         )
         .await;
         let seen = parse_traceparent(echo_header(&echo, "traceparent").expect("a traceparent"));
@@ -423,6 +427,19 @@ async fn spans_reach_an_otlp_receiver_with_the_trace_ids_backends_saw() {
             Some(&AnyValue::StringValue(s.backend_header.clone())),
             "{span:?}"
         );
+        // The server the client addressed is ALB, not the backend.
+        assert_eq!(
+            attribute(span, "server.address"),
+            Some(&AnyValue::StringValue("127.0.0.1".to_owned())),
+            "{span:?}"
+        );
+        assert_eq!(
+            attribute(span, "url.scheme"),
+            Some(&AnyValue::StringValue("http".to_owned())),
+            "{span:?}"
+        );
+        // The caller's tracestate is the exported span's too.
+        assert_eq!(span.trace_state, "vendor=1", "{span:?}");
         let Some(AnyValue::IntValue(decision_id)) = attribute(span, "alb.decision_id") else {
             panic!("no integer alb.decision_id: {span:?}");
         };

@@ -39,7 +39,11 @@ use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider, Span};
 use serde::Serialize;
 use tower::{Layer, Service};
 
-use crate::{decision::Outcome, guarded_body::GuardedBody, headers::TRACEPARENT};
+use crate::{
+    decision::Outcome,
+    guarded_body::GuardedBody,
+    headers::{TRACEPARENT, TRACESTATE},
+};
 use context::{random_id, TraceParent};
 
 /// Tracing settings.
@@ -47,8 +51,9 @@ use context::{random_id, TraceParent};
 pub struct TraceConfig {
     /// Probability that a request without a sampled parent starts a recorded trace.
     pub sample: f64,
-    /// Where spans go (OTLP/HTTP, e.g. `http://127.0.0.1:4318/v1/traces`); `None`: spans
-    /// are propagated, not exported.
+    /// Where spans go (OTLP/HTTP: `http://127.0.0.1:4318/v1/traces`, or the base URL
+    /// `http://127.0.0.1:4318`, to which `/v1/traces` is added); `None`: spans are
+    /// propagated, not exported.
     pub otlp_endpoint: Option<String>,
     /// `service.name` of the exported spans.
     pub service_name: String,
@@ -67,6 +72,7 @@ pub struct ExportError {
 #[derive(Debug, Clone)]
 pub struct TraceLayer {
     shared: Option<Arc<Tracing>>,
+    scheme: &'static str,
 }
 
 #[derive(Debug)]
@@ -95,7 +101,7 @@ impl TraceLayer {
                 use opentelemetry_otlp::WithExportConfig;
                 let exporter = opentelemetry_otlp::SpanExporter::builder()
                     .with_http()
-                    .with_endpoint(endpoint)
+                    .with_endpoint(traces_url(endpoint))
                     .build()
                     .map_err(|source| ExportError {
                         endpoint: endpoint.clone(),
@@ -120,12 +126,24 @@ impl TraceLayer {
                 sample: config.sample,
                 export,
             })),
+            scheme: "http",
         })
     }
 
     /// No tracing: `traceparent` passes through untouched.
     pub fn off() -> Self {
-        TraceLayer { shared: None }
+        TraceLayer {
+            shared: None,
+            scheme: "http",
+        }
+    }
+
+    /// The same tracing for requests that arrived over `scheme` (`url.scheme`).
+    pub fn for_scheme(&self, scheme: &'static str) -> Self {
+        TraceLayer {
+            shared: self.shared.clone(),
+            scheme,
+        }
     }
 }
 
@@ -136,6 +154,7 @@ impl<S> Layer<S> for TraceLayer {
         Trace {
             inner,
             shared: self.shared.clone(),
+            scheme: self.scheme,
         }
     }
 }
@@ -145,6 +164,7 @@ impl<S> Layer<S> for TraceLayer {
 pub struct Trace<S> {
     inner: S,
     shared: Option<Arc<Tracing>>,
+    scheme: &'static str,
 }
 
 impl Tracing {
@@ -154,6 +174,7 @@ impl Tracing {
         &self,
         parent: Option<TraceParent>,
         request: &Request<B>,
+        scheme: &'static str,
     ) -> (TraceParent, Option<Span>) {
         let Some((_, tracer)) = &self.export else {
             let (trace_id, sampled) = match parent {
@@ -173,7 +194,12 @@ impl Tracing {
                 SpanId::from_bytes(p.parent_id),
                 TraceFlags::new(p.flags),
                 true,
-                TraceState::default(),
+                request
+                    .headers()
+                    .get(&TRACESTATE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<TraceState>().ok())
+                    .unwrap_or_default(),
             )),
             None => opentelemetry::Context::new(),
         };
@@ -186,6 +212,17 @@ impl Tracing {
                 protocol_version(request.version()),
             ),
         ];
+        if let Some(host) = request
+            .headers()
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .or_else(|| request.uri().authority().map(|a| a.as_str()))
+        {
+            // The server the client addressed: ALB (the backend is `alb.backend`).
+            let name = host.rsplit_once(':').map_or(host, |(name, _)| name);
+            attributes.push(KeyValue::new("server.address", name.to_owned()));
+        }
+        attributes.push(KeyValue::new("url.scheme", scheme));
         if let Some(query) = request.uri().query() {
             attributes.push(KeyValue::new("url.query", query.to_owned()));
         }
@@ -209,6 +246,21 @@ impl Tracing {
             flags: u8::from(context.is_sampled()),
         };
         (own, context.is_sampled().then_some(span))
+    }
+}
+
+/// The traces URL: `endpoint` itself when it has a path, else `endpoint/v1/traces` (the
+/// OTLP convention for a base URL, as `OTEL_EXPORTER_OTLP_ENDPOINT` is read).
+pub fn traces_url(endpoint: &str) -> String {
+    let path = endpoint
+        .parse::<http::Uri>()
+        .ok()
+        .map(|u| u.path().to_owned())
+        .unwrap_or_default();
+    if path.is_empty() || path == "/" {
+        format!("{}/v1/traces", endpoint.trim_end_matches('/'))
+    } else {
+        endpoint.to_owned()
     }
 }
 
@@ -243,10 +295,10 @@ where
             (Some(value), None) => TraceParent::parse(value),
             _ => None,
         };
-        let (own, span) = tracing.start(parent, &request);
+        let (own, span) = tracing.start(parent, &request, self.scheme);
         let headers = request.headers_mut();
         if parent.is_none() {
-            headers.remove(header::HeaderName::from_static("tracestate"));
+            headers.remove(&TRACESTATE);
         }
         headers.insert(
             TRACEPARENT.clone(),
@@ -298,7 +350,6 @@ where
             span.set_attribute(KeyValue::new("alb.decision.why", outcome.why.clone()));
             if let Some(backend) = &outcome.backend {
                 span.set_attribute(KeyValue::new("alb.backend", backend.name().to_owned()));
-                span.set_attribute(KeyValue::new("server.address", backend.name().to_owned()));
             }
             span.set_attribute(KeyValue::new("alb.retried", outcome.retried));
         }
@@ -317,5 +368,21 @@ impl Drop for SpanEnd {
         if let Some(mut span) = self.0.take() {
             span.end();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::traces_url;
+
+    #[test]
+    fn a_base_url_gets_the_traces_path() {
+        assert_eq!(traces_url("http://c:4318"), "http://c:4318/v1/traces");
+        assert_eq!(traces_url("http://c:4318/"), "http://c:4318/v1/traces");
+        assert_eq!(
+            traces_url("http://c:4318/v1/traces"),
+            "http://c:4318/v1/traces"
+        );
+        assert_eq!(traces_url("http://c:4318/custom"), "http://c:4318/custom");
     }
 }
