@@ -5,6 +5,8 @@
 #   apt-get install -y nginx haproxy wrk openssl    # once
 #   load/bench.sh                                   # all four strategies, plain + TLS
 #   load/bench.sh round_robin                       # chosen strategies only
+#   ALB_EXTRA='{"access_log": {"path": "/tmp/a.log"}}' load/bench.sh round_robin
+#                                                   # any config keys merged in
 #
 # The shared script writes alb's config itself with "strategy": "round_robin"; for the other
 # strategies alb is started through a small wrapper that rewrites that one key. Every other
@@ -20,13 +22,15 @@ alb="$PWD/target/release/alb"
 wrapper=$(mktemp -d)/alb-with-strategy
 cat > "$wrapper" <<WRAP
 #!/usr/bin/env bash
-# alb run --config FILE, with the strategy taken from ALB_STRATEGY.
+# alb run --config FILE, with the strategy taken from ALB_STRATEGY and the keys of the
+# JSON object in ALB_EXTRA merged in.
 config="\$3"
 python3 - "\$config" <<'PY'
 import json, os, sys
 path = sys.argv[1]
 config = json.load(open(path))
 config["strategy"] = os.environ.get("ALB_STRATEGY", "round_robin")
+config.update(json.loads(os.environ.get("ALB_EXTRA", "{}")))
 json.dump(config, open(path, "w"))
 PY
 exec "$alb" "\$@"

@@ -45,8 +45,9 @@ pub struct Outcome {
     pub ejected: bool,
     /// From handing the request to the backend to its response headers.
     pub upstream: std::time::Duration,
-    /// The strategy's reason, in the words of `x-alb-decision`'s `why=`.
-    pub why: String,
+    /// The strategy's reason, in the words of `x-alb-decision`'s `why=` (only when tracing
+    /// asks for it: building the text costs an allocation).
+    pub why: Option<String>,
 }
 
 /// A backend compared in a pick, with the load value the strategy compared.

@@ -196,6 +196,7 @@ impl Proxy {
                     .map(|r| Arc::new(RetryBudget::new(r))),
                 decisions: previous.map(|p| p.routing.decisions().clone()),
                 outcomes: config.access_log.is_some() || config.tracing.is_some(),
+                outcome_why: config.tracing.is_some(),
             },
         );
         let limiter = config.rate_limit.as_ref().map(|r| {

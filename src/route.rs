@@ -29,7 +29,10 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use tower::{Service, ServiceExt};
 
 use crate::{
-    balance::{endpoint::InFlight, overflow, shadow::Shadows, Balancer, Endpoint, Routed},
+    balance::{
+        endpoint::InFlight, overflow, shadow::Shadows, BackendId, BackendSet, Balancer, Endpoint,
+        PickTrace, Routed,
+    },
     client_ip::ClientIp,
     decision::{self, CandidateState, DecisionLog, DecisionRecord},
     forward::ForwardError,
@@ -61,6 +64,27 @@ pub struct RouteOptions {
     pub decisions: Option<Arc<DecisionLog>>,
     /// Add a [`decision::Outcome`] to every response, for the access log and tracing.
     pub outcomes: bool,
+    /// Include the strategy's `why` in the outcome (tracing puts it on spans).
+    pub outcome_why: bool,
+}
+
+/// What the pick and `max_connections` decided for one request.
+#[derive(Debug)]
+enum Choice {
+    /// Nothing is in service.
+    NoBackend,
+    /// Every backend is at `max`.
+    AllFull {
+        trace: PickTrace,
+        full: Box<[BackendId]>,
+        max: usize,
+    },
+    /// This backend (an index into the set), passing over the `full` ones.
+    Backend {
+        index: usize,
+        trace: PickTrace,
+        full: Box<[BackendId]>,
+    },
 }
 
 /// What every clone of [`Route`] shares: the balancer and the steps around its pick.
@@ -75,6 +99,7 @@ pub struct Routing {
     retry: Option<Arc<RetryBudget>>,
     decisions: Arc<DecisionLog>,
     outcomes: bool,
+    outcome_why: bool,
 }
 
 // === impl Routing ===
@@ -95,6 +120,7 @@ impl Routing {
             retry: options.retry,
             decisions: options.decisions.unwrap_or_else(DecisionLog::new),
             outcomes: options.outcomes,
+            outcome_why: options.outcome_why,
         })
     }
 
@@ -106,6 +132,33 @@ impl Routing {
     /// The latest decisions.
     pub fn decisions(&self) -> &Arc<DecisionLog> {
         &self.decisions
+    }
+
+    /// The strategy's pick from `set`, then the overflow rule past `max_connections`.
+    fn choose(&self, set: &BackendSet, client: Option<IpAddr>) -> Choice {
+        let Some((index, trace)) = self.balancer.pick(set, client) else {
+            return Choice::NoBackend;
+        };
+        let Some(max) = self.max_connections else {
+            return Choice::Backend {
+                index,
+                trace,
+                full: Box::default(),
+            };
+        };
+        match overflow::check(set, index, max) {
+            overflow::Overflow::Fits => Choice::Backend {
+                index,
+                trace,
+                full: Box::default(),
+            },
+            overflow::Overflow::Spilled { to, full } => Choice::Backend {
+                index: to,
+                trace,
+                full,
+            },
+            overflow::Overflow::AllFull { full } => Choice::AllFull { trace, full, max },
+        }
     }
 
     fn wants_explanation<B>(&self, request: &Request<B>) -> bool {
@@ -217,7 +270,9 @@ impl Routing {
             retried: false,
             ejected: false,
             upstream: std::time::Duration::ZERO,
-            why: "no backend could take it".to_owned(),
+            why: self
+                .outcome_why
+                .then(|| "no backend could take it".to_owned()),
         });
         let id = self.finish(record, started.elapsed(), explanation, &mut reply);
         if let Some(mut outcome) = outcome {
@@ -284,35 +339,13 @@ where
             .wants_explanation(&request)
             .then(|| decision::candidates(&set, strategy));
 
-        // 1. The strategy's pick.
-        let pick = routing.balancer.pick(&set, client);
-
-        // 2. Overflow past max_connections.
-        let mut full = None;
-        let spilled = match (&pick, routing.max_connections) {
-            (Some((index, _)), Some(max)) => match overflow::check(&set, *index, max) {
-                overflow::Overflow::Fits => None,
-                overflow::Overflow::Spilled { to, full: at_max } => {
-                    full = Some(at_max);
-                    Some(Ok(to))
-                }
-                overflow::Overflow::AllFull { full: at_max } => {
-                    full = Some(at_max);
-                    Some(Err(max))
-                }
-            },
-            _ => None,
-        };
+        // 1-2. The strategy's pick, then max_connections.
+        let choice = routing.choose(&set, client);
 
         // 3. Shadow strategies, for comparison only.
-        let chosen = match (&pick, spilled) {
-            (None, _) | (_, Some(Err(_))) => None,
-            (Some((index, _)), None) => Some(*index),
-            (_, Some(Ok(to))) => Some(to),
-        };
-        let shadow = match (&routing.shadows, chosen) {
-            (Some(shadows), Some(index)) => {
-                shadows.evaluate(&set, client, set.endpoints[index].id())
+        let shadow = match (&routing.shadows, &choice) {
+            (Some(shadows), Choice::Backend { index, .. }) => {
+                shadows.evaluate(&set, client, set.endpoints[*index].id())
             }
             _ => [None; 4],
         };
@@ -320,19 +353,25 @@ where
         // The record takes the snapshot: the one reference this request holds.
         let mut record = DecisionRecord::new(strategy.kind(), client, started, set);
         record.request_id = request.headers().get(&X_REQUEST_ID).cloned();
-        if let Some((_, trace)) = &pick {
-            record.note_trace(trace);
-        }
-        record.full = full.unwrap_or_default();
         record.shadow = shadow;
-        let Some(index) = chosen else {
-            let reply = match spilled {
-                Some(Err(max)) => overloaded(format_args!(
+        let index = match choice {
+            Choice::NoBackend => {
+                let reply = local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy backend");
+                return routing.refuse(record, started, explanation, reply);
+            }
+            Choice::AllFull { trace, full, max } => {
+                record.note_trace(&trace);
+                record.full = full;
+                let reply = overloaded(format_args!(
                     "overloaded: every backend has {max} requests in flight"
-                )),
-                _ => local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy backend"),
-            };
-            return routing.refuse(record, started, explanation, reply);
+                ));
+                return routing.refuse(record, started, explanation, reply);
+            }
+            Choice::Backend { index, trace, full } => {
+                record.note_trace(&trace);
+                record.full = full;
+                index
+            }
         };
         let endpoint = record.set.endpoints[index].clone();
         record.chosen = Some(endpoint.id());
@@ -437,7 +476,7 @@ impl Routing {
             retried: record.retried_from.is_some(),
             ejected,
             upstream: answered.saturating_duration_since(attempt_started),
-            why: decision::why(&record),
+            why: self.outcome_why.then(|| decision::why(&record)),
         });
         let id = self.finish(record, latency, explanation, &mut response);
         if let Some(mut outcome) = outcome {

@@ -14,7 +14,7 @@
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
-use axum_server::tls_rustls::RustlsConfig;
+use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use hyper_util::rt::TokioTimer;
 
 use crate::{
@@ -24,7 +24,7 @@ use crate::{
     prometheus,
     proxy::LiveProxy,
     redirect,
-    tls::{load_server_config, TlsError},
+    tls::{load_server_config, TlsError, VersionAcceptor},
 };
 
 /// Time a new connection has to send its first request (protocol detection and TLS included).
@@ -189,8 +189,10 @@ impl Server {
                 let addr = local_addr(&listener);
                 let rustls_config = RustlsConfig::from_config(server_config);
                 tracing::info!("HTTPS server listening on :{}", addr.port());
-                let mut server = axum_server::from_tcp_rustls(listener, rustls_config.clone())
+                let acceptor = VersionAcceptor::new(RustlsAcceptor::new(rustls_config.clone()));
+                let mut server = axum_server::from_tcp(listener)
                     .map_err(|source| ServeError::Serve { addr, source })?
+                    .acceptor(acceptor)
                     .handle(shutdown_handle.clone())
                     .first_request_timeout(FIRST_REQUEST_TIMEOUT);
                 limit_connections(server.http_builder(), &config);

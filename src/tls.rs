@@ -2,15 +2,28 @@
 //!
 //! TLS 1.3 and 1.2 only (nothing older is even compiled in), ALPN `h2` then `http/1.1`, the
 //! `aws-lc-rs` provider (rustls's default, with the faster RSA and AES-GCM code on x86-64)
-//! passed explicitly so no process-wide default is needed (NOTES §2: `rcgen` brings `ring`
-//! too, and two providers enabled through features make `builder()` panic). Certificates are read and
+//! passed explicitly so no process-wide default is needed (`rcgen` brings `ring` too, and
+//! with two providers enabled through features rustls's `builder()` panics). Certificates are read and
 //! checked against their key before any port is bound; a reload builds a whole new config and
 //! swaps it in, so open connections keep the config they were accepted with.
+//!
+//! [`VersionAcceptor`] wraps axum-server's rustls acceptor to record each connection's
+//! negotiated TLS version on its requests ([`TlsVersion`]), for the access log.
 
 use std::{
+    future::Future,
+    io,
     path::{Path, PathBuf},
+    pin::Pin,
     sync::Arc,
+    task::{Context, Poll},
 };
+
+use axum_server::{accept::Accept, tls_rustls::RustlsAcceptor};
+use http::Request;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::server::TlsStream;
+use tower::Service;
 
 use rustls::{
     pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer},
@@ -117,4 +130,85 @@ pub fn self_signed_server_config() -> Result<ServerConfig, TlsError> {
         Path::new("(generated)"),
         Path::new("(generated)"),
     )
+}
+
+/// The TLS version a connection negotiated (`TLSv1.3`, `TLSv1.2`), as a request extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TlsVersion(pub &'static str);
+
+impl TlsVersion {
+    fn of(version: Option<rustls::ProtocolVersion>) -> Option<TlsVersion> {
+        match version? {
+            rustls::ProtocolVersion::TLSv1_3 => Some(TlsVersion("TLSv1.3")),
+            rustls::ProtocolVersion::TLSv1_2 => Some(TlsVersion("TLSv1.2")),
+            _ => None,
+        }
+    }
+}
+
+/// axum-server's rustls acceptor, recording the negotiated version on every request of the
+/// connection.
+#[derive(Debug, Clone)]
+pub struct VersionAcceptor {
+    inner: RustlsAcceptor,
+}
+
+impl VersionAcceptor {
+    /// Wraps `inner`.
+    pub fn new(inner: RustlsAcceptor) -> Self {
+        VersionAcceptor { inner }
+    }
+}
+
+impl<I, S> Accept<I, S> for VersionAcceptor
+where
+    RustlsAcceptor: Accept<I, S, Stream = TlsStream<I>>,
+    <RustlsAcceptor as Accept<I, S>>::Future: Send + 'static,
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    type Stream = TlsStream<I>;
+    type Service = WithTlsVersion<<RustlsAcceptor as Accept<I, S>>::Service>;
+    type Future = Pin<Box<dyn Future<Output = io::Result<(Self::Stream, Self::Service)>> + Send>>;
+
+    fn accept(&self, stream: I, service: S) -> Self::Future {
+        let accepting = self.inner.accept(stream, service);
+        Box::pin(async move {
+            let (stream, service) = accepting.await?;
+            let version = TlsVersion::of(stream.get_ref().1.protocol_version());
+            Ok((
+                stream,
+                WithTlsVersion {
+                    inner: service,
+                    version,
+                },
+            ))
+        })
+    }
+}
+
+/// A connection's service that adds its [`TlsVersion`] to each request.
+#[derive(Debug, Clone)]
+pub struct WithTlsVersion<S> {
+    inner: S,
+    version: Option<TlsVersion>,
+}
+
+impl<S, B> Service<Request<B>> for WithTlsVersion<S>
+where
+    S: Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> S::Future {
+        if let Some(version) = self.version {
+            request.extensions_mut().insert(version);
+        }
+        self.inner.call(request)
+    }
 }

@@ -317,3 +317,27 @@ async fn tls_scan_finds_no_old_protocol_and_no_weak_cipher() {
         }
     }
 }
+
+#[tokio::test]
+async fn the_access_log_names_the_negotiated_tls_version() {
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("access.log");
+    let t = tls_alb(json!({"access_log": {"path": log}}));
+    let r = tls_client(&t.cert, true)
+        .get(format!("https://localhost:{}/over-tls", t.tls_port))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.bytes().await.unwrap();
+    wait_until(
+        "a line in the access log",
+        Duration::from_secs(20),
+        || async { std::fs::read_to_string(&log).is_ok_and(|t| t.lines().count() == 1) },
+    )
+    .await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+    assert_eq!(line["tls"], "TLSv1.3", "{text}");
+    assert_eq!(line["path"], "/over-tls");
+}

@@ -201,7 +201,7 @@ async fn without_tracing_traceparent_passes_through_untouched() {
 #[tokio::test]
 async fn request_ids_are_kept_made_propagated_and_echoed() {
     let b = backend(&[]);
-    let lb = alb(json!({"backends": urls(&[&b])}));
+    let lb = alb(json!({"backends": urls(&[&b]), "request_id": true}));
     let uuid = uuid_shape();
 
     // A sane id is kept, sent on and echoed.
@@ -242,14 +242,29 @@ async fn request_ids_are_kept_made_propagated_and_echoed() {
         assert_eq!(back[0], got, "{sent:?}");
     }
 
-    // Turned off: nothing is added, and a client's id passes through as any header does.
-    let off = alb(json!({"backends": urls(&[&b]), "request_id": false}));
-    let (headers, echo) = echo_through(&off, &[]).await;
-    assert_eq!(echo_header(&echo, "x-request-id"), None);
-    assert!(headers.get("x-request-id").is_none());
-    let (headers, echo) = echo_through(&off, &[("x-request-id", &too_long)]).await;
-    assert_eq!(echo_header(&echo, "x-request-id"), Some(too_long.as_str()));
-    assert!(headers.get("x-request-id").is_none());
+    // Turned off, or left out without an access log or tracing to use them: nothing is
+    // added, and a client's id passes through as any header does.
+    for config in [
+        json!({"backends": urls(&[&b]), "request_id": false}),
+        json!({"backends": urls(&[&b])}),
+    ] {
+        let off = alb(config);
+        let (headers, echo) = echo_through(&off, &[]).await;
+        assert_eq!(echo_header(&echo, "x-request-id"), None);
+        assert!(headers.get("x-request-id").is_none());
+        let (headers, echo) = echo_through(&off, &[("x-request-id", &too_long)]).await;
+        assert_eq!(echo_header(&echo, "x-request-id"), Some(too_long.as_str()));
+        assert!(headers.get("x-request-id").is_none());
+    }
+    // An access log turns them on.
+    let logs = tempfile::tempdir().unwrap();
+    let logged = alb(json!({
+        "backends": urls(&[&b]),
+        "access_log": {"path": logs.path().join("a.log")},
+    }));
+    let (headers, echo) = echo_through(&logged, &[]).await;
+    let made = echo_header(&echo, "x-request-id").expect("an id with an access log");
+    assert_eq!(headers["x-request-id"], made);
 }
 
 /// What the OTLP receiver got: every span, with the `service.name` of its resource.
@@ -481,7 +496,7 @@ fn tracing_keys_out_of_range_are_refused() {
         );
     }
 
-    // An empty `tracing` is on with the defaults; request ids are on unless turned off.
+    // An empty `tracing` is on with the defaults, and turns request ids on.
     let (code, stdout, stderr) = check_config(json!({}));
     assert_eq!(code, 0, "{stderr}");
     let effective: Value = serde_json::from_str(&stdout).unwrap();

@@ -347,7 +347,9 @@ where
         if let Some(outcome) = response.extensions().get::<Outcome>() {
             span.set_attribute(KeyValue::new("alb.strategy", outcome.strategy.as_str()));
             span.set_attribute(KeyValue::new("alb.decision_id", outcome.decision_id as i64));
-            span.set_attribute(KeyValue::new("alb.decision.why", outcome.why.clone()));
+            if let Some(why) = &outcome.why {
+                span.set_attribute(KeyValue::new("alb.decision.why", why.clone()));
+            }
             if let Some(backend) = &outcome.backend {
                 span.set_attribute(KeyValue::new("alb.backend", backend.name().to_owned()));
             }

@@ -34,7 +34,7 @@ use http_body::{Body as _, Frame, SizeHint};
 use serde::Serialize;
 use tower::{Layer, Service};
 
-use crate::{client_ip::ClientIp, decision::Outcome, headers::X_REQUEST_ID};
+use crate::{client_ip::ClientIp, decision::Outcome, headers::X_REQUEST_ID, tls::TlsVersion};
 pub use writer::{LogWriter, Target};
 
 /// The line format.
@@ -65,10 +65,6 @@ fn target_text<S: serde::Serializer>(target: &Target, s: S) -> Result<S::Ok, S::
         Target::File(path) => s.collect_str(&path.display()),
     }
 }
-
-/// The TLS version a connection negotiated, as a request extension set by the listener.
-#[derive(Debug, Clone, Copy)]
-pub struct TlsVersion(pub &'static str);
 
 /// Adds the access log to a service; [`AccessLogLayer::off`] passes requests through.
 #[derive(Debug, Clone)]
