@@ -216,6 +216,7 @@ impl Routing {
     /// byte, of a replayable request, with retries left, to another backend, within budget.
     fn retry_target(
         &self,
+        set: &BackendSet,
         error: &ForwardError,
         failed: &Endpoint,
         client: Option<IpAddr>,
@@ -226,7 +227,7 @@ impl Routing {
         if !replayable || retries_left == 0 || !error.retryable() {
             return None;
         }
-        let next = self.balancer.pick_other(failed.id(), client)?;
+        let next = self.balancer.pick_other(set, failed.id(), client)?;
         if !budget.withdraw() {
             metrics::counter!(RETRY_BUDGET_EXHAUSTED_TOTAL).increment(1);
             return None;
@@ -437,6 +438,7 @@ impl Routing {
                 Err(error) => error,
             };
             let next = self.retry_target(
+                &record.set,
                 &error,
                 &state.endpoint,
                 state.client,

@@ -113,14 +113,20 @@ impl Balancer {
         Some((index, trace))
     }
 
-    /// A backend in service other than `failed`, for a retry: the strategy's choice if it
+    /// A backend of `set` other than `failed`, for a retry: the strategy's choice if it
     /// differs within a few tries, else the first other one; `None` if there is no other.
-    pub fn pick_other(&self, failed: BackendId, client: Option<IpAddr>) -> Option<Arc<Endpoint>> {
-        let set = self.set.load();
+    /// The retry picks from the request's own snapshot, so its decision record can name
+    /// whatever it chooses.
+    pub fn pick_other(
+        &self,
+        set: &BackendSet,
+        failed: BackendId,
+        client: Option<IpAddr>,
+    ) -> Option<Arc<Endpoint>> {
         let others = || set.endpoints.iter().filter(|e| e.id() != failed);
         others().next()?;
         for _ in 0..3 {
-            let (index, _) = self.pick(&set, client)?;
+            let (index, _) = self.pick(set, client)?;
             let ep = &set.endpoints[index];
             if ep.id() != failed {
                 return Some(ep.clone());
@@ -262,7 +268,9 @@ mod tests {
         let (changes, stream) = discover::channel();
         let balancer = Balancer::new(Strategy::new(StrategyKind::RoundRobin), eps.clone(), stream);
         assert!(balancer.pick(&balancer.snapshot(), None).is_none());
-        assert!(balancer.pick_other(eps[0].id(), None).is_none());
+        assert!(balancer
+            .pick_other(&balancer.snapshot(), eps[0].id(), None)
+            .is_none());
         drop(changes);
 
         let (changes, stream) = discover::channel();
@@ -270,7 +278,9 @@ mod tests {
         changes.insert(eps[1].clone());
         let balancer = Balancer::new(Strategy::new(StrategyKind::RoundRobin), eps.clone(), stream);
         for _ in 0..10 {
-            let other = balancer.pick_other(eps[0].id(), None).unwrap();
+            let other = balancer
+                .pick_other(&balancer.snapshot(), eps[0].id(), None)
+                .unwrap();
             assert_eq!(other.id(), eps[1].id());
         }
     }
