@@ -297,7 +297,10 @@ pub struct RawConfig {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "an object such as {\"path\": \"access.log\", \"format\": \"json\"}"
+)]
 struct RawAccessLog {
     path: String,
     format: Option<String>,
@@ -305,7 +308,10 @@ struct RawAccessLog {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "an object such as {\"sample\": 0.1, \"otlp_endpoint\": \"http://127.0.0.1:4318\"}"
+)]
 struct RawTracing {
     otlp_endpoint: Option<String>,
     sample: Option<f64>,

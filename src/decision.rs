@@ -1,12 +1,15 @@
 //! Routing decisions: a record for every request, a bounded log of the latest, and the
 //! explanation a client can ask for.
 //!
-//! Recording is always on, so it must cost almost nothing: a [`DecisionRecord`] is a
-//! fixed-size `Copy` value (no allocation; backend names are resolved only when someone
-//! reads), written once when the response headers are known into a ring of
-//! [`DecisionLog::CAPACITY`] slots. Each slot has its own lock and writers spread over the
-//! slots through one atomic cursor, so requests never wait on each other unless the ring has
-//! wrapped exactly onto a slot being read. Memory is fixed at start-up whatever the traffic.
+//! Recording is always on, so it must cost almost nothing: a [`DecisionRecord`] is a small
+//! value (ids and numbers; one reference count for its backend set; no allocation unless
+//! backends were at `max_connections` or a request id is noted; names are resolved only
+//! when someone reads), written once when the response headers are known, or when the
+//! client leaves before them (status 499), into a ring of [`DecisionLog::CAPACITY`] slots.
+//! Each slot has its own lock and writers spread over the slots through one atomic cursor,
+//! so requests never wait on each other unless the ring has wrapped exactly onto a slot
+//! being read. The ring's size is fixed; after a reload it keeps older backend sets alive
+//! until newer decisions overwrite the records that hold them.
 //!
 //! A record names backends by their stable [`BackendId`] and holds the [`BackendSet`]
 //! snapshot the decision was made from (one reference count), so its names and exclusions
@@ -35,7 +38,8 @@ use crate::balance::{BackendId, BackendSet, Endpoint, PickTrace, StrategyKind};
 pub struct Outcome {
     /// The decision's id in the log (`/decisions`).
     pub decision_id: u64,
-    /// The backend that answered, if one did.
+    /// The backend the last attempt went to (its answer may be ALB's `502` or `504` for
+    /// it); `None` when no backend was tried.
     pub backend: Option<Arc<Endpoint>>,
     /// The strategy that chose it.
     pub strategy: StrategyKind,

@@ -4,8 +4,9 @@
 //!
 //! - [`LoadBalancer`]: a balancer for your own axum or tower app, from a list of URLs and a
 //!   strategy; [`LoadBalancer::service`] is a `tower::Service` to put behind a route.
-//! - [`layer`]: the edge layers, usable one by one ([`layer::MetricsLayer`],
-//!   [`layer::RateLimitLayer`], [`layer::BackpressureLayer`], [`layer::BodyLimitLayer`]).
+//! - [`layer`]: the edge layers, usable one by one ([`layer::RequestIdLayer`],
+//!   [`layer::AccessLogLayer`], [`layer::MetricsLayer`], [`layer::RateLimitLayer`],
+//!   [`layer::BackpressureLayer`], [`layer::BodyLimitLayer`]), and [`trace::TraceLayer`].
 //! - [`admin::router`]: the admin routes (backends, decisions, metrics, dashboard).
 //! - [`balance`]: the core on its own: [`Balancer`] picks from a snapshot fed by a
 //!   `tower::discover` stream, with a [`Strategy`] per file.
@@ -15,7 +16,8 @@
 //!
 //! ```text
 //!  client ─► listener (axum-server: HTTP/1.1, h2c, TLS)
-//!            └─► Metrics ─► RateLimit ─► Backpressure ─► BodyLimit        (layer/)
+//!            └─► RequestId ─► Trace ─► AccessLog ─► Metrics ─► RateLimit
+//!                 ─► Backpressure ─► BodyLimit                   (layer/, trace/)
 //!                 └─► Route: pick ─► overflow ─► shadows ─► attempt ─► retry ─► decision
 //!                      │     (balance/)  (balance/)   (balance/)        (retry)   (decision)
 //!                      └─► Forward ─┬─ no body: upstream, ALB's own pooled HTTP/1.1 ─► backend

@@ -106,6 +106,8 @@ pub struct Proxy {
     backpressure: BackpressureLayer,
     body_limit: BodyLimitLayer,
     request_id: RequestIdLayer,
+    /// The access log resolves clients with these (a change needs a new layer).
+    trusted_proxies: Vec<ipnet::IpNet>,
     access_log: (Option<AccessLogConfig>, AccessLogLayer),
     trace: (Option<TraceConfig>, TraceLayer),
     /// The stack, built once per listener protocol, indexed by `ClientProto as usize`.
@@ -126,7 +128,10 @@ impl Proxy {
     fn build_from(config: &Config, previous: Option<&Proxy>) -> Result<Proxy, BuildError> {
         // The log file and the exporter carry over a reload that does not change them, so
         // the writer thread, its queue and the exporter's batch are not restarted.
-        let access_log = match previous.filter(|p| p.access_log.0 == config.access_log) {
+        let same_log = |p: &&Proxy| {
+            p.access_log.0 == config.access_log && p.trusted_proxies == config.trusted_proxies
+        };
+        let access_log = match previous.filter(same_log) {
             Some(p) => p.access_log.1.clone(),
             None => match &config.access_log {
                 None => AccessLogLayer::off(),
@@ -196,7 +201,12 @@ impl Proxy {
                     .map(|r| Arc::new(RetryBudget::new(r))),
                 decisions: previous.map(|p| p.routing.decisions().clone()),
                 outcomes: config.access_log.is_some() || config.tracing.is_some(),
-                outcome_why: config.tracing.is_some(),
+                // Only exported spans show the strategy's reason.
+                outcome_why: config
+                    .tracing
+                    .as_ref()
+                    .is_some_and(|t| t.otlp_endpoint.is_some()),
+                request_ids: config.request_id,
             },
         );
         let limiter = config.rate_limit.as_ref().map(|r| {
@@ -217,6 +227,7 @@ impl Proxy {
             backpressure: BackpressureLayer::new(config.max_in_flight),
             body_limit: BodyLimitLayer::new(config.max_request_body),
             request_id: RequestIdLayer::new(config.request_id),
+            trusted_proxies: config.trusted_proxies.clone(),
             access_log: (config.access_log.clone(), access_log),
             trace: (config.tracing.clone(), trace),
             stacks: Vec::new(),
@@ -267,6 +278,13 @@ impl Proxy {
     /// Reopens the access log file (SIGUSR1, after logrotate moved it).
     pub fn reopen_access_log(&self) {
         self.access_log.1.reopen();
+    }
+
+    /// Writes the queued access-log lines and exports the batched spans now (blocks for at
+    /// most a few seconds: for shutdown).
+    pub fn flush_logs_and_spans(&self) {
+        self.access_log.1.flush(Duration::from_secs(2));
+        self.trace.1.flush();
     }
 
     /// Drains a backend (no new requests; in-flight ones finish) or enables it again.

@@ -41,6 +41,7 @@ use crate::{
     local_reply::{local_reply, overloaded},
     outlier::OutlierDetector,
     retry::{Replay, RetryBudget},
+    semantics::CLIENT_CLOSED_REQUEST,
     telemetry::{RETRIES_TOTAL, RETRY_BUDGET_EXHAUSTED_TOTAL},
 };
 
@@ -66,6 +67,43 @@ pub struct RouteOptions {
     pub outcomes: bool,
     /// Include the strategy's `why` in the outcome (tracing puts it on spans).
     pub outcome_why: bool,
+    /// Note each request's `x-request-id` in its record (the request-id layer is on, so
+    /// the value is a sane, short one).
+    pub request_ids: bool,
+}
+
+/// A decision record not logged yet. Dropped unfinished (the client went away, or the
+/// connection was cut at shutdown, before the answer), it is logged with status 499, nginx's
+/// "client closed request", so every decision shows in `/decisions`.
+struct Unfinished {
+    decisions: Arc<DecisionLog>,
+    record: Option<DecisionRecord>,
+    started: Instant,
+}
+
+impl Unfinished {
+    fn get(&self) -> &DecisionRecord {
+        self.record.as_ref().expect("taken only by take()")
+    }
+
+    fn get_mut(&mut self) -> &mut DecisionRecord {
+        self.record.as_mut().expect("taken only by take()")
+    }
+
+    fn take(mut self) -> DecisionRecord {
+        self.record.take().expect("taken once")
+    }
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if let Some(mut record) = self.record.take() {
+            record.status = CLIENT_CLOSED_REQUEST;
+            record.latency_us =
+                u32::try_from(self.started.elapsed().as_micros()).unwrap_or(u32::MAX);
+            self.decisions.push(record);
+        }
+    }
 }
 
 /// What the pick and `max_connections` decided for one request.
@@ -100,6 +138,7 @@ pub struct Routing {
     decisions: Arc<DecisionLog>,
     outcomes: bool,
     outcome_why: bool,
+    request_ids: bool,
 }
 
 // === impl Routing ===
@@ -121,6 +160,7 @@ impl Routing {
             decisions: options.decisions.unwrap_or_else(DecisionLog::new),
             outcomes: options.outcomes,
             outcome_why: options.outcome_why,
+            request_ids: options.request_ids,
         })
     }
 
@@ -182,6 +222,8 @@ impl Routing {
         let latency = now.saturating_duration_since(started);
         let failed = match &result {
             Ok(response) => response.status().is_server_error(),
+            // The client's body was too large: nothing the backend did.
+            Err(ForwardError::BodyTooLarge) => return (now, false, result),
             Err(_) => true,
         };
         let streak = endpoint.record(latency, failed, now);
@@ -227,7 +269,9 @@ impl Routing {
         if !replayable || retries_left == 0 || !error.retryable() {
             return None;
         }
-        let next = self.balancer.pick_other(set, failed.id(), client)?;
+        let next = self
+            .balancer
+            .pick_other(set, failed.id(), client, self.max_connections)?;
         if !budget.withdraw() {
             metrics::counter!(RETRY_BUDGET_EXHAUSTED_TOTAL).increment(1);
             return None;
@@ -353,7 +397,14 @@ where
 
         // The record takes the snapshot: the one reference this request holds.
         let mut record = DecisionRecord::new(strategy.kind(), client, started, set);
-        record.request_id = request.headers().get(&X_REQUEST_ID).cloned();
+        if routing.request_ids {
+            // A copy: the received value is a slice of the connection's read buffer, which
+            // the record, kept in the ring, would otherwise hold on to.
+            record.request_id = request
+                .headers()
+                .get(&X_REQUEST_ID)
+                .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok());
+        }
         record.shadow = shadow;
         let index = match choice {
             Choice::NoBackend => {
@@ -410,7 +461,7 @@ impl Routing {
         self: Arc<Self>,
         mut attempt: S::Future,
         mut state: InFlightRequest<S>,
-        mut record: DecisionRecord,
+        record: DecisionRecord,
         explanation: Option<Vec<CandidateState>>,
         started: Instant,
     ) -> Result<Response<Body>, Infallible>
@@ -420,6 +471,11 @@ impl Routing {
         RB: http_body::Body<Data = bytes::Bytes> + Send + 'static,
         RB::Error: Into<axum::BoxError>,
     {
+        let mut record = Unfinished {
+            decisions: self.decisions.clone(),
+            record: Some(record),
+            started,
+        };
         let mut retries_left = self.retry.as_ref().map_or(0, |b| b.attempts());
         let mut ejected = false;
         let mut attempt_started = state.guard.started();
@@ -438,7 +494,7 @@ impl Routing {
                 Err(error) => error,
             };
             let next = self.retry_target(
-                &record.set,
+                &record.get().set,
                 &error,
                 &state.endpoint,
                 state.client,
@@ -449,8 +505,8 @@ impl Routing {
                 break (now, error.into_response(state.endpoint.name()));
             };
             retries_left -= 1;
-            record.retried_from = Some(state.endpoint.id());
-            record.chosen = Some(next.id());
+            record.get_mut().retried_from = Some(state.endpoint.id());
+            record.get_mut().chosen = Some(next.id());
             state.guard = next.start();
             attempt_started = state.guard.started();
             state.endpoint = next;
@@ -471,6 +527,7 @@ impl Routing {
             state.endpoint.backend.header_value.clone(),
         );
         let latency = answered.saturating_duration_since(started);
+        let record = record.take();
         let outcome = self.outcomes.then(|| decision::Outcome {
             decision_id: 0,
             backend: Some(state.endpoint.clone()),
@@ -619,6 +676,35 @@ mod tests {
             answers.push(route.call(post_clone(&post)).await.unwrap().status());
         }
         assert!(answers.contains(&StatusCode::BAD_GATEWAY), "{answers:?}");
+    }
+
+    #[tokio::test]
+    async fn a_client_body_over_the_limit_is_not_the_backends_failure() {
+        #[derive(Clone)]
+        struct TooLarge;
+        impl Service<Routed<Body>> for TooLarge {
+            type Response = Response<Body>;
+            type Error = ForwardError;
+            type Future = std::future::Ready<Result<Response<Body>, ForwardError>>;
+            fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ForwardError>> {
+                Poll::Ready(Ok(()))
+            }
+            fn call(&mut self, _: Routed<Body>) -> Self::Future {
+                std::future::ready(Err(ForwardError::BodyTooLarge))
+            }
+        }
+        let (routing, eps) = routing(StrategyKind::RoundRobin, RouteOptions::default());
+        let mut route = Route::new(routing, TooLarge);
+        for _ in 0..10 {
+            let r = route
+                .call(Request::post("/").body(Body::empty()).unwrap())
+                .await;
+            assert_eq!(r.unwrap().status(), StatusCode::PAYLOAD_TOO_LARGE);
+        }
+        assert!(
+            eps.iter().all(|e| e.failures() == 0),
+            "counted as backend failures"
+        );
     }
 
     fn post_clone(post: &Request<Body>) -> Request<Body> {

@@ -90,3 +90,7 @@ pub fn idempotent(method: &Method) -> bool {
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
     )
 }
+
+/// nginx's status for a request whose client went away before the answer (not an HTTP
+/// status a client ever sees: it exists for logs and records).
+pub const CLIENT_CLOSED_REQUEST: u16 = 499;

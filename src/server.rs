@@ -189,7 +189,10 @@ impl Server {
                 let addr = local_addr(&listener);
                 let rustls_config = RustlsConfig::from_config(server_config);
                 tracing::info!("HTTPS server listening on :{}", addr.port());
-                let acceptor = VersionAcceptor::new(RustlsAcceptor::new(rustls_config.clone()));
+                let acceptor = VersionAcceptor::new(
+                    RustlsAcceptor::new(rustls_config.clone()),
+                    config.access_log.is_some(),
+                );
                 let mut server = axum_server::from_tcp(listener)
                     .map_err(|source| ServeError::Serve { addr, source })?
                     .acceptor(acceptor)
@@ -214,7 +217,7 @@ impl Server {
         tracing::info!(
             "admin listening on {admin_addr} (/, /metrics, /health, /backends, /decisions)"
         );
-        let admin_app = admin::router(AdminState::live(live, handle));
+        let admin_app = admin::router(AdminState::live(live.clone(), handle));
         let admin = axum_server::from_tcp(self.admin)
             .map_err(|source| ServeError::Serve {
                 addr: admin_addr,
@@ -243,6 +246,8 @@ impl Server {
                 return Err(e);
             }
         }
+        let last = live.current();
+        let _ = tokio::task::spawn_blocking(move || last.flush_logs_and_spans()).await;
         tracing::info!("all connections closed; exiting");
         Ok(())
     }

@@ -147,16 +147,18 @@ impl TlsVersion {
 }
 
 /// axum-server's rustls acceptor, recording the negotiated version on every request of the
-/// connection.
+/// connection when `record` is on (the extension costs an allocation per request, so only
+/// when an access log will read it).
 #[derive(Debug, Clone)]
 pub struct VersionAcceptor {
     inner: RustlsAcceptor,
+    record: bool,
 }
 
 impl VersionAcceptor {
     /// Wraps `inner`.
-    pub fn new(inner: RustlsAcceptor) -> Self {
-        VersionAcceptor { inner }
+    pub fn new(inner: RustlsAcceptor, record: bool) -> Self {
+        VersionAcceptor { inner, record }
     }
 }
 
@@ -172,9 +174,12 @@ where
 
     fn accept(&self, stream: I, service: S) -> Self::Future {
         let accepting = self.inner.accept(stream, service);
+        let record = self.record;
         Box::pin(async move {
             let (stream, service) = accepting.await?;
-            let version = TlsVersion::of(stream.get_ref().1.protocol_version());
+            let version = record
+                .then(|| TlsVersion::of(stream.get_ref().1.protocol_version()))
+                .flatten();
             Ok((
                 stream,
                 WithTlsVersion {

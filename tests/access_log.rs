@@ -244,3 +244,58 @@ async fn bad_access_log_settings_stop_alb_before_it_binds() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_client_that_leaves_before_the_answer_is_logged_as_499() {
+    let slow = backend(&["--delay", "3s"]);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let alb = alb(json!({
+        "backends": urls(&[&slow]),
+        "access_log": {"path": log.to_str().unwrap()},
+    }));
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let gave_up = impatient
+        .get(format!("{}/slow", alb.url()))
+        .header("x-request-id", "gave-up-1")
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "the client was meant to time out");
+    let lines = wait_for_lines(&log, 1).await;
+    let v: Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(v["status"], 499, "{}", lines[0]);
+    assert_eq!(v["path"], "/slow");
+    assert_eq!(v["request_id"], "gave-up-1");
+    // The decision is in /decisions too, with the same status.
+    wait_until("the 499 decision", Duration::from_secs(10), || async {
+        let d = admin_json(&alb, "/decisions").await;
+        d["decisions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["status"] == 499 && d["request_id"] == "gave-up-1")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_last_lines_are_written_when_alb_stops() {
+    let a = backend(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let mut alb = alb(json!({
+        "backends": urls(&[&a]),
+        "access_log": {"path": log.to_str().unwrap()},
+        "drain_timeout": 2,
+    }));
+    let c = client();
+    for i in 0..20 {
+        get(&c, &format!("{}/last/{i}", alb.url())).await;
+    }
+    alb.signal("TERM");
+    assert_eq!(alb.wait_exit(), Some(0));
+    assert_eq!(lines(&log).len(), 20, "lines lost at shutdown");
+}

@@ -113,26 +113,31 @@ impl Balancer {
         Some((index, trace))
     }
 
-    /// A backend of `set` other than `failed`, for a retry: the strategy's choice if it
-    /// differs within a few tries, else the first other one; `None` if there is no other.
-    /// The retry picks from the request's own snapshot, so its decision record can name
-    /// whatever it chooses.
+    /// A backend of `set` other than `failed`, with room under `max_connections`, for a
+    /// retry: the strategy's choice if it qualifies within a few tries, else the least busy
+    /// one that does; `None` if there is none. The retry picks from the request's own
+    /// snapshot, so its decision record can name whatever it chooses.
     pub fn pick_other(
         &self,
         set: &BackendSet,
         failed: BackendId,
         client: Option<IpAddr>,
+        max_connections: Option<usize>,
     ) -> Option<Arc<Endpoint>> {
-        let others = || set.endpoints.iter().filter(|e| e.id() != failed);
-        others().next()?;
+        let fits = |e: &Endpoint| {
+            e.id() != failed && max_connections.is_none_or(|max| e.in_flight() < max)
+        };
         for _ in 0..3 {
             let (index, _) = self.pick(set, client)?;
-            let ep = &set.endpoints[index];
-            if ep.id() != failed {
-                return Some(ep.clone());
+            if fits(&set.endpoints[index]) {
+                return Some(set.endpoints[index].clone());
             }
         }
-        others().next().cloned()
+        set.endpoints
+            .iter()
+            .filter(|e| fits(e))
+            .min_by_key(|e| e.in_flight())
+            .cloned()
     }
 }
 
@@ -269,7 +274,7 @@ mod tests {
         let balancer = Balancer::new(Strategy::new(StrategyKind::RoundRobin), eps.clone(), stream);
         assert!(balancer.pick(&balancer.snapshot(), None).is_none());
         assert!(balancer
-            .pick_other(&balancer.snapshot(), eps[0].id(), None)
+            .pick_other(&balancer.snapshot(), eps[0].id(), None, None)
             .is_none());
         drop(changes);
 
@@ -279,9 +284,14 @@ mod tests {
         let balancer = Balancer::new(Strategy::new(StrategyKind::RoundRobin), eps.clone(), stream);
         for _ in 0..10 {
             let other = balancer
-                .pick_other(&balancer.snapshot(), eps[0].id(), None)
+                .pick_other(&balancer.snapshot(), eps[0].id(), None, None)
                 .unwrap();
             assert_eq!(other.id(), eps[1].id());
         }
+        // Backend 1 is at max_connections: no retry target.
+        let _busy = eps[1].start();
+        assert!(balancer
+            .pick_other(&balancer.snapshot(), eps[0].id(), None, Some(1))
+            .is_none());
     }
 }

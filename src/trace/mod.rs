@@ -81,11 +81,20 @@ struct Tracing {
     export: Option<(SdkTracerProvider, SdkTracer)>,
 }
 
+/// How long a replaced exporter (a reload) keeps taking spans before it is shut down:
+/// requests still in flight end their spans on it meanwhile.
+const RETIRED_EXPORTER_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl Drop for Tracing {
     fn drop(&mut self) {
-        // Sends what the batch holds before the exporter goes (a reload or shutdown).
-        if let Some((provider, _)) = &self.export {
-            let _ = provider.shutdown();
+        // Shutting down waits for the last export: never on a request or reload task.
+        if let Some((provider, _)) = self.export.take() {
+            let _ = std::thread::Builder::new()
+                .name("alb-otlp-retire".to_owned())
+                .spawn(move || {
+                    std::thread::sleep(RETIRED_EXPORTER_GRACE);
+                    let _ = provider.shutdown();
+                });
         }
     }
 }
@@ -128,6 +137,14 @@ impl TraceLayer {
             })),
             scheme: "http",
         })
+    }
+
+    /// Exports the spans the batch holds now (blocks, at most the exporter's timeout: for
+    /// shutdown).
+    pub fn flush(&self) {
+        if let Some((provider, _)) = self.shared.as_ref().and_then(|t| t.export.as_ref()) {
+            let _ = provider.force_flush();
+        }
     }
 
     /// No tracing: `traceparent` passes through untouched.
@@ -219,8 +236,13 @@ impl Tracing {
             .or_else(|| request.uri().authority().map(|a| a.as_str()))
         {
             // The server the client addressed: ALB (the backend is `alb.backend`).
-            let name = host.rsplit_once(':').map_or(host, |(name, _)| name);
-            attributes.push(KeyValue::new("server.address", name.to_owned()));
+            if let Ok(authority) = host.parse::<http::uri::Authority>() {
+                let name = authority
+                    .host()
+                    .trim_start_matches('[')
+                    .trim_end_matches(']');
+                attributes.push(KeyValue::new("server.address", name.to_owned()));
+            }
         }
         attributes.push(KeyValue::new("url.scheme", scheme));
         if let Some(query) = request.uri().query() {

@@ -1,7 +1,9 @@
 //! The access log: one line per request, in JSON or nginx's `combined` format.
 //!
-//! [`AccessLogLayer`] sits outermost in the stack, so every answer is logged, ALB's own
-//! `429`s and `503`s included. A line is written when the response body has been sent (or
+//! [`AccessLogLayer`] sits outside every layer that can refuse a request (only the request
+//! id and trace context layers are outside it), so every answer is logged, ALB's own
+//! `429`s and `503`s included, and so is a request whose client left before the answer
+//! (status 499, as nginx logs it). A line is written when the response body has been sent (or
 //! the client went away), so it carries the real byte counts and the full duration, like
 //! nginx's `$request_time`. What routing decided comes from the [`Outcome`] the route
 //! service attaches to the response: the backend, the decision id (the same as in
@@ -34,7 +36,10 @@ use http_body::{Body as _, Frame, SizeHint};
 use serde::Serialize;
 use tower::{Layer, Service};
 
-use crate::{client_ip::ClientIp, decision::Outcome, headers::X_REQUEST_ID, tls::TlsVersion};
+use crate::{
+    client_ip::ClientIp, decision::Outcome, headers::X_REQUEST_ID,
+    semantics::CLIENT_CLOSED_REQUEST, tls::TlsVersion,
+};
 pub use writer::{LogWriter, Target};
 
 /// The line format.
@@ -105,6 +110,13 @@ impl AccessLogLayer {
     pub fn reopen(&self) {
         if let Some(shared) = &self.shared {
             shared.writer.reopen();
+        }
+    }
+
+    /// Writes every queued line now, waiting at most `timeout` (blocks: for shutdown).
+    pub fn flush(&self, timeout: std::time::Duration) {
+        if let Some(shared) = &self.shared {
+            shared.writer.flush(timeout);
         }
     }
 }
@@ -196,11 +208,26 @@ where
 }
 
 pin_project_lite::pin_project! {
-    /// The future of [`AccessLog`]: wraps the response body so the line is written at its end.
+    /// The future of [`AccessLog`]: wraps the response body so the line is written at its
+    /// end. Dropped before the answer (the client went away, or shutdown cut it), it writes
+    /// the line at once with status 499, nginx's "client closed request".
     pub struct AccessLogFuture<F> {
         #[pin]
         inner: F,
         pending: Option<Pending>,
+    }
+
+    impl<F> PinnedDrop for AccessLogFuture<F> {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(pending) = this.project().pending.take() {
+                Line {
+                    pending,
+                    outcome: None,
+                    status: CLIENT_CLOSED_REQUEST,
+                }
+                .write(0);
+            }
+        }
     }
 }
 

@@ -42,11 +42,14 @@ pub enum Target {
     File(PathBuf),
 }
 
-/// The sending side, shared by every request; the thread ends when the last one drops.
+/// The sending side, shared by every request; the thread ends (after writing what is left)
+/// within [`FLUSH_INTERVAL`] of the last one dropping. [`LogWriter::flush`] writes at once.
 #[derive(Debug, Clone)]
 pub struct LogWriter {
     lines: SyncSender<Vec<u8>>,
     reopen: Arc<AtomicBool>,
+    flushes: SyncSender<SyncSender<()>>,
+    thread: std::thread::Thread,
     dropped: Counter,
 }
 
@@ -55,16 +58,31 @@ impl LogWriter {
     pub fn open(target: &Target) -> io::Result<Self> {
         let out = Output::open(target)?;
         let (lines, queue) = sync_channel(QUEUE_LINES);
+        let (flushes, flush_requests) = sync_channel(4);
         let reopen = Arc::new(AtomicBool::new(false));
         let flag = reopen.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("alb-access-log".to_owned())
-            .spawn(move || write_lines(out, &queue, &flag))?;
+            .spawn(move || write_lines(out, &queue, &flush_requests, &flag))?
+            .thread()
+            .clone();
         Ok(LogWriter {
             lines,
             reopen,
+            flushes,
+            thread,
             dropped: metrics::counter!(ACCESS_LOG_DROPPED_TOTAL),
         })
+    }
+
+    /// Writes every queued line now and waits (at most `timeout`) until it is written: at
+    /// shutdown, so the last lines are not lost with the process.
+    pub fn flush(&self, timeout: Duration) {
+        let (ack, done) = sync_channel(1);
+        if self.flushes.try_send(ack).is_ok() {
+            self.thread.unpark();
+            let _ = done.recv_timeout(timeout);
+        }
     }
 
     /// Queues one line (with its newline); never blocks.
@@ -107,10 +125,17 @@ fn append(path: &Path) -> io::Result<File> {
     OpenOptions::new().create(true).append(true).open(path)
 }
 
-/// The thread: every interval, reopen if asked, then write every waiting line and flush.
-fn write_lines(mut out: Output, queue: &Receiver<Vec<u8>>, reopen: &AtomicBool) {
+/// The thread: every interval (or at once when a flush is asked for), reopen if asked, then
+/// write every waiting line, flush, and answer the flush requests.
+fn write_lines(
+    mut out: Output,
+    queue: &Receiver<Vec<u8>>,
+    flush_requests: &Receiver<SyncSender<()>>,
+    reopen: &AtomicBool,
+) {
     loop {
-        std::thread::sleep(FLUSH_INTERVAL);
+        std::thread::park_timeout(FLUSH_INTERVAL);
+        let acks: Vec<SyncSender<()>> = flush_requests.try_iter().collect();
         // A reopen asked for before these lines were taken applies to them too.
         if reopen.swap(false, Ordering::Relaxed) {
             reopen_file(&mut out);
@@ -131,6 +156,9 @@ fn write_lines(mut out: Output, queue: &Receiver<Vec<u8>>, reopen: &AtomicBool) 
             if let Err(e) = writer.flush() {
                 tracing::warn!(error = %e, "access log write failed");
             }
+        }
+        for ack in acks {
+            let _ = ack.try_send(());
         }
         if ended {
             return;
