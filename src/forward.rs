@@ -4,8 +4,10 @@
 //! - the URI becomes `http://<backend><path?query>`; the version becomes HTTP/1.1 whatever
 //!   the client spoke (an HTTP/2 request kept as HTTP/2 makes hyper-util's HTTP/1 client
 //!   fail with `UserUnsupportedVersion`);
-//! - `Host` is kept; an HTTP/2 request has none (it has `:authority`), so it is set from the
-//!   URI authority;
+//! - `Host` is kept (the `normalize` layer already made it the one the request is for); an
+//!   HTTP/2 request has none (it has `:authority`), so it is set from the URI authority, and
+//!   an HTTP/1.0 request without one gets the backend's;
+//! - a body of unknown length is sent chunked, whatever the method;
 //! - hop-by-hop headers (RFC 9110 §7.6.1, plus every name listed in `Connection`) are
 //!   removed, except the `Upgrade` pair of a WebSocket handshake;
 //! - `X-Forwarded-For` gets the peer appended; `X-Forwarded-Proto` and `X-Forwarded-Host`
@@ -304,6 +306,17 @@ impl Service<Routed<Body>> for Forward {
                 });
             }
         }
+        // hyper's client sends a GET, HEAD or CONNECT body of unknown length as no body at all
+        // (it assumes such methods have none) unless the request says it is chunked: say so,
+        // so the backend gets every byte the client sent.
+        if request.body().size_hint().exact().is_none()
+            && !request.headers().contains_key(header::CONTENT_LENGTH)
+        {
+            request.headers_mut().insert(
+                header::TRANSFER_ENCODING,
+                HeaderValue::from_static("chunked"),
+            );
+        }
         let sent = shared.client.request(request);
         Box::pin(async move {
             let mut response = match tokio::time::timeout(timeout, sent).await {
@@ -352,14 +365,24 @@ pub fn rewrite_request<B>(
     // Room for the three X-Forwarded-* headers in one growth at most.
     headers.reserve(3);
     if !headers.contains_key(header::HOST) {
-        if let Some(authority) = &original_authority {
-            if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+        if let Some(host) = original_authority
+            .as_ref()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            headers.insert(header::HOST, host);
+        }
+    }
+    match headers.get(header::HOST).cloned() {
+        Some(host) => {
+            headers.insert(X_FORWARDED_HOST.clone(), host);
+        }
+        // An HTTP/1.0 request may name no host, and an HTTP/1.1 backend needs one: the
+        // backend's own name then, as nginx sends.
+        None => {
+            if let Ok(host) = HeaderValue::from_str(backend.as_str()) {
                 headers.insert(header::HOST, host);
             }
         }
-    }
-    if let Some(host) = headers.get(header::HOST).cloned() {
-        headers.insert(X_FORWARDED_HOST.clone(), host);
     }
     if let Some(peer) = peer {
         append_forwarded_for(headers, peer);

@@ -38,7 +38,8 @@ use crate::{
         access_log::AccessLogConfig,
         rate_limit::{spawn_pruning, Limiter},
         AccessLog, AccessLogLayer, Backpressure, BackpressureLayer, BodyLimit, BodyLimitLayer,
-        Metrics, MetricsLayer, RateLimit, RateLimitLayer, RequestId, RequestIdLayer,
+        Metrics, MetricsLayer, Normalize, NormalizeLayer, RateLimit, RateLimitLayer, RequestId,
+        RequestIdLayer,
     },
     outlier::OutlierDetector,
     retry::RetryBudget,
@@ -49,8 +50,9 @@ use crate::{
 
 /// The whole request path: request id, trace context, access log, metrics, rate limit,
 /// backpressure, body limit, route, forward.
-pub type ProxyService =
-    RequestId<Trace<AccessLog<Metrics<RateLimit<Backpressure<BodyLimit<Route<Forward>>>>>>>>;
+pub type ProxyService = RequestId<
+    Trace<AccessLog<Metrics<Normalize<RateLimit<Backpressure<BodyLimit<Route<Forward>>>>>>>>,
+>;
 
 /// Why a data plane could not be built from a valid config.
 #[derive(Debug, thiserror::Error)]
@@ -268,10 +270,11 @@ impl Proxy {
             ClientProto::Https => "https",
         };
         self.request_id.layer(
-            self.trace
-                .1
-                .for_scheme(scheme)
-                .layer(self.access_log.1.layer(self.metrics.layer(limited))),
+            self.trace.1.for_scheme(scheme).layer(
+                self.access_log
+                    .1
+                    .layer(self.metrics.layer(NormalizeLayer.layer(limited))),
+            ),
         )
     }
 

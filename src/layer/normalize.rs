@@ -1,0 +1,291 @@
+//! One reading of every request before it is routed: requests a load balancer could pass on
+//! in a form the backend reads differently are refused (`400`), methods that must not be
+//! forwarded are refused (`405`), and the target's authority becomes the one `Host`.
+//!
+//! hyper already refuses most ambiguous framing (conflicting `Content-Length`, obfuscated
+//! `Transfer-Encoding`, obs-fold, bare CR). What it leaves to the application is the host
+//! the request is for, and a proxy that gets that wrong lets the backend (and a cache or
+//! router between them) disagree with ALB about which site a request belongs to:
+//!
+//! - more than one `Host`, or a `Host` that is not a valid `host[:port]`: `400`
+//!   (RFC 9112 §3.2: "A server MUST respond with a 400 ... to any request message that
+//!   contains more than one Host header field line or a Host header field with an invalid
+//!   field value");
+//! - an HTTP/1.1 request without `Host`: `400` (same section); HTTP/1.0 may omit it, and the
+//!   forwarder then names the backend;
+//! - an absolute-form target (`GET http://a/ HTTP/1.1`): its authority replaces `Host`
+//!   (RFC 9112 §3.2.2); userinfo in it (`http://user:pw@a/`) or a scheme other than
+//!   `http`/`https`: `400`;
+//! - HTTP/2 with both `:authority` and a different `Host`: `400` (RFC 9113 §8.3.1);
+//! - `CONNECT` (a tunnel request, meaningless to a backend as `CONNECT /`) and `TRACE` (it
+//!   would echo the client's credentials and cookies back, the cross-site tracing attack):
+//!   `405`, as nginx answers both.
+
+use std::{
+    convert::Infallible,
+    task::{Context, Poll},
+};
+
+use axum::body::Body;
+use futures_util::future::{Either, Ready};
+use http::{
+    header, uri::Authority, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version,
+};
+use tower::{Layer, Service};
+
+use crate::local_reply::local_reply;
+
+/// Methods ALB forwards, listed in the `Allow` header of its `405`.
+const ALLOWED: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
+
+/// Adds [`Normalize`] to a stack.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NormalizeLayer;
+
+impl<S> Layer<S> for NormalizeLayer {
+    type Service = Normalize<S>;
+
+    fn layer(&self, inner: S) -> Normalize<S> {
+        Normalize { inner }
+    }
+}
+
+/// The service of [`NormalizeLayer`] (see the module docs).
+#[derive(Debug, Clone)]
+pub struct Normalize<S> {
+    inner: S,
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// `CONNECT` or `TRACE`.
+    #[error("method {0} is not forwarded")]
+    Method(&'static str),
+    /// Two or more `Host` lines.
+    #[error("more than one Host header")]
+    DuplicateHost,
+    /// An HTTP/1.1 request without `Host`.
+    #[error("missing Host header")]
+    MissingHost,
+    /// A `Host` that is not `host[:port]`.
+    #[error("invalid Host header")]
+    InvalidHost,
+    /// An absolute-form target with userinfo or a scheme other than http(s).
+    #[error("invalid request target")]
+    InvalidTarget,
+    /// HTTP/2 `:authority` and `Host` name different hosts.
+    #[error("Host differs from :authority")]
+    ConflictingAuthority,
+}
+
+impl Refusal {
+    /// The answer to a refused request.
+    pub fn into_response(self) -> Response<Body> {
+        match self {
+            Refusal::Method(_) => {
+                let mut response = local_reply(StatusCode::METHOD_NOT_ALLOWED, self);
+                response
+                    .headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static(ALLOWED));
+                response
+            }
+            _ => local_reply(StatusCode::BAD_REQUEST, self),
+        }
+    }
+}
+
+/// Checks `request` and makes its `Host` the one the request is for (see the module docs).
+pub fn normalize<B>(request: &mut Request<B>) -> Result<(), Refusal> {
+    match *request.method() {
+        Method::CONNECT => return Err(Refusal::Method("CONNECT")),
+        Method::TRACE => return Err(Refusal::Method("TRACE")),
+        _ => {}
+    }
+    let host = single_host(request.headers())?;
+    if let Some(host) = host {
+        valid_authority(host.as_bytes()).ok_or(Refusal::InvalidHost)?;
+    }
+    let http2 = request.version() == Version::HTTP_2;
+    let Some(authority) = request.uri().authority() else {
+        return match (host, request.version()) {
+            (None, Version::HTTP_11) => Err(Refusal::MissingHost),
+            _ => Ok(()),
+        };
+    };
+    if authority.as_str().contains('@') {
+        return Err(Refusal::InvalidTarget);
+    }
+    if !matches!(request.uri().scheme_str(), Some("http" | "https")) {
+        return Err(Refusal::InvalidTarget);
+    }
+    if http2 {
+        return match host {
+            Some(host)
+                if !host
+                    .as_bytes()
+                    .eq_ignore_ascii_case(authority.as_str().as_bytes()) =>
+            {
+                Err(Refusal::ConflictingAuthority)
+            }
+            _ => Ok(()),
+        };
+    }
+    // HTTP/1.x absolute form: the target's authority wins over any Host line.
+    let value = HeaderValue::from_str(authority.as_str()).map_err(|_| Refusal::InvalidTarget)?;
+    request.headers_mut().insert(header::HOST, value);
+    Ok(())
+}
+
+/// The request's one `Host` value, `None` when absent.
+fn single_host(headers: &HeaderMap) -> Result<Option<&HeaderValue>, Refusal> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() {
+        return Err(Refusal::DuplicateHost);
+    }
+    Ok(first)
+}
+
+/// `host[:port]` with no userinfo, path or empty host.
+fn valid_authority(bytes: &[u8]) -> Option<Authority> {
+    if bytes.is_empty() || bytes.contains(&b'@') {
+        return None;
+    }
+    let authority = Authority::try_from(bytes).ok()?;
+    // `http` takes `a:port` as an authority; a port must be a number that fits.
+    let port = &authority.as_str()[authority.host().len()..];
+    let port_ok = port.is_empty()
+        || (port[1..].bytes().all(|b| b.is_ascii_digit()) && port[1..].parse::<u16>().is_ok());
+    (!authority.host().is_empty() && port_ok).then_some(authority)
+}
+
+impl<S> Service<Request<Body>> for Normalize<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Either<S::Future, Ready<Result<Response<Body>, Infallible>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<Body>) -> Self::Future {
+        match normalize(&mut request) {
+            Ok(()) => Either::Left(self.inner.call(request)),
+            Err(refusal) => Either::Right(futures_util::future::ready(Ok(refusal.into_response()))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(method: Method, uri: &str, version: Version, hosts: &[&str]) -> Request<()> {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .version(version)
+            .body(())
+            .unwrap();
+        for host in hosts {
+            request
+                .headers_mut()
+                .append(header::HOST, HeaderValue::from_str(host).unwrap());
+        }
+        request
+    }
+
+    fn host(request: &Request<()>) -> Vec<&str> {
+        request
+            .headers()
+            .get_all(header::HOST)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn origin_form_with_one_valid_host_passes_unchanged() {
+        let mut r = request(Method::GET, "/x", Version::HTTP_11, &["a.example:8080"]);
+        assert_eq!(normalize(&mut r), Ok(()));
+        assert_eq!(host(&r), ["a.example:8080"]);
+    }
+
+    #[test]
+    fn host_must_be_single_and_valid() {
+        let cases: &[(&[&str], Refusal)] = &[
+            (&["a", "b"], Refusal::DuplicateHost),
+            (&["a", "a"], Refusal::DuplicateHost),
+            (&["a b"], Refusal::InvalidHost),
+            (&["user@a"], Refusal::InvalidHost),
+            (&["a/b"], Refusal::InvalidHost),
+            (&[""], Refusal::InvalidHost),
+            (&["a:port"], Refusal::InvalidHost),
+            (&["a:+80"], Refusal::InvalidHost),
+            (&["a:65536"], Refusal::InvalidHost),
+            (&[], Refusal::MissingHost),
+        ];
+        for (hosts, refusal) in cases {
+            let mut r = request(Method::GET, "/", Version::HTTP_11, hosts);
+            assert_eq!(normalize(&mut r), Err(*refusal), "{hosts:?}");
+        }
+    }
+
+    #[test]
+    fn http10_may_omit_host() {
+        let mut r = request(Method::GET, "/", Version::HTTP_10, &[]);
+        assert_eq!(normalize(&mut r), Ok(()));
+        assert!(host(&r).is_empty());
+    }
+
+    #[test]
+    fn absolute_form_authority_replaces_host() {
+        let mut r = request(Method::GET, "http://other:81/x", Version::HTTP_11, &["a"]);
+        assert_eq!(normalize(&mut r), Ok(()));
+        assert_eq!(host(&r), ["other:81"]);
+        let mut r = request(Method::GET, "http://other/x", Version::HTTP_11, &[]);
+        assert_eq!(normalize(&mut r), Ok(()));
+        assert_eq!(host(&r), ["other"]);
+    }
+
+    #[test]
+    fn absolute_form_with_userinfo_or_odd_scheme_is_refused() {
+        for uri in ["http://u:p@other/x", "ftp://other/x"] {
+            let mut r = request(Method::GET, uri, Version::HTTP_11, &["a"]);
+            assert_eq!(normalize(&mut r), Err(Refusal::InvalidTarget), "{uri}");
+        }
+    }
+
+    #[test]
+    fn http2_host_must_match_authority() {
+        let mut r = request(Method::GET, "https://a/x", Version::HTTP_2, &["b"]);
+        assert_eq!(normalize(&mut r), Err(Refusal::ConflictingAuthority));
+        let mut r = request(Method::GET, "https://a/x", Version::HTTP_2, &["A"]);
+        assert_eq!(normalize(&mut r), Ok(()));
+        let mut r = request(Method::GET, "https://a/x", Version::HTTP_2, &[]);
+        assert_eq!(normalize(&mut r), Ok(()));
+        assert!(
+            host(&r).is_empty(),
+            "the forwarder takes Host from :authority"
+        );
+    }
+
+    #[test]
+    fn connect_and_trace_are_refused_with_allow() {
+        for method in [Method::CONNECT, Method::TRACE] {
+            let mut r = request(method.clone(), "/", Version::HTTP_11, &["a"]);
+            let refusal = normalize(&mut r).unwrap_err();
+            let response = refusal.into_response();
+            assert_eq!(
+                response.status(),
+                StatusCode::METHOD_NOT_ALLOWED,
+                "{method}"
+            );
+            assert_eq!(response.headers()[header::ALLOW], ALLOWED);
+        }
+    }
+}
