@@ -47,6 +47,8 @@ pub const RETRY_BUDGET_EXHAUSTED_TOTAL: &str = "lb_retry_budget_exhausted_total"
 pub const ACCESS_LOG_DROPPED_TOTAL: &str = "lb_access_log_dropped_total";
 /// Shadow strategies' decisions, by strategy and agreement with the active one.
 pub const SHADOW_DECISIONS_TOTAL: &str = "lb_shadow_decisions_total";
+/// TLS handshakes whose SNI was not a valid host name and was treated as absent.
+pub const TLS_INVALID_SNI_TOTAL: &str = "lb_tls_invalid_sni_total";
 
 /// Failure kinds counted in [`BACKEND_ERRORS_TOTAL`].
 pub const ERROR_KINDS: [&str; 4] = ["connect", "timeout", "upstream", "status_5xx"];
@@ -105,11 +107,16 @@ pub fn describe() {
         ACCESS_LOG_DROPPED_TOTAL,
         "Access-log lines dropped because the writer could not keep up."
     );
+    describe_counter!(
+        TLS_INVALID_SNI_TOTAL,
+        "TLS handshakes whose SNI was not a valid host name (e.g. `localhost:8443`), served as if no SNI was sent."
+    );
     // Series that exist from the start, so dashboards and alerts see 0 rather than nothing.
     counter!(RATE_LIMITED_REQUESTS_TOTAL).absolute(0);
     counter!(LOAD_SHED_TOTAL).absolute(0);
     counter!(RETRY_BUDGET_EXHAUSTED_TOTAL).absolute(0);
     counter!(ACCESS_LOG_DROPPED_TOTAL).absolute(0);
+    counter!(TLS_INVALID_SNI_TOTAL).absolute(0);
 }
 
 /// Cached counter handles of one backend, so the request path never builds a label set.

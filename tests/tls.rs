@@ -341,3 +341,32 @@ async fn the_access_log_names_the_negotiated_tls_version() {
     assert_eq!(line["tls"], "TLSv1.3", "{text}");
     assert_eq!(line["path"], "/over-tls");
 }
+
+/// `hey` (the original project's load-test command) sends the SNI `localhost:PORT`, port
+/// included, which is not a host name. nginx and HAProxy serve it as if no SNI was sent;
+/// so does ALB (its patched rustls, vendor/rustls/ALB-PATCH.md), and counts it.
+#[tokio::test]
+async fn hey_with_its_invalid_sni_is_served_and_counted() {
+    let t = tls_alb(json!({}));
+    let out = Command::new("hey")
+        .args(["-n", "200", "-c", "10"])
+        .arg(format!("https://localhost:{}/", t.tls_port))
+        .output()
+        .expect("hey is installed (Debian package hey; scripts/test installs it)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("[200]\t200 responses"),
+        "every request answered 200:\n{text}"
+    );
+    assert!(!text.contains("Error distribution"), "{text}");
+    let exposition = scrape(&t.alb).await;
+    let ignored = sample(&exposition, "lb_tls_invalid_sni_total").unwrap_or(0.0);
+    assert!(ignored >= 1.0, "invalid SNIs counted: {ignored}");
+
+    // A client with a valid SNI is not counted.
+    let (ok, text) = openssl_handshake(t.tls_port, "-tls1_3");
+    assert!(ok, "{text}");
+    let after = sample(&scrape(&t.alb).await, "lb_tls_invalid_sni_total").unwrap();
+    assert_eq!(after, ignored, "openssl s_client sends no invalid SNI");
+}

@@ -23,7 +23,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
 use serde::Serialize;
 
-use metrics::gauge;
+use metrics::{counter, gauge};
 
 use crate::{
     balance::{availability::Transition, BackendId, Balancer, Endpoint},
@@ -32,6 +32,7 @@ use crate::{
     route::Routing,
     telemetry::{
         BACKENDS_ALIVE, BACKEND_IN_FLIGHT, BACKEND_LATENCY_EWMA, BACKEND_SCORE, BACKEND_UP,
+        TLS_INVALID_SNI_TOTAL,
     },
 };
 
@@ -163,6 +164,8 @@ fn publish_backend_gauges(balancer: &Balancer, endpoints: &[Arc<Endpoint>]) {
         gauge!(BACKEND_SCORE, "backend" => backend).set(balancer.strategy().score(ep, now));
     }
     gauge!(BACKENDS_ALIVE).set(alive as f64);
+    // Counted inside (ALB's patched) rustls, which has no metrics of its own.
+    counter!(TLS_INVALID_SNI_TOTAL).absolute(rustls::server::invalid_sni_ignored());
 }
 
 /// One backend as `/backends` shows it.
