@@ -126,6 +126,8 @@ pub struct Config {
     pub request_timeout: Duration,
     /// Where the admin routes listen.
     pub admin_addr: SocketAddr,
+    /// Who may call the admin routes.
+    pub admin_auth: AdminAuthConfig,
     /// Tuning of the `adaptive` strategy.
     pub adaptive: AdaptiveConfig,
     /// Peers whose `X-Forwarded-For` is believed (for stickiness and rate limits).
@@ -233,6 +235,134 @@ impl ConfigError {
     }
 }
 
+/// Shortest admin token accepted: 16 characters (a guessable token is an open door).
+pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
+
+/// Who may call the admin routes (`admin_token` or `admin_token_file`, `admin_auth`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AdminAuthConfig {
+    /// The bearer token; `None`: the admin listener is on loopback and open to local callers.
+    pub token: Option<AdminToken>,
+    /// Which routes need it.
+    pub scope: AdminScope,
+}
+
+/// Which admin routes need the token.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdminScope {
+    /// Routes that change state (`/reload`, drain, enable); reading stays open.
+    #[default]
+    Changes,
+    /// Every admin route, `/metrics` and the dashboard included.
+    All,
+}
+
+/// The admin bearer token. Its `Debug` and `Serialize` print `"<redacted>"`, so it never
+/// reaches a log line or `check-config`'s output.
+#[derive(Clone)]
+pub struct AdminToken(std::sync::Arc<str>);
+
+impl AdminToken {
+    /// The secret bytes, for the constant-time comparison and nothing else.
+    pub fn expose(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
+}
+
+impl Serialize for AdminToken {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str("<redacted>")
+    }
+}
+
+/// Reads and checks the admin settings: a non-loopback admin address without a token is
+/// refused, since its state-changing routes would be open to the network.
+fn admin_auth(
+    addr: SocketAddr,
+    token: Option<String>,
+    token_file: Option<String>,
+    scope: Option<String>,
+) -> Result<AdminAuthConfig, ConfigError> {
+    let token = match (token, token_file) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::invalid(
+                "admin_token_file",
+                "a file as well as admin_token",
+                "one of admin_token and admin_token_file, not both",
+            ))
+        }
+        (Some(text), None) => Some(("admin_token", text)),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                ConfigError::invalid(
+                    "admin_token_file",
+                    format!("{path:?} ({e})"),
+                    "a readable file holding the admin token",
+                )
+            })?;
+            // A file written by `echo` ends with a newline that is not part of the token.
+            Some((
+                "admin_token_file",
+                text.trim_end_matches(['\n', '\r']).to_owned(),
+            ))
+        }
+        (None, None) => None,
+    };
+    let token = match token {
+        Some((key, text)) => {
+            let length = text.chars().count();
+            if length < MIN_ADMIN_TOKEN_LEN
+                || text.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("a token of {length} characters"),
+                    format!(
+                        "at least {MIN_ADMIN_TOKEN_LEN} characters without spaces \
+                         (for example: openssl rand -hex 32)"
+                    ),
+                ));
+            }
+            Some(AdminToken(text.into()))
+        }
+        None => None,
+    };
+    let scope = match scope.as_deref() {
+        None | Some("changes") => AdminScope::Changes,
+        Some("all") => AdminScope::All,
+        Some(other) => {
+            return Err(ConfigError::invalid(
+                "admin_auth",
+                format!("{other:?}"),
+                "\"changes\" (token needed to change state) or \"all\" (for every route)",
+            ))
+        }
+    };
+    if token.is_none() && scope == AdminScope::All {
+        return Err(ConfigError::invalid(
+            "admin_auth",
+            "\"all\"",
+            "admin_token or admin_token_file to be set as well",
+        ));
+    }
+    if token.is_none() && !addr.ip().is_loopback() {
+        return Err(ConfigError::invalid(
+            "admin_addr",
+            format!("\"{addr}\", not a loopback address, with no admin token"),
+            "admin_token or admin_token_file (anyone who reaches this address could reload \
+             the config and drain backends), or a loopback address such as 127.0.0.1:9901",
+        ));
+    }
+    Ok(AdminAuthConfig { token, scope })
+}
+
 /// A port as the original project wrote it (`"8080"`) or as a number.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged, expecting = "a port number or a string holding one")]
@@ -277,6 +407,9 @@ pub struct RawConfig {
     connect_timeout: Option<DurationValue>,
     request_timeout: Option<DurationValue>,
     admin_addr: Option<String>,
+    admin_token: Option<String>,
+    admin_token_file: Option<String>,
+    admin_auth: Option<String>,
     adaptive: Option<RawAdaptive>,
     trusted_proxies: Option<Vec<String>>,
     rate_limit: Option<RawRateLimit>,
@@ -508,6 +641,12 @@ impl RawConfig {
                 "an address and port such as \"127.0.0.1:9901\"",
             )
         })?;
+        let admin_auth = admin_auth(
+            admin_addr,
+            self.admin_token,
+            self.admin_token_file,
+            self.admin_auth,
+        )?;
         let raw_adaptive = self.adaptive.unwrap_or_default();
         let adaptive = AdaptiveConfig {
             decay: duration("adaptive.decay", raw_adaptive.decay, Defaults::EWMA_DECAY)?,
@@ -584,6 +723,7 @@ impl RawConfig {
                 Defaults::REQUEST_TIMEOUT,
             )?,
             admin_addr,
+            admin_auth,
             adaptive,
             trusted_proxies,
             rate_limit,

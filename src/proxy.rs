@@ -371,6 +371,12 @@ impl LiveProxy {
         }
     }
 
+    /// The running config's admin settings.
+    pub fn admin_auth(&self) -> crate::config::AdminAuthConfig {
+        let running = self.config.lock().unwrap_or_else(|e| e.into_inner());
+        running.admin_auth.clone()
+    }
+
     /// Re-reads the config file and swaps in a proxy built from it; returns what changed.
     /// Listener settings (ports, addresses, TLS files, workers) need a restart: a change
     /// there is reported and otherwise ignored.

@@ -5,12 +5,16 @@
 //! the binary serves it on `admin_addr` (loopback by default: backend state is not for the
 //! public). The dashboard is one HTML file embedded in the binary; it fetches nothing from
 //! the internet and updates by polling `/backends` and following `/decisions/stream`.
+//! [`auth`] guards the routes: state-changing ones need the admin token when one is set.
+
+pub mod auth;
 
 use std::{convert::Infallible, sync::Arc, time::Duration, time::Instant};
 
 use axum::{
     extract::{Path, Query, State},
     http::{header, StatusCode},
+    middleware,
     response::{
         sse::{Event, KeepAlive, Sse},
         Html, IntoResponse, Response,
@@ -27,6 +31,7 @@ use metrics::{counter, gauge};
 
 use crate::{
     balance::{availability::Transition, BackendId, Balancer, Endpoint},
+    config::AdminAuthConfig,
     decision::{DecisionLog, DecisionRecord, DecisionView},
     proxy::LiveProxy,
     route::Routing,
@@ -85,6 +90,16 @@ impl AdminState {
         }
     }
 
+    /// Who may call the routes: the running config's settings for a live proxy (so a
+    /// reload can rotate the token); open for an embedding app's balancer, which puts its
+    /// own authentication in front of the router.
+    fn auth(&self) -> AdminAuthConfig {
+        match &self.source {
+            Source::Fixed(_) => AdminAuthConfig::default(),
+            Source::Live(live) => live.admin_auth(),
+        }
+    }
+
     fn snapshot(&self) -> Snapshot {
         match &self.source {
             Source::Fixed(s) => s.clone(),
@@ -99,20 +114,30 @@ impl AdminState {
     }
 }
 
-/// The admin router.
+/// The admin router. Routes that change state need the admin token whenever one is set;
+/// with `admin_auth: "all"`, every route does ([`auth`]).
 pub fn router(state: AdminState) -> Router {
-    Router::new()
+    let changes = Router::new()
+        .route("/backends/{id}/drain", post(drain))
+        .route("/backends/{id}/enable", post(enable))
+        .route("/reload", post(reload))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::guard_change,
+        ));
+    let reads = Router::new()
         .route("/metrics", get(metrics))
         .route("/health", get(health))
         .route("/backends", get(backends))
         .route("/backends/{id}", get(backend_detail))
-        .route("/backends/{id}/drain", post(drain))
-        .route("/backends/{id}/enable", post(enable))
-        .route("/reload", post(reload))
         .route("/decisions", get(decisions))
         .route("/decisions/stream", get(decision_stream))
         .route("/", get(dashboard))
-        .with_state(state)
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::guard_read,
+        ));
+    changes.merge(reads).with_state(state)
 }
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
