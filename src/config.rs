@@ -483,6 +483,8 @@ struct RawAdaptive {
     decay: Option<DurationValue>,
     default_rtt: Option<DurationValue>,
     failure_penalty: Option<DurationValue>,
+    tolerance: Option<f64>,
+    probe_interval: Option<DurationValue>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -659,6 +661,22 @@ impl RawConfig {
                 "adaptive.failure_penalty",
                 raw_adaptive.failure_penalty,
                 Defaults::FAILURE_PENALTY,
+            )?,
+            tolerance: match raw_adaptive.tolerance {
+                None => AdaptiveConfig::DEFAULT.tolerance,
+                Some(t) if (0.0..1.0).contains(&t) => t,
+                Some(t) => {
+                    return Err(ConfigError::invalid(
+                        "adaptive.tolerance",
+                        t,
+                        "a fraction from 0 (exact comparison) up to, not including, 1",
+                    ))
+                }
+            },
+            probe_interval: duration(
+                "adaptive.probe_interval",
+                raw_adaptive.probe_interval,
+                AdaptiveConfig::DEFAULT.probe_interval,
             )?,
         };
         let trusted_proxies = self

@@ -30,7 +30,7 @@ use std::{
 use http::HeaderValue;
 use serde::Serialize;
 
-use crate::balance::{BackendId, BackendSet, Endpoint, PickTrace, StrategyKind};
+use crate::balance::{adaptive::Rule, BackendId, BackendSet, Endpoint, PickTrace, StrategyKind};
 
 /// What routing did with a request, for the layers outside it (access log, tracing): a
 /// response extension, added only when one of them is on.
@@ -86,6 +86,8 @@ pub struct DecisionRecord {
     pub full: Box<[BackendId]>,
     /// Sticky: the client's home backend, whether or not it was chosen.
     pub sticky_home: Option<BackendId>,
+    /// Adaptive: the rule that decided.
+    pub rule: Option<Rule>,
     /// Shadow strategies' choices, by `StrategyKind::ALL` order (`None`: not evaluated).
     pub shadow: [Option<BackendId>; 4],
     /// The backend a failed first attempt went to, if the request was retried.
@@ -116,6 +118,7 @@ impl DecisionRecord {
             sampled: [None; 2],
             full: Box::default(),
             sticky_home: None,
+            rule: None,
             shadow: [None; 4],
             retried_from: None,
             request_id: None,
@@ -133,6 +136,7 @@ impl DecisionRecord {
             });
         }
         self.sticky_home = trace.sticky_home;
+        self.rule = trace.rule;
     }
 
     /// The sampled candidates in use.
@@ -388,14 +392,24 @@ pub struct CandidateState {
 /// Why the strategy chose what it chose, in one phrase (`why=` of `x-alb-decision`).
 pub fn why(record: &DecisionRecord) -> String {
     match record.strategy {
-        StrategyKind::Adaptive => match record.sampled {
-            [Some(a), Some(b)] => format!(
-                "lower cost of two sampled: {}={:.6} vs {}={:.6}",
-                record.name(a.backend),
-                a.score,
-                record.name(b.backend),
-                b.score
-            ),
+        StrategyKind::Adaptive => match (record.sampled, record.rule) {
+            ([Some(a), Some(b)], rule) => {
+                let rule = match rule {
+                    Some(Rule::Probe) => "probe: no answer for probe_interval and none in flight",
+                    Some(Rule::FewerInFlight) => {
+                        "latencies within tolerance, fewer in flight of two sampled"
+                    }
+                    Some(Rule::Tie) => "latencies within tolerance and same in flight: tie",
+                    _ => "lower cost of two sampled",
+                };
+                format!(
+                    "{rule}: {}={:.6} vs {}={:.6}",
+                    record.name(a.backend),
+                    a.score,
+                    record.name(b.backend),
+                    b.score
+                )
+            }
             _ => "only candidate".to_owned(),
         },
         StrategyKind::LeastConn => "fewest in flight per weight".to_owned(),

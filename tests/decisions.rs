@@ -97,15 +97,22 @@ async fn adaptive_explanation_names_every_candidate_and_the_cheaper_sample_wins(
             .collect();
         assert_eq!(sampled.len(), 2, "{header}");
         let cheaper = sampled.iter().min_by(|a, b| a.1.total_cmp(&b.1)).unwrap();
-        assert!(
-            *cheaper.0 == chosen || (sampled[0].1 - sampled[1].1).abs() < 1e-9,
-            "chose {chosen} although {} scored lower: {header}",
-            cheaper.0
-        );
-        assert!(
-            p["why"].starts_with("lower cost of two sampled"),
-            "{header}"
-        );
+        let why = &p["why"];
+        if why.starts_with("lower cost of two sampled") {
+            assert!(
+                *cheaper.0 == chosen,
+                "chose {chosen} although {} scored lower: {header}",
+                cheaper.0
+            );
+        } else {
+            // The two fast backends are the same latency within the tolerance; the slow one
+            // (50 times slower) is only ever chosen as a probe.
+            assert!(
+                why.starts_with("latencies within tolerance") || why.starts_with("probe"),
+                "{header}"
+            );
+            assert!(chosen != name(&slow) || why.starts_with("probe"), "{header}");
+        }
     }
 }
 

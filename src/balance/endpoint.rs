@@ -18,7 +18,7 @@ use super::{
     adaptive::AdaptiveConfig,
     availability::Availability,
     backend::{Backend, BackendId},
-    ewma::PeakEwma,
+    ewma::{PeakEwma, Reading},
 };
 use crate::telemetry::EndpointMetrics;
 
@@ -51,7 +51,7 @@ impl Endpoint {
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             consecutive_failures: AtomicU32::new(0),
-            ewma: PeakEwma::new(tuning.default_rtt, tuning.decay),
+            ewma: PeakEwma::forgetting(tuning.default_rtt, tuning.decay, tuning.probe_interval),
             tuning: tuning.clone(),
             availability: Availability::default(),
         }
@@ -106,6 +106,16 @@ impl Endpoint {
     /// The peak-EWMA latency estimate now, in seconds.
     pub fn ewma_secs(&self, now: Instant) -> f64 {
         self.ewma.estimate(now)
+    }
+
+    /// The latency estimate now and the age of its last sample.
+    pub fn ewma_reading(&self, now: Instant) -> Reading {
+        self.ewma.read(now)
+    }
+
+    /// The adaptive strategy's tuning this endpoint was built with.
+    pub fn tuning(&self) -> &AdaptiveConfig {
+        &self.tuning
     }
 
     /// Records how a request went; returns the failures in a row so far (0 after a success).

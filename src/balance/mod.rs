@@ -207,6 +207,11 @@ pub(crate) mod test_support {
 
     /// Endpoints `127.0.0.1:9000`, `:9001`... with these weights, ids 0, 1, 2...
     pub fn endpoints(weights: &[u32]) -> Vec<Arc<Endpoint>> {
+        endpoints_tuned(weights, &AdaptiveConfig::DEFAULT)
+    }
+
+    /// [`endpoints`] with the adaptive tuning given.
+    pub fn endpoints_tuned(weights: &[u32], tuning: &AdaptiveConfig) -> Vec<Arc<Endpoint>> {
         let ids = BackendIds::new();
         weights
             .iter()
@@ -218,7 +223,7 @@ pub(crate) mod test_support {
                     weight: *weight,
                 };
                 let backend = Backend::new(ids.id_of(&spec.authority), &spec);
-                Arc::new(Endpoint::new(backend, &AdaptiveConfig::DEFAULT))
+                Arc::new(Endpoint::new(backend, tuning))
             })
             .collect()
     }

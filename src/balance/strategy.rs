@@ -82,6 +82,8 @@ pub struct PickTrace {
     len: u8,
     /// Sticky: the rendezvous winner among every known backend, healthy or not.
     pub sticky_home: Option<BackendId>,
+    /// Adaptive: the rule that decided between the two sampled backends.
+    pub rule: Option<adaptive::Rule>,
 }
 
 impl PickTrace {
