@@ -20,7 +20,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    balance::{adaptive::AdaptiveConfig, BackendSpec, StrategyKind},
+    balance::{adaptive::AdaptiveConfig, prequal::PrequalConfig, BackendSpec, StrategyKind},
     health::HealthConfig,
     humantime_serde,
     layer::{
@@ -130,6 +130,8 @@ pub struct Config {
     pub admin_auth: AdminAuthConfig,
     /// Tuning of the `adaptive` strategy.
     pub adaptive: AdaptiveConfig,
+    /// Tuning of the `prequal` strategy.
+    pub prequal: PrequalConfig,
     /// Peers whose `X-Forwarded-For` is believed (for stickiness and rate limits).
     pub trusted_proxies: Vec<IpNet>,
     /// Token-bucket rate limiting; `None` means no limit.
@@ -411,6 +413,7 @@ pub struct RawConfig {
     admin_token_file: Option<String>,
     admin_auth: Option<String>,
     adaptive: Option<RawAdaptive>,
+    prequal: Option<RawPrequal>,
     trusted_proxies: Option<Vec<String>>,
     rate_limit: Option<RawRateLimit>,
     max_in_flight: Option<usize>,
@@ -485,6 +488,52 @@ struct RawAdaptive {
     failure_penalty: Option<DurationValue>,
     tolerance: Option<f64>,
     probe_interval: Option<DurationValue>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrequal {
+    hot_quantile: Option<f64>,
+    max_age: Option<DurationValue>,
+    max_uses: Option<u32>,
+    probes_per_request: Option<f64>,
+    idle_probe_interval: Option<DurationValue>,
+}
+
+/// Checks the `prequal` keys.
+fn prequal(raw: RawPrequal) -> Result<PrequalConfig, ConfigError> {
+    let d = PrequalConfig::DEFAULT;
+    let hot_quantile = raw.hot_quantile.unwrap_or(d.hot_quantile);
+    if !(0.0..=1.0).contains(&hot_quantile) {
+        return Err(ConfigError::invalid(
+            "prequal.hot_quantile",
+            hot_quantile,
+            "a quantile from 0 to 1 (the paper uses 0.84; 0.6 herds less)",
+        ));
+    }
+    let max_uses = raw.max_uses.unwrap_or(d.max_uses);
+    if max_uses == 0 {
+        return Err(ConfigError::invalid("prequal.max_uses", 0, "at least 1"));
+    }
+    let probes_per_request = raw.probes_per_request.unwrap_or(d.probes_per_request);
+    if !(0.0..=16.0).contains(&probes_per_request) {
+        return Err(ConfigError::invalid(
+            "prequal.probes_per_request",
+            probes_per_request,
+            "from 0 to 16 probes per request",
+        ));
+    }
+    Ok(PrequalConfig {
+        hot_quantile,
+        max_age: duration("prequal.max_age", raw.max_age, d.max_age)?,
+        max_uses,
+        probes_per_request,
+        idle_probe_interval: duration(
+            "prequal.idle_probe_interval",
+            raw.idle_probe_interval,
+            d.idle_probe_interval,
+        )?,
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -743,6 +792,7 @@ impl RawConfig {
             admin_addr,
             admin_auth,
             adaptive,
+            prequal: prequal(self.prequal.unwrap_or_default())?,
             trusted_proxies,
             rate_limit,
             max_in_flight: self.max_in_flight,

@@ -30,7 +30,9 @@ use std::{
 use http::HeaderValue;
 use serde::Serialize;
 
-use crate::balance::{adaptive::Rule, BackendId, BackendSet, Endpoint, PickTrace, StrategyKind};
+use crate::balance::{
+    adaptive::Rule, prequal::PrequalPick, BackendId, BackendSet, Endpoint, PickTrace, StrategyKind,
+};
 
 /// What routing did with a request, for the layers outside it (access log, tracing): a
 /// response extension, added only when one of them is on.
@@ -88,8 +90,10 @@ pub struct DecisionRecord {
     pub sticky_home: Option<BackendId>,
     /// Adaptive: the rule that decided.
     pub rule: Option<Rule>,
+    /// Prequal: the numbers that decided.
+    pub prequal: Option<PrequalPick>,
     /// Shadow strategies' choices, by `StrategyKind::ALL` order (`None`: not evaluated).
-    pub shadow: [Option<BackendId>; 4],
+    pub shadow: [Option<BackendId>; StrategyKind::ALL.len()],
     /// The backend a failed first attempt went to, if the request was retried.
     pub retried_from: Option<BackendId>,
     /// The request's `x-request-id`, if it had one.
@@ -119,7 +123,8 @@ impl DecisionRecord {
             full: Box::default(),
             sticky_home: None,
             rule: None,
-            shadow: [None; 4],
+            prequal: None,
+            shadow: [None; StrategyKind::ALL.len()],
             retried_from: None,
             request_id: None,
             status: 0,
@@ -137,6 +142,7 @@ impl DecisionRecord {
         }
         self.sticky_home = trace.sticky_home;
         self.rule = trace.rule;
+        self.prequal = trace.prequal;
     }
 
     /// The sampled candidates in use.
@@ -411,6 +417,24 @@ pub fn why(record: &DecisionRecord) -> String {
                 )
             }
             _ => "only candidate".to_owned(),
+        },
+        StrategyKind::Prequal => match record.prequal {
+            Some(p) => {
+                let source = match p.probe_age {
+                    Some(age) => format!("probe {} ms old", age.as_millis()),
+                    None => "no fresh probe: ALB's own in-flight and latency".to_owned(),
+                };
+                format!(
+                    "{}: rif {} vs hot threshold {}, latency {:.3} ms ({source}; {} of {} in pool probed)",
+                    if p.cold { "coldest-latency cold backend" } else { "all hot: lowest rif" },
+                    p.rif,
+                    p.threshold,
+                    p.latency * 1e3,
+                    p.probed,
+                    p.pool
+                )
+            }
+            None => "only candidate".to_owned(),
         },
         StrategyKind::LeastConn => "fewest in flight per weight".to_owned(),
         StrategyKind::RoundRobin => "next in rotation".to_owned(),

@@ -24,7 +24,10 @@ use std::{
     future::Future,
     net::SocketAddr,
     pin::Pin,
-    sync::Arc,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
     task::{Context, Poll},
     time::Duration,
 };
@@ -37,6 +40,7 @@ use http::{
     Request, Response, StatusCode, Version,
 };
 use http_body::Body as _;
+use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tower::Service;
@@ -86,6 +90,10 @@ pub enum ForwardError {
     /// The client's body passed `max_request_body` while it was being forwarded.
     #[error("request body too large")]
     BodyTooLarge,
+    /// The client's body could not be read: malformed chunked framing, or the client went
+    /// away mid-upload. Nothing the backend did.
+    #[error("malformed or incomplete request body")]
+    ClientBody,
 }
 
 impl ForwardError {
@@ -102,6 +110,7 @@ impl ForwardError {
             ForwardError::Timeout(_) => "timeout",
             ForwardError::Upstream(_) => "upstream",
             ForwardError::BodyTooLarge => "body_too_large",
+            ForwardError::ClientBody => "client_body",
         }
     }
 
@@ -112,6 +121,12 @@ impl ForwardError {
             ForwardError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ForwardError::BodyTooLarge => {
                 return local_reply(StatusCode::PAYLOAD_TOO_LARGE, "request body too large")
+            }
+            ForwardError::ClientBody => {
+                return local_reply(
+                    StatusCode::BAD_REQUEST,
+                    "malformed or incomplete request body",
+                )
             }
             _ => StatusCode::BAD_GATEWAY,
         };
@@ -317,15 +332,33 @@ impl Service<Routed<Body>> for Forward {
                 HeaderValue::from_static("chunked"),
             );
         }
+        // A failure of the client's own body (hyper refused its chunked framing, or the
+        // client left mid-upload) must not count against the backend: flag it on the way.
+        let client_failed = Arc::new(AtomicBool::new(false));
+        let flag = client_failed.clone();
+        let request = request.map(|body| {
+            Body::new(body.map_err(move |e| {
+                flag.store(true, Ordering::Relaxed);
+                e
+            }))
+        });
         let sent = shared.client.request(request);
         Box::pin(async move {
             let mut response = match tokio::time::timeout(timeout, sent).await {
                 Err(_) => return Err(ForwardError::Timeout(timeout)),
                 Ok(Err(e)) if e.is_connect() => return Err(ForwardError::Connect(e.into())),
                 Ok(Err(e)) if caused_by_length_limit(&e) => return Err(ForwardError::BodyTooLarge),
+                Ok(Err(_)) if client_failed.load(Ordering::Relaxed) => {
+                    return Err(ForwardError::ClientBody)
+                }
                 Ok(Err(e)) => return Err(ForwardError::Upstream(e.into())),
                 Ok(Ok(response)) => response,
             };
+            // Both framings in an answer: chunked wins (RFC 9112 §6.3), and the length must
+            // not reach the client with the de-chunked body.
+            if response.headers().contains_key(header::TRANSFER_ENCODING) {
+                response.headers_mut().remove(header::CONTENT_LENGTH);
+            }
             let upgraded = response.status() == StatusCode::SWITCHING_PROTOCOLS;
             match client_upgrade {
                 Some(client_side) if upgraded => {

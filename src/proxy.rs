@@ -29,6 +29,7 @@ use tower::{Layer, Service};
 use crate::{
     balance::{
         discover, discover::DiscoverSender, Backend, BackendIds, Balancer, Endpoint, Strategy,
+        StrategyKind,
     },
     client_ip::ClientIp,
     config::Config,
@@ -42,6 +43,7 @@ use crate::{
         RequestIdLayer,
     },
     outlier::OutlierDetector,
+    probe,
     retry::RetryBudget,
     route::{Route, RouteOptions, Routing},
     trace::{ExportError, Trace, TraceConfig, TraceLayer},
@@ -188,7 +190,14 @@ impl Proxy {
             .outlier_detection
             .clone()
             .map(|c| OutlierDetector::new(c, endpoints.clone(), changes.clone()));
-        let balancer = Balancer::new(Strategy::new(config.strategy), endpoints.clone(), stream);
+        let balancer = Balancer::new(
+            Strategy::configured(config.strategy, &config.prequal),
+            endpoints.clone(),
+            stream,
+        );
+        if config.strategy == StrategyKind::Prequal {
+            tasks.add(probe::spawn(balancer.clone(), client.clone()).abort_handle());
+        }
         let routing = Routing::new(
             balancer,
             RouteOptions {

@@ -222,8 +222,10 @@ impl Routing {
         let latency = now.saturating_duration_since(started);
         let failed = match &result {
             Ok(response) => response.status().is_server_error(),
-            // The client's body was too large: nothing the backend did.
-            Err(ForwardError::BodyTooLarge) => return (now, false, result),
+            // The client's body was too large or malformed: nothing the backend did.
+            Err(ForwardError::BodyTooLarge | ForwardError::ClientBody) => {
+                return (now, false, result)
+            }
             Err(_) => true,
         };
         let streak = endpoint.record(latency, failed, now);
@@ -392,7 +394,7 @@ where
             (Some(shadows), Choice::Backend { index, .. }) => {
                 shadows.evaluate(&set, client, set.endpoints[*index].id())
             }
-            _ => [None; 4],
+            _ => [None; crate::balance::StrategyKind::ALL.len()],
         };
 
         // The record takes the snapshot: the one reference this request holds.
@@ -628,7 +630,7 @@ mod tests {
             for record in &logged {
                 let view = DecisionView::new(record);
                 assert!(view.chosen.unwrap().starts_with("127.0.0.1:900"));
-                assert_eq!(view.shadow.len(), 3);
+                assert_eq!(view.shadow.len(), StrategyKind::ALL.len() - 1);
             }
         }
     }

@@ -59,11 +59,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         .then(|| headers.get(header::UPGRADE).cloned())
         .flatten();
     // Names listed in Connection are hop-by-hop too (RFC 9110 §7.6.1); `keep-alive` and
-    // `close`, the usual tokens, name nothing else to remove.
+    // `close`, the usual tokens, name nothing else to remove. `Connection: host` is not
+    // obeyed: a request without `Host` names no site (nginx ignores such tokens altogether).
     for value in headers.get_all(header::CONNECTION) {
         let Ok(text) = value.to_str() else { continue };
         for token in text.split(',').map(str::trim) {
-            if token.eq_ignore_ascii_case("keep-alive") || token.eq_ignore_ascii_case("close") {
+            if token.eq_ignore_ascii_case("keep-alive")
+                || token.eq_ignore_ascii_case("close")
+                || token.eq_ignore_ascii_case("host")
+            {
                 continue;
             }
             if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {

@@ -47,6 +47,8 @@ pub const RETRY_BUDGET_EXHAUSTED_TOTAL: &str = "lb_retry_budget_exhausted_total"
 pub const ACCESS_LOG_DROPPED_TOTAL: &str = "lb_access_log_dropped_total";
 /// Shadow strategies' decisions, by strategy and agreement with the active one.
 pub const SHADOW_DECISIONS_TOTAL: &str = "lb_shadow_decisions_total";
+/// Load probes sent by `prequal`, by result (`ok`, `timeout`, `error`, `invalid`).
+pub const PROBES_TOTAL: &str = "lb_probes_total";
 /// TLS handshakes whose SNI was not a valid host name and was treated as absent.
 pub const TLS_INVALID_SNI_TOTAL: &str = "lb_tls_invalid_sni_total";
 
@@ -106,6 +108,10 @@ pub fn describe() {
     describe_counter!(
         ACCESS_LOG_DROPPED_TOTAL,
         "Access-log lines dropped because the writer could not keep up."
+    );
+    describe_counter!(
+        PROBES_TOTAL,
+        "Load probes sent by the prequal strategy, by result."
     );
     describe_counter!(
         TLS_INVALID_SNI_TOTAL,

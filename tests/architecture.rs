@@ -17,10 +17,11 @@ const LAYERS: &[(&str, &[&str])] = &[
             "telemetry",
             "client_ip",
             "guarded_body",
-            "sim",
+            "load_report",
             "tls",
         ],
     ),
+    ("the simulated backend", &["sim"]),
     (
         "local replies, metrics exposition",
         &["local_reply", "prometheus"],
@@ -32,7 +33,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     (
         "request path",
-        &["forward", "health", "layer", "redirect", "trace"],
+        &["forward", "health", "layer", "probe", "redirect", "trace"],
     ),
     ("composition of one request", &["route"]),
     ("config file", &["config"]),

@@ -111,7 +111,10 @@ async fn adaptive_explanation_names_every_candidate_and_the_cheaper_sample_wins(
                 why.starts_with("latencies within tolerance") || why.starts_with("probe"),
                 "{header}"
             );
-            assert!(chosen != name(&slow) || why.starts_with("probe"), "{header}");
+            assert!(
+                chosen != name(&slow) || why.starts_with("probe"),
+                "{header}"
+            );
         }
     }
 }
@@ -280,9 +283,9 @@ async fn shadow_strategies_record_what_they_would_have_chosen() {
         .iter()
         .map(|s| s["strategy"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["round_robin", "least_conn", "sticky"]);
+    assert_eq!(names, ["round_robin", "least_conn", "sticky", "prequal"]);
     let m = scrape(&lb).await;
-    for s in ["round_robin", "least_conn", "sticky"] {
+    for s in ["round_robin", "least_conn", "sticky", "prequal"] {
         let agree = sample(
             &m,
             &format!(r#"lb_shadow_decisions_total{{strategy="{s}",agrees="true"}}"#),

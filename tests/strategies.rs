@@ -1,4 +1,4 @@
-//! The four strategies, each against real simulated backends through a real `alb`.
+//! The five strategies, each against real simulated backends through a real `alb`.
 
 mod common;
 
@@ -132,4 +132,77 @@ async fn adaptive_avoids_a_backend_that_fails_fast() {
     );
     // its health checks pass: it was never taken out, only scored as expensive
     assert!(failing_share > 0);
+}
+
+/// `prequal` sees load that does not come through this ALB: backend A serves eight requests
+/// from elsewhere (sent to it directly, the way another replica or an outside client would),
+/// and gets almost none of ALB's; its own in-flight count would say A is idle.
+#[tokio::test]
+async fn prequal_avoids_a_backend_busy_with_outside_traffic() {
+    let (a, b, c) = (
+        backend(&["--delay", "200ms"]),
+        backend(&["--delay", "200ms"]),
+        backend(&["--delay", "200ms"]),
+    );
+    let lb = alb(json!({
+        "strategy": "prequal",
+        "explain": true,
+        "backends": urls(&[&a, &b, &c]),
+    }));
+    wait_until("probes answered", Duration::from_secs(20), || async {
+        sample(&scrape(&lb).await, r#"lb_probes_total{result="ok"}"#).unwrap_or(0.0) >= 3.0
+    })
+    .await;
+    // Outside traffic on A: eight requests always in flight, until the test ends.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let outside: Vec<_> = (0..8)
+        .map(|_| {
+            let (url, stop) = (a.url(), stop.clone());
+            tokio::spawn(async move {
+                let c = client();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = c.get(&url).send().await;
+                }
+            })
+        })
+        .collect();
+    wait_until(
+        "A reports its outside load",
+        Duration::from_secs(20),
+        || async {
+            let d = admin_json(&lb, "/backends").await;
+            let a_score = d["backends"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|x| x["backend"] == name(&a))
+                .map(|x| x["score"].as_f64().unwrap_or(0.0))
+                .unwrap_or(0.0);
+            a_score >= 4.0
+        },
+    )
+    .await;
+    let answers = load(&lb.url(), 60, 3).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for task in outside {
+        task.abort();
+    }
+    let s = shares(&answers);
+    let to_a = s.get(&name(&a)).copied().unwrap_or(0);
+    assert!(to_a <= 6, "A got {to_a} of 60 although busy: {s:?}");
+    assert!(s.get(&name(&b)).copied().unwrap_or(0) >= 15, "{s:?}");
+    assert!(s.get(&name(&c)).copied().unwrap_or(0) >= 15, "{s:?}");
+
+    // The explanation names the numbers that decided.
+    let r = client()
+        .get(lb.url())
+        .header("x-alb-explain", "1")
+        .send()
+        .await
+        .unwrap();
+    let decision = r.headers()["x-alb-decision"].to_str().unwrap().to_owned();
+    assert!(
+        decision.contains("strategy=prequal") && decision.contains("hot threshold"),
+        "{decision}"
+    );
 }

@@ -39,6 +39,89 @@ pub struct Endpoint {
     tuning: AdaptiveConfig,
     /// In service or not, and why: health, drain, ejection, their history.
     pub availability: Availability,
+    /// The backend's last load report, from a `prequal` probe.
+    pub probe: ProbeSlot,
+}
+
+/// The last load report a probe brought back (requests in flight and latency, as the backend
+/// itself counts them), kept in atomics so the picking path takes no lock. A report is
+/// replaced field by field: a read racing a write may mix two recent reports, which only
+/// blurs numbers that are already estimates.
+#[derive(Debug, Default)]
+pub struct ProbeSlot {
+    rif: AtomicU32,
+    latency_us: AtomicU64,
+    /// When the report arrived, in nanoseconds after [`epoch`]; 0: never.
+    received: AtomicU64,
+    /// Picks that used this report (each adds one to its `rif`).
+    uses: AtomicU32,
+    /// A probe is on its way (one at a time per backend).
+    pending: std::sync::atomic::AtomicBool,
+}
+
+/// A probe report as read.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProbeReading {
+    /// Requests in flight in the backend, plus the picks made on this report.
+    pub rif: u32,
+    /// The backend's recent latency, seconds.
+    pub latency: f64,
+    /// The report's age.
+    pub age: Duration,
+    /// Picks made on it.
+    pub uses: u32,
+}
+
+/// The time base of probe timestamps.
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn since_epoch(at: Instant) -> u64 {
+    // +1: 0 stays "never", even for a report stored at the epoch itself.
+    u64::try_from(at.saturating_duration_since(epoch()).as_nanos()).unwrap_or(u64::MAX) + 1
+}
+
+impl ProbeSlot {
+    /// Stores a report that arrived at `at`.
+    pub fn store(&self, rif: u32, latency_us: u64, at: Instant) {
+        self.rif.store(rif, Ordering::Relaxed);
+        self.latency_us.store(latency_us, Ordering::Relaxed);
+        self.uses.store(0, Ordering::Relaxed);
+        self.received.store(since_epoch(at), Ordering::Release);
+    }
+
+    /// The report as of `now`, `None` if none ever arrived.
+    pub fn read(&self, now: Instant) -> Option<ProbeReading> {
+        let received = self.received.load(Ordering::Acquire);
+        if received == 0 {
+            return None;
+        }
+        let age_nanos = since_epoch(now).saturating_sub(received);
+        Some(ProbeReading {
+            rif: self.rif.load(Ordering::Relaxed),
+            latency: self.latency_us.load(Ordering::Relaxed) as f64 / 1e6,
+            age: Duration::from_nanos(age_nanos),
+            uses: self.uses.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Notes a pick made on this report: one more request in flight there.
+    pub fn used(&self) {
+        self.rif.fetch_add(1, Ordering::Relaxed);
+        self.uses.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Claims the right to send the next probe; `false` while one is on its way.
+    pub fn begin(&self) -> bool {
+        !self.pending.swap(true, Ordering::AcqRel)
+    }
+
+    /// The probe claimed with [`ProbeSlot::begin`] has ended (answered or not).
+    pub fn end(&self) {
+        self.pending.store(false, Ordering::Release);
+    }
 }
 
 impl Endpoint {
@@ -54,6 +137,7 @@ impl Endpoint {
             ewma: PeakEwma::forgetting(tuning.default_rtt, tuning.decay, tuning.probe_interval),
             tuning: tuning.clone(),
             availability: Availability::default(),
+            probe: ProbeSlot::default(),
         }
     }
 

@@ -22,6 +22,7 @@ pub mod endpoint;
 pub mod ewma;
 pub mod least_conn;
 pub mod overflow;
+pub mod prequal;
 pub mod round_robin;
 pub mod set;
 pub mod shadow;

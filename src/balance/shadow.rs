@@ -55,8 +55,8 @@ impl Shadows {
         set: &BackendSet,
         client: Option<IpAddr>,
         chosen: BackendId,
-    ) -> [Option<BackendId>; 4] {
-        let mut out = [None; 4];
+    ) -> [Option<BackendId>; StrategyKind::ALL.len()] {
+        let mut out = [None; StrategyKind::ALL.len()];
         for ((position, strategy), counters) in self.strategies.iter().zip(&self.agree) {
             let index = strategy.pick(set, client, &mut PickTrace::default());
             let id = set.endpoints[index].id();

@@ -10,8 +10,8 @@ use std::{fmt, net::IpAddr, str::FromStr, time::Instant};
 use serde::Serialize;
 
 use super::{
-    adaptive, backend::BackendId, endpoint::Endpoint, least_conn, round_robin, set::BackendSet,
-    sticky,
+    adaptive, backend::BackendId, endpoint::Endpoint, least_conn, prequal, round_robin,
+    set::BackendSet, sticky,
 };
 
 /// The strategies, as named in the config.
@@ -26,19 +26,22 @@ pub enum StrategyKind {
     Sticky,
     /// Peak-EWMA x in flight, power of two choices.
     Adaptive,
+    /// The backends' own load from probes, hot-cold rule.
+    Prequal,
 }
 
 impl StrategyKind {
     /// Every strategy, in the order the docs list them.
-    pub const ALL: [StrategyKind; 4] = [
+    pub const ALL: [StrategyKind; 5] = [
         StrategyKind::RoundRobin,
         StrategyKind::LeastConn,
         StrategyKind::Sticky,
         StrategyKind::Adaptive,
+        StrategyKind::Prequal,
     ];
     /// What the config accepts, for error messages.
     pub const EXPECTED: &'static str =
-        "one of \"round_robin\", \"least_conn\", \"sticky\", \"adaptive\"";
+        "one of \"round_robin\", \"least_conn\", \"sticky\", \"adaptive\", \"prequal\"";
 
     /// The config name.
     pub fn as_str(self) -> &'static str {
@@ -47,6 +50,7 @@ impl StrategyKind {
             StrategyKind::LeastConn => "least_conn",
             StrategyKind::Sticky => "sticky",
             StrategyKind::Adaptive => "adaptive",
+            StrategyKind::Prequal => "prequal",
         }
     }
 }
@@ -84,6 +88,8 @@ pub struct PickTrace {
     pub sticky_home: Option<BackendId>,
     /// Adaptive: the rule that decided between the two sampled backends.
     pub rule: Option<adaptive::Rule>,
+    /// Prequal: the numbers that decided.
+    pub prequal: Option<prequal::PrequalPick>,
 }
 
 impl PickTrace {
@@ -112,6 +118,8 @@ pub enum Strategy {
     Sticky(sticky::Sticky),
     /// See [`adaptive`].
     Adaptive(adaptive::Adaptive),
+    /// See [`prequal`].
+    Prequal(prequal::Prequal),
 }
 
 impl Strategy {
@@ -122,6 +130,18 @@ impl Strategy {
             StrategyKind::LeastConn => Strategy::LeastConn(Default::default()),
             StrategyKind::Sticky => Strategy::Sticky(Default::default()),
             StrategyKind::Adaptive => Strategy::Adaptive(Default::default()),
+            StrategyKind::Prequal => Strategy::Prequal(Default::default()),
+        }
+    }
+
+    /// A fresh strategy of this kind; `prequal` takes its tuning from `prequal`.
+    pub fn configured(kind: StrategyKind, prequal: &prequal::PrequalConfig) -> Self {
+        match kind {
+            StrategyKind::Prequal => Strategy::Prequal(prequal::Prequal::new(
+                prequal.clone(),
+                adaptive::Draw::from_entropy(),
+            )),
+            other => Strategy::new(other),
         }
     }
 
@@ -130,6 +150,7 @@ impl Strategy {
     pub fn seeded(kind: StrategyKind, seed: u64) -> Self {
         match kind {
             StrategyKind::Adaptive => Strategy::Adaptive(adaptive::Adaptive::seeded(seed)),
+            StrategyKind::Prequal => Strategy::Prequal(prequal::Prequal::seeded(seed)),
             other => Strategy::new(other),
         }
     }
@@ -141,6 +162,7 @@ impl Strategy {
             Strategy::LeastConn(_) => StrategyKind::LeastConn,
             Strategy::Sticky(_) => StrategyKind::Sticky,
             Strategy::Adaptive(_) => StrategyKind::Adaptive,
+            Strategy::Prequal(_) => StrategyKind::Prequal,
         }
     }
 
@@ -151,6 +173,7 @@ impl Strategy {
             Strategy::LeastConn(s) => s.pick(set, trace),
             Strategy::Sticky(s) => s.pick(set, client, trace),
             Strategy::Adaptive(s) => s.pick(set, trace),
+            Strategy::Prequal(s) => s.pick(set, trace),
         }
     }
 
@@ -159,6 +182,7 @@ impl Strategy {
     pub fn score(&self, ep: &Endpoint, now: Instant) -> f64 {
         match self {
             Strategy::Adaptive(_) => adaptive::cost(ep, now),
+            Strategy::Prequal(_) => prequal::score(ep, now),
             Strategy::LeastConn(_) => ep.in_flight() as f64 / f64::from(ep.weight()),
             Strategy::RoundRobin(_) | Strategy::Sticky(_) => ep.in_flight() as f64,
         }

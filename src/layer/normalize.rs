@@ -17,6 +17,10 @@
 //!   (RFC 9112 §3.2.2); userinfo in it (`http://user:pw@a/`) or a scheme other than
 //!   `http`/`https`: `400`;
 //! - HTTP/2 with both `:authority` and a different `Host`: `400` (RFC 9113 §8.3.1);
+//! - an asterisk-form target (`*`) on any method but `OPTIONS`, or an authority-form one
+//!   (`GET host:80`) on any method but `CONNECT`: `400` (RFC 9112 §3.2.3, §3.2.4);
+//! - `Transfer-Encoding` naming `chunked` more than once: `400` (RFC 9112 §6.1: a sender
+//!   must not apply chunked twice; two parsers may strip one or two layers);
 //! - `CONNECT` (a tunnel request, meaningless to a backend as `CONNECT /`) and `TRACE` (it
 //!   would echo the client's credentials and cookies back, the cross-site tracing attack):
 //!   `405`, as nginx answers both.
@@ -77,6 +81,9 @@ pub enum Refusal {
     /// HTTP/2 `:authority` and `Host` name different hosts.
     #[error("Host differs from :authority")]
     ConflictingAuthority,
+    /// `chunked` applied more than once.
+    #[error("Transfer-Encoding chunked more than once")]
+    RepeatedChunked,
 }
 
 impl Refusal {
@@ -101,6 +108,12 @@ pub fn normalize<B>(request: &mut Request<B>) -> Result<(), Refusal> {
         Method::CONNECT => return Err(Refusal::Method("CONNECT")),
         Method::TRACE => return Err(Refusal::Method("TRACE")),
         _ => {}
+    }
+    if chunked_count(request.headers()) > 1 {
+        return Err(Refusal::RepeatedChunked);
+    }
+    if request.uri().path() == "*" && request.method() != Method::OPTIONS {
+        return Err(Refusal::InvalidTarget);
     }
     let host = single_host(request.headers())?;
     if let Some(host) = host {
@@ -135,6 +148,16 @@ pub fn normalize<B>(request: &mut Request<B>) -> Result<(), Refusal> {
     let value = HeaderValue::from_str(authority.as_str()).map_err(|_| Refusal::InvalidTarget)?;
     request.headers_mut().insert(header::HOST, value);
     Ok(())
+}
+
+/// How many times `chunked` is named over every `Transfer-Encoding` line.
+fn chunked_count(headers: &HeaderMap) -> usize {
+    headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .filter(|token| token.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+        .count()
 }
 
 /// The request's one `Host` value, `None` when absent.
@@ -272,6 +295,26 @@ mod tests {
             host(&r).is_empty(),
             "the forwarder takes Host from :authority"
         );
+    }
+
+    #[test]
+    fn odd_targets_and_double_chunked_are_refused() {
+        let mut r = request(Method::GET, "*", Version::HTTP_11, &["a"]);
+        assert_eq!(normalize(&mut r), Err(Refusal::InvalidTarget));
+        let mut r = request(Method::OPTIONS, "*", Version::HTTP_11, &["a"]);
+        assert_eq!(normalize(&mut r), Ok(()));
+        for te in [
+            &["chunked", "chunked"][..],
+            &["chunked, chunked"],
+            &["gzip, chunked", "chunked"],
+        ] {
+            let mut r = request(Method::POST, "/", Version::HTTP_11, &["a"]);
+            for v in te {
+                r.headers_mut()
+                    .append(header::TRANSFER_ENCODING, HeaderValue::from_static(v));
+            }
+            assert_eq!(normalize(&mut r), Err(Refusal::RepeatedChunked), "{te:?}");
+        }
     }
 
     #[test]

@@ -215,6 +215,8 @@ fn router_for(sim: Arc<Sim>) -> Router {
         .route("/_sim/ws", get(websocket))
         .fallback(serve)
         .with_state(sim)
+        // Its own requests in flight and latency on `/_alb/load`, for `prequal` probes.
+        .layer(crate::load_report::LoadReportLayer::new())
 }
 
 /// Serves a simulated backend on `listener` until the task is dropped.
