@@ -375,7 +375,7 @@ mod fuzz {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::upstream::fuzz_cases;
+    use crate::upstream::{fuzz_cases, head::fuzz::short};
 
     /// What decoding came to; any refusal is `Refused`.
     #[derive(Debug, PartialEq)]
@@ -451,14 +451,108 @@ mod fuzz {
         }
     }
 
-    /// The same outcome whole, cut at `cuts`, and (short inputs) one byte per read.
+    /// The expected outcome: RFC 9112 §7.1 written out over the whole input, independently
+    /// of `decode_chunk`: hex sizes that fit a `u64` (spaces or tabs before an extension),
+    /// CRLF line ends with no bare CR or LF in a line, lines of at most `MAX_CHUNK_LINE`,
+    /// CRLF after each chunk's data, trailer lines up to a blank line.
+    fn model(wire: &[u8]) -> Decoded {
+        enum Line<'a> {
+            Complete(&'a [u8]),
+            Incomplete,
+            Refused,
+        }
+        fn line(rest: &[u8]) -> Line<'_> {
+            match rest.windows(2).position(|w| w == b"\r\n") {
+                None if rest.len() > MAX_CHUNK_LINE + 1 => Line::Refused,
+                None => Line::Incomplete,
+                Some(end) if end > MAX_CHUNK_LINE => Line::Refused,
+                Some(end) if rest[..end].contains(&b'\r') || rest[..end].contains(&b'\n') => {
+                    Line::Refused
+                }
+                Some(end) => Line::Complete(&rest[..end]),
+            }
+        }
+        let mut at = 0;
+        let mut body = Vec::new();
+        loop {
+            let size_line = match line(&wire[at..]) {
+                Line::Complete(l) => l,
+                Line::Incomplete => return Decoded::Incomplete(body),
+                Line::Refused => return Decoded::Refused,
+            };
+            at += size_line.len() + 2;
+            let digits = size_line.split(|b| *b == b';').next().unwrap();
+            let digits = std::str::from_utf8(digits)
+                .unwrap_or("!")
+                .trim_matches([' ', '\t']);
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Decoded::Refused;
+            }
+            let Ok(size) = u64::from_str_radix(digits, 16) else {
+                return Decoded::Refused;
+            };
+            if size == 0 {
+                loop {
+                    match line(&wire[at..]) {
+                        Line::Complete(l) => {
+                            at += l.len() + 2;
+                            if l.is_empty() {
+                                let rest = wire[at..].to_vec();
+                                return Decoded::Done { body, rest };
+                            }
+                        }
+                        Line::Incomplete => return Decoded::Incomplete(body),
+                        Line::Refused => return Decoded::Refused,
+                    }
+                }
+            }
+            let left = (wire.len() - at) as u64;
+            if left < size {
+                body.extend_from_slice(&wire[at..]);
+                return Decoded::Incomplete(body);
+            }
+            body.extend_from_slice(&wire[at..at + size as usize]);
+            at += size as usize;
+            match &wire[at..] {
+                [] | [_] => return Decoded::Incomplete(body),
+                [b'\r', b'\n', ..] => at += 2,
+                _ => return Decoded::Refused,
+            }
+        }
+    }
+
+    /// The model's outcome, whole, cut at `cuts`, and (short inputs) one byte per read.
     fn check_cuts(wire: &[u8], cuts: &[usize]) -> Result<Decoded, TestCaseError> {
+        let text = short(&String::from_utf8_lossy(wire));
         let whole = decode(wire, &[]);
-        prop_assert_eq!(&decode(wire, cuts), &whole, "cut at {:?}", cuts);
+        let cut = decode(wire, cuts);
+        prop_assert!(
+            cut == whole,
+            "{} cut at {:?}: {} whole: {}",
+            text,
+            cuts,
+            short(&cut),
+            short(&whole)
+        );
         if wire.len() <= 600 {
             let bytewise: Vec<usize> = (0..wire.len()).collect();
-            prop_assert_eq!(&decode(wire, &bytewise), &whole, "byte by byte");
+            let bytewise = decode(wire, &bytewise);
+            prop_assert!(
+                bytewise == whole,
+                "{} byte by byte: {} whole: {}",
+                text,
+                short(&bytewise),
+                short(&whole)
+            );
         }
+        let expected = model(wire);
+        prop_assert!(
+            expected == whole,
+            "{} expected {} got {}",
+            text,
+            short(&expected),
+            short(&whole)
+        );
         Ok(whole)
     }
 
@@ -475,7 +569,11 @@ mod fuzz {
     fn size_style() -> impl Strategy<Value = SizeStyle> {
         (
             any::<bool>(),
-            0usize..4,
+            // Now and then a line about MAX_CHUNK_LINE long.
+            prop_oneof![
+                20 => 0usize..4,
+                1 => MAX_CHUNK_LINE - 24..MAX_CHUNK_LINE + 8,
+            ],
             prop::sample::select(&["", " ", "\t", " \t "][..]),
             prop::option::of("[a-z]{1,6}(=[a-z0-9\"]{0,6})?"),
         )
@@ -504,33 +602,39 @@ mod fuzz {
     }
 
     /// A valid chunked encoding of `body` in pieces of `sizes` (cycled), its last chunk,
-    /// `trailers`, and the blank line.
+    /// `trailers`, and the blank line; with the length of its longest size line.
     fn encode(
         body: &[u8],
         sizes: &[usize],
         styles: &[SizeStyle],
         trailers: &[(String, String)],
-    ) -> Vec<u8> {
+    ) -> (Vec<u8>, usize) {
         let mut wire = Vec::new();
+        let mut longest = 0;
         let mut at = 0;
         let mut i = 0;
         while at < body.len() {
             let size = sizes[i % sizes.len()].min(body.len() - at);
-            wire.extend_from_slice(size_line(size, &styles[i % styles.len()]).as_bytes());
+            let line = size_line(size, &styles[i % styles.len()]);
+            longest = longest.max(line.len() - 2);
+            wire.extend_from_slice(line.as_bytes());
             wire.extend_from_slice(&body[at..at + size]);
             wire.extend_from_slice(b"\r\n");
             at += size;
             i += 1;
         }
-        wire.extend_from_slice(size_line(0, &styles[i % styles.len()]).as_bytes());
+        let line = size_line(0, &styles[i % styles.len()]);
+        longest = longest.max(line.len() - 2);
+        wire.extend_from_slice(line.as_bytes());
         for (name, value) in trailers {
             wire.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
         }
         wire.extend_from_slice(b"\r\n");
-        wire
+        (wire, longest)
     }
 
-    fn encoding() -> impl Strategy<Value = (Vec<u8>, Vec<u8>)> {
+    /// A body, its encoding, and whether every chunk line is within `MAX_CHUNK_LINE`.
+    fn encoding() -> impl Strategy<Value = (Vec<u8>, Vec<u8>, bool)> {
         (
             prop::collection::vec(any::<u8>(), 0..2000),
             prop::collection::vec(1usize..300, 1..8),
@@ -538,8 +642,8 @@ mod fuzz {
             prop::collection::vec(("x-[a-z]{1,8}", "[ -~]{0,20}"), 0..3),
         )
             .prop_map(|(body, sizes, styles, trailers)| {
-                let wire = encode(&body, &sizes, &styles, &trailers);
-                (body, wire)
+                let (wire, longest) = encode(&body, &sizes, &styles, &trailers);
+                (body, wire, longest <= MAX_CHUNK_LINE)
             })
     }
 
@@ -642,14 +746,19 @@ mod fuzz {
         /// to exactly the body and stops exactly at its end.
         #[test]
         fn chunked_decoder_round_trips_bodies(
-            (body, wire) in encoding(),
+            (body, wire, lines_fit) in encoding(),
             next in prop::collection::vec(any::<u8>(), 0..40),
             cuts in prop::collection::vec(any::<usize>(), 0..8),
         ) {
             let mut input = wire;
             input.extend_from_slice(&next);
             let decoded = check_cuts(&input, &cuts)?;
-            prop_assert_eq!(decoded, Decoded::Done { body, rest: next });
+            if lines_fit {
+                prop_assert_eq!(decoded, Decoded::Done { body, rest: next });
+            } else {
+                // Leading zeros made a line longer than MAX_CHUNK_LINE: refused, if valid.
+                prop_assert_eq!(decoded, Decoded::Refused);
+            }
         }
 
         /// Mutated valid encodings, chunk sizes inflated to huge or past `u64`: never a
@@ -657,7 +766,7 @@ mod fuzz {
         /// however they are cut; what is decoded never exceeds what was read.
         #[test]
         fn chunked_decoder_survives_mutations(
-            (_body, wire) in encoding(),
+            (_body, wire, _) in encoding(),
             mutations in prop::collection::vec(mutation(), 1..4),
             cuts in prop::collection::vec(any::<usize>(), 0..8),
         ) {
