@@ -105,3 +105,155 @@ proptest! {
         prop_assert!(request.headers().get("x-forwarded-for").is_some());
     }
 }
+
+/// Cases per parser property: `ALB_FUZZ_CASES` when set (`ALB_FUZZ_CASES=100000` for a long
+/// run), else 2 000 so `cargo test` stays quick.
+fn fuzz_cases() -> u32 {
+    std::env::var("ALB_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000)
+}
+
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "proxy-connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "upgrade",
+];
+
+/// A header name `http` accepts: a random token, or one of the names the rewrite treats
+/// specially, in any case.
+fn header_name() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[a-zA-Z0-9!#$%&'*+.^_`|~-]{1,16}",
+        prop::sample::select(
+            &[
+                "Host",
+                "host",
+                "Content-Length",
+                "Transfer-Encoding",
+                "Connection",
+                "Keep-Alive",
+                "TE",
+                "Trailer",
+                "Upgrade",
+                "Proxy-Connection",
+                "Proxy-Authorization",
+                "X-Forwarded-For",
+                "X-Forwarded-Host",
+            ][..]
+        )
+        .prop_map(str::to_owned),
+    ]
+}
+
+/// A header value `http` accepts: any bytes but controls other than tab and DEL, or a token
+/// list such as `Connection` carries.
+fn header_value() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        prop::collection::vec(prop_oneof![Just(b'\t'), 0x20u8..0x7f, 0x80u8..=0xff], 0..24),
+        prop::collection::vec(header_name(), 0..3).prop_map(|names| names.join(", ").into_bytes()),
+        prop::sample::select(&["close", "keep-alive", "upgrade", "chunked", "websocket"][..])
+            .prop_map(|v| v.as_bytes().to_vec()),
+    ]
+}
+
+fn trim_ows(v: &[u8]) -> &[u8] {
+    let ows = |b: &u8| *b == b' ' || *b == b'\t';
+    let start = v.iter().position(|b| !ows(b)).unwrap_or(v.len());
+    let end = v.iter().rposition(|b| !ows(b)).map_or(start, |e| e + 1);
+    &v[start..end]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(fuzz_cases()))]
+
+    /// The rewrite and the own client's request head, over any method, target and headers
+    /// `http` accepts: the head ALB writes (requests that are not upgrades, the only ones
+    /// it writes itself) has no hop-by-hop header, exactly one `Host`, never both
+    /// `Content-Length` and `Transfer-Encoding`, and `httparse` reads back the method, the
+    /// path and the headers of the rewritten request (values up to surrounding spaces).
+    #[test]
+    fn encoded_request_head_reparses_without_hop_by_hop(
+        method in prop_oneof![
+            prop::sample::select(&["GET", "HEAD", "DELETE", "OPTIONS", "POST", "PUT", "PATCH"][..])
+                .prop_map(str::to_owned),
+            "[A-Z!#$%&'*+.^_`|~-]{1,10}",
+        ],
+        target in prop_oneof![
+            "/[a-zA-Z0-9/%?=&._~!$'()*+,;:@-]{0,40}",
+            "http://[a-z0-9.-]{1,20}(:[0-9]{1,5})?/[!-~]{0,30}",
+            "/[!-~]{0,30}",
+        ],
+        headers in prop::collection::vec((header_name(), header_value()), 0..12),
+        http2 in any::<bool>(),
+    ) {
+        let Ok(uri) = target.parse::<http::Uri>() else { return Ok(()); };
+        let Ok(method) = http::Method::from_bytes(method.as_bytes()) else { return Ok(()); };
+        let mut request = http::Request::new(());
+        *request.method_mut() = method.clone();
+        *request.uri_mut() = uri;
+        if http2 {
+            *request.version_mut() = http::Version::HTTP_2;
+        }
+        for (name, value) in &headers {
+            if let (Ok(n), Ok(v)) = (http::HeaderName::from_bytes(name.as_bytes()), http::HeaderValue::from_bytes(value)) {
+                request.headers_mut().append(n, v);
+            }
+        }
+        if alb::semantics::upgrade_protocol(request.headers()).is_some() {
+            // Upgrades go through hyper's client, never through `encode_request`.
+            return Ok(());
+        }
+        let backend: http::uri::Authority = "127.0.0.1:9000".parse().unwrap();
+        rewrite_request(&mut request, &backend, Some("127.0.0.9:1000".parse().unwrap()), ClientProto::Http);
+        let mut head = bytes::BytesMut::new();
+        alb::upstream::encode_request(&request, &mut head);
+
+        let mut slots = [httparse::EMPTY_HEADER; 64];
+        let mut parsed = httparse::Request::new(&mut slots);
+        let status = parsed.parse(&head);
+        prop_assert!(matches!(status, Ok(httparse::Status::Complete(n)) if n == head.len()),
+            "{:?} for {:?}", status, String::from_utf8_lossy(&head));
+        prop_assert_eq!(parsed.method, Some(method.as_str()));
+        let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+        prop_assert_eq!(parsed.path, Some(path));
+        let names: Vec<String> = parsed.headers.iter().map(|h| h.name.to_ascii_lowercase()).collect();
+        for hop in HOP_BY_HOP {
+            prop_assert!(!names.iter().any(|n| n == hop), "{} sent: {:?}", hop, String::from_utf8_lossy(&head));
+        }
+        prop_assert_eq!(names.iter().filter(|n| *n == "host").count(), 1, "{:?}", String::from_utf8_lossy(&head));
+        prop_assert!(!(names.iter().any(|n| n == "content-length") && names.iter().any(|n| n == "transfer-encoding")));
+
+        // What should be on the wire: the rewritten headers, one Host, and `content-length: 0`
+        // for a body-less POST, PUT or PATCH.
+        let mut expected: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut host_seen = false;
+        for (name, value) in request.headers() {
+            if name == http::header::HOST {
+                if host_seen { continue; }
+                host_seen = true;
+            }
+            expected.push((name.as_str().to_owned(), trim_ows(value.as_bytes()).to_vec()));
+        }
+        if !host_seen {
+            expected.push(("host".to_owned(), b"127.0.0.1:9000".to_vec()));
+        }
+        let expects_body = matches!(method, http::Method::POST | http::Method::PUT | http::Method::PATCH);
+        if expects_body && !request.headers().contains_key(http::header::CONTENT_LENGTH) {
+            expected.push(("content-length".to_owned(), b"0".to_vec()));
+        }
+        let got: Vec<(String, Vec<u8>)> = parsed
+            .headers
+            .iter()
+            .map(|h| (h.name.to_ascii_lowercase(), trim_ows(h.value).to_vec()))
+            .collect();
+        prop_assert_eq!(got, expected);
+    }
+}

@@ -243,10 +243,7 @@ fn decode_chunk(chunk: Chunk, buffer: &mut BytesMut) -> io::Result<ChunkStep> {
                 return Ok(ChunkStep::NeedMore);
             };
             let digits = line[..].split(|b| *b == b';').next().unwrap_or_default();
-            let digits = std::str::from_utf8(digits)
-                .map_err(|_| malformed("chunk size"))?
-                .trim();
-            let size = u64::from_str_radix(digits, 16).map_err(|_| malformed("chunk size"))?;
+            let size = chunk_size(digits).ok_or_else(|| malformed("chunk size"))?;
             Ok(ChunkStep::Next(if size == 0 {
                 Chunk::Trailers
             } else {
@@ -284,15 +281,37 @@ fn decode_chunk(chunk: Chunk, buffer: &mut BytesMut) -> io::Result<ChunkStep> {
     }
 }
 
+/// A chunk size: 1*HEXDIG (RFC 9112 §7.1), with the spaces or tabs allowed before a chunk
+/// extension, that fits a `u64`. Not `u64::from_str_radix`, which also takes a leading `+`.
+/// A huge size is no allocation: data is passed on as it arrives.
+fn chunk_size(digits: &[u8]) -> Option<u64> {
+    let is_ows = |b: &u8| *b == b' ' || *b == b'\t';
+    let start = digits.iter().position(|b| !is_ows(b))?;
+    let end = digits.iter().rposition(|b| !is_ows(b))? + 1;
+    digits[start..end].iter().try_fold(0u64, |size, b| {
+        let digit = (*b as char).to_digit(16)?;
+        size.checked_mul(16)?.checked_add(u64::from(digit))
+    })
+}
+
 /// Takes one CRLF-terminated line off the buffer (without the CRLF), if complete.
+///
+/// A line longer than [`MAX_CHUNK_LINE`] is refused whether its CRLF arrived in the same
+/// read or not, and so is a bare CR or LF inside a line: a recipient that ends lines at a
+/// bare LF would see other chunk boundaries than ALB (RFC 9112 §2.2).
 fn take_line(buffer: &mut BytesMut) -> io::Result<Option<BytesMut>> {
     match buffer.windows(2).position(|w| w == b"\r\n") {
+        Some(end) if end > MAX_CHUNK_LINE => Err(malformed("line too long")),
+        Some(end) if buffer[..end].iter().any(|b| *b == b'\r' || *b == b'\n') => {
+            Err(malformed("bare CR or LF in a line"))
+        }
         Some(end) => {
             let line = buffer.split_to(end);
             buffer.advance(2);
             Ok(Some(line))
         }
-        None if buffer.len() > MAX_CHUNK_LINE => Err(malformed("line too long")),
+        // A line of MAX_CHUNK_LINE bytes may be buffered with its CR but not yet its LF.
+        None if buffer.len() > MAX_CHUNK_LINE + 1 => Err(malformed("line too long")),
         None => Ok(None),
     }
 }
@@ -344,5 +363,471 @@ mod tests {
         assert!(dechunk(b"zz\r\nhello\r\n0\r\n\r\n", 64).is_err());
         assert!(dechunk(b"5\r\nhelloXX0\r\n\r\n", 64).is_err());
         assert!(dechunk(&[b'1'; MAX_CHUNK_LINE + 10], 64).is_err());
+    }
+}
+
+/// Property tests of the chunked decoder: arbitrary bytes, valid encodings of random bodies
+/// with extensions and trailers, and those encodings mutated (bytes inserted, deleted,
+/// flipped or duplicated, CRLF turned into LF or CR, chunk sizes inflated), each fed whole
+/// and cut at arbitrary points as reads would cut it. Case counts: [`super::fuzz_cases`].
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::upstream::{fuzz_cases, head::fuzz::short};
+
+    /// What decoding came to; any refusal is `Refused`.
+    #[derive(Debug, PartialEq)]
+    enum Decoded {
+        /// Out of input, with the data decoded so far.
+        Incomplete(Vec<u8>),
+        Refused,
+        /// The body, and the bytes after its end (the next response).
+        Done {
+            body: Vec<u8>,
+            rest: Vec<u8>,
+        },
+    }
+
+    /// Runs `decode_chunk` over `wire` cut at `cuts`, as `Streaming::decode` does, and checks
+    /// on every step what the decoder promises:
+    /// - each step but `NeedMore` consumes at least one byte, so decoding ends within
+    ///   input length + pieces + 1 steps (no hang whatever the bytes);
+    /// - it never allocates: the buffer's capacity never grows in a step (a huge chunk
+    ///   size is streamed, not reserved);
+    /// - when it asks for more, what it holds undecoded is bounded: a partial line of at
+    ///   most `MAX_CHUNK_LINE + 1` bytes, less than a CRLF, or nothing inside chunk data.
+    fn decode(wire: &[u8], cuts: &[usize]) -> Decoded {
+        let mut points: Vec<usize> = cuts.iter().map(|c| c % (wire.len() + 1)).collect();
+        points.push(wire.len());
+        points.sort_unstable();
+        points.dedup();
+        let bound = wire.len() + points.len() + 1;
+        let mut points = points.into_iter();
+        let mut buffer = BytesMut::new();
+        let mut chunk = Chunk::Size;
+        let mut body = Vec::new();
+        let mut fed = 0;
+        let mut steps = 0;
+        loop {
+            let (len, capacity) = (buffer.len(), buffer.capacity());
+            let step = decode_chunk(chunk, &mut buffer);
+            steps += 1;
+            assert!(steps <= bound, "{steps} steps for {} bytes", wire.len());
+            assert!(buffer.capacity() <= capacity, "the decoder allocated");
+            match step {
+                Err(_) => return Decoded::Refused,
+                Ok(ChunkStep::NeedMore) => {
+                    assert_eq!(buffer.len(), len);
+                    let held = match chunk {
+                        Chunk::Size | Chunk::Trailers => MAX_CHUNK_LINE + 1,
+                        Chunk::DataEnd => 1,
+                        Chunk::Data(_) => 0,
+                    };
+                    assert!(len <= held, "{len} bytes held in {chunk:?}");
+                    let Some(end) = points.next() else {
+                        return Decoded::Incomplete(body);
+                    };
+                    buffer.extend_from_slice(&wire[fed..end]);
+                    fed = end;
+                }
+                Ok(ChunkStep::Next(next)) => {
+                    assert!(buffer.len() < len);
+                    chunk = next;
+                }
+                Ok(ChunkStep::Data(data, next)) => {
+                    assert!(!data.is_empty() && buffer.len() < len);
+                    body.extend_from_slice(&data);
+                    chunk = next;
+                }
+                Ok(ChunkStep::End) => {
+                    assert!(buffer.len() < len);
+                    let mut rest = buffer.to_vec();
+                    rest.extend_from_slice(&wire[fed..]);
+                    return Decoded::Done { body, rest };
+                }
+            }
+        }
+    }
+
+    /// The expected outcome: RFC 9112 §7.1 written out over the whole input, independently
+    /// of `decode_chunk`: hex sizes that fit a `u64` (spaces or tabs before an extension),
+    /// CRLF line ends with no bare CR or LF in a line, lines of at most `MAX_CHUNK_LINE`,
+    /// CRLF after each chunk's data, trailer lines up to a blank line.
+    fn model(wire: &[u8]) -> Decoded {
+        enum Line<'a> {
+            Complete(&'a [u8]),
+            Incomplete,
+            Refused,
+        }
+        fn line(rest: &[u8]) -> Line<'_> {
+            match rest.windows(2).position(|w| w == b"\r\n") {
+                None if rest.len() > MAX_CHUNK_LINE + 1 => Line::Refused,
+                None => Line::Incomplete,
+                Some(end) if end > MAX_CHUNK_LINE => Line::Refused,
+                Some(end) if rest[..end].contains(&b'\r') || rest[..end].contains(&b'\n') => {
+                    Line::Refused
+                }
+                Some(end) => Line::Complete(&rest[..end]),
+            }
+        }
+        let mut at = 0;
+        let mut body = Vec::new();
+        loop {
+            let size_line = match line(&wire[at..]) {
+                Line::Complete(l) => l,
+                Line::Incomplete => return Decoded::Incomplete(body),
+                Line::Refused => return Decoded::Refused,
+            };
+            at += size_line.len() + 2;
+            let digits = size_line.split(|b| *b == b';').next().unwrap();
+            let digits = std::str::from_utf8(digits)
+                .unwrap_or("!")
+                .trim_matches([' ', '\t']);
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Decoded::Refused;
+            }
+            let Ok(size) = u64::from_str_radix(digits, 16) else {
+                return Decoded::Refused;
+            };
+            if size == 0 {
+                loop {
+                    match line(&wire[at..]) {
+                        Line::Complete(l) => {
+                            at += l.len() + 2;
+                            if l.is_empty() {
+                                let rest = wire[at..].to_vec();
+                                return Decoded::Done { body, rest };
+                            }
+                        }
+                        Line::Incomplete => return Decoded::Incomplete(body),
+                        Line::Refused => return Decoded::Refused,
+                    }
+                }
+            }
+            let left = (wire.len() - at) as u64;
+            if left < size {
+                body.extend_from_slice(&wire[at..]);
+                return Decoded::Incomplete(body);
+            }
+            body.extend_from_slice(&wire[at..at + size as usize]);
+            at += size as usize;
+            match &wire[at..] {
+                [] | [_] => return Decoded::Incomplete(body),
+                [b'\r', b'\n', ..] => at += 2,
+                _ => return Decoded::Refused,
+            }
+        }
+    }
+
+    /// The model's outcome, whole, cut at `cuts`, and (short inputs) one byte per read.
+    fn check_cuts(wire: &[u8], cuts: &[usize]) -> Result<Decoded, TestCaseError> {
+        let text = short(&String::from_utf8_lossy(wire));
+        let whole = decode(wire, &[]);
+        let cut = decode(wire, cuts);
+        prop_assert!(
+            cut == whole,
+            "{} cut at {:?}: {} whole: {}",
+            text,
+            cuts,
+            short(&cut),
+            short(&whole)
+        );
+        if wire.len() <= 600 {
+            let bytewise: Vec<usize> = (0..wire.len()).collect();
+            let bytewise = decode(wire, &bytewise);
+            prop_assert!(
+                bytewise == whole,
+                "{} byte by byte: {} whole: {}",
+                text,
+                short(&bytewise),
+                short(&whole)
+            );
+        }
+        let expected = model(wire);
+        prop_assert!(
+            expected == whole,
+            "{} expected {} got {}",
+            text,
+            short(&expected),
+            short(&whole)
+        );
+        Ok(whole)
+    }
+
+    /// How one chunk-size line is written: hex case, leading zeros, spaces before an
+    /// extension, an extension.
+    #[derive(Debug, Clone)]
+    struct SizeStyle {
+        upper: bool,
+        zeros: usize,
+        space: &'static str,
+        extension: Option<String>,
+    }
+
+    fn size_style() -> impl Strategy<Value = SizeStyle> {
+        (
+            any::<bool>(),
+            // Now and then a line about MAX_CHUNK_LINE long.
+            prop_oneof![
+                20 => 0usize..4,
+                1 => MAX_CHUNK_LINE - 24..MAX_CHUNK_LINE + 8,
+            ],
+            prop::sample::select(&["", " ", "\t", " \t "][..]),
+            prop::option::of("[a-z]{1,6}(=[a-z0-9\"]{0,6})?"),
+        )
+            .prop_map(|(upper, zeros, space, extension)| SizeStyle {
+                upper,
+                zeros,
+                space,
+                extension,
+            })
+    }
+
+    fn size_line(size: usize, style: &SizeStyle) -> String {
+        let digits = if style.upper {
+            format!("{size:X}")
+        } else {
+            format!("{size:x}")
+        };
+        let mut line = format!("{}{digits}", "0".repeat(style.zeros));
+        if let Some(extension) = &style.extension {
+            line.push_str(style.space);
+            line.push(';');
+            line.push_str(extension);
+        }
+        line.push_str("\r\n");
+        line
+    }
+
+    /// A valid chunked encoding of `body` in pieces of `sizes` (cycled), its last chunk,
+    /// `trailers`, and the blank line; with the length of its longest size line.
+    fn encode(
+        body: &[u8],
+        sizes: &[usize],
+        styles: &[SizeStyle],
+        trailers: &[(String, String)],
+    ) -> (Vec<u8>, usize) {
+        let mut wire = Vec::new();
+        let mut longest = 0;
+        let mut at = 0;
+        let mut i = 0;
+        while at < body.len() {
+            let size = sizes[i % sizes.len()].min(body.len() - at);
+            let line = size_line(size, &styles[i % styles.len()]);
+            longest = longest.max(line.len() - 2);
+            wire.extend_from_slice(line.as_bytes());
+            wire.extend_from_slice(&body[at..at + size]);
+            wire.extend_from_slice(b"\r\n");
+            at += size;
+            i += 1;
+        }
+        let line = size_line(0, &styles[i % styles.len()]);
+        longest = longest.max(line.len() - 2);
+        wire.extend_from_slice(line.as_bytes());
+        for (name, value) in trailers {
+            wire.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+        }
+        wire.extend_from_slice(b"\r\n");
+        (wire, longest)
+    }
+
+    /// A body, its encoding, and whether every chunk line is within `MAX_CHUNK_LINE`.
+    fn encoding() -> impl Strategy<Value = (Vec<u8>, Vec<u8>, bool)> {
+        (
+            prop::collection::vec(any::<u8>(), 0..2000),
+            prop::collection::vec(1usize..300, 1..8),
+            prop::collection::vec(size_style(), 1..4),
+            prop::collection::vec(("x-[a-z]{1,8}", "[ -~]{0,20}"), 0..3),
+        )
+            .prop_map(|(body, sizes, styles, trailers)| {
+                let (wire, longest) = encode(&body, &sizes, &styles, &trailers);
+                (body, wire, longest <= MAX_CHUNK_LINE)
+            })
+    }
+
+    /// One structured change to an encoding; positions wrap around its length.
+    #[derive(Debug, Clone)]
+    enum Mutation {
+        Insert(usize, u8),
+        Delete(usize),
+        Flip(usize, u8),
+        Duplicate(usize, usize),
+        CrlfToLf(usize),
+        CrlfToCr(usize),
+        /// The `k`th chunk-size line's digits replaced by these (huge, or past `u64`).
+        Inflate(usize, String),
+    }
+
+    fn mutation() -> impl Strategy<Value = Mutation> {
+        prop_oneof![
+            (
+                any::<usize>(),
+                prop_oneof![any::<u8>(), prop::sample::select(&b"\r\n ;\t0fF+-"[..])]
+            )
+                .prop_map(|(at, b)| Mutation::Insert(at, b)),
+            any::<usize>().prop_map(Mutation::Delete),
+            (any::<usize>(), 0u8..8).prop_map(|(at, bit)| Mutation::Flip(at, bit)),
+            (any::<usize>(), 1usize..16).prop_map(|(at, n)| Mutation::Duplicate(at, n)),
+            any::<usize>().prop_map(Mutation::CrlfToLf),
+            any::<usize>().prop_map(Mutation::CrlfToCr),
+            (
+                any::<usize>(),
+                prop_oneof![
+                    (1u64 << 20..=u64::MAX).prop_map(|n| format!("{n:x}")),
+                    "[1-9a-f][0-9a-f]{16,20}",
+                ]
+            )
+                .prop_map(|(k, digits)| Mutation::Inflate(k, digits)),
+        ]
+    }
+
+    fn apply(wire: &mut Vec<u8>, mutation: &Mutation) {
+        let len = wire.len();
+        let crlfs: Vec<usize> = wire
+            .windows(2)
+            .enumerate()
+            .filter(|(_, w)| *w == b"\r\n")
+            .map(|(i, _)| i)
+            .collect();
+        match mutation {
+            Mutation::Insert(at, b) => wire.insert(at % (len + 1), *b),
+            Mutation::Delete(_) | Mutation::Flip(..) | Mutation::Duplicate(..) if len == 0 => {}
+            Mutation::Delete(at) => {
+                wire.remove(at % len);
+            }
+            Mutation::Flip(at, bit) => wire[at % len] ^= 1 << *bit,
+            Mutation::Duplicate(at, n) => {
+                let at = at % len;
+                let piece = wire[at..(at + n).min(len)].to_vec();
+                wire.splice(at..at, piece);
+            }
+            Mutation::CrlfToLf(_) | Mutation::CrlfToCr(_) | Mutation::Inflate(..)
+                if crlfs.is_empty() => {}
+            Mutation::CrlfToLf(k) => {
+                wire.remove(crlfs[k % crlfs.len()]);
+            }
+            Mutation::CrlfToCr(k) => {
+                wire.remove(crlfs[k % crlfs.len()] + 1);
+            }
+            Mutation::Inflate(k, digits) => {
+                // The first line is a size line; later ones may be data that ends in CRLF,
+                // which is a mutation too.
+                let i = k % crlfs.len();
+                let start = if i == 0 { 0 } else { crlfs[i - 1] + 2 };
+                let end = wire[start..crlfs[i]]
+                    .iter()
+                    .position(|b| *b == b';')
+                    .map_or(crlfs[i], |p| start + p);
+                wire.splice(start..end, digits.bytes());
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(fuzz_cases()))]
+
+        /// Arbitrary bytes, alone or after a valid chunk: never a panic or a hang, bounded
+        /// memory (see [`decode`]), the same outcome however they are cut.
+        #[test]
+        fn chunked_decoder_takes_arbitrary_bytes(
+            prefix in any::<bool>(),
+            bytes in prop::collection::vec(any::<u8>(), 0..600),
+            cuts in prop::collection::vec(any::<usize>(), 0..8),
+        ) {
+            let mut wire = if prefix { b"5\r\nhello\r\n".to_vec() } else { Vec::new() };
+            wire.extend_from_slice(&bytes);
+            check_cuts(&wire, &cuts)?;
+        }
+
+        /// A valid chunked encoding of a random body (extensions, leading zeros, either hex
+        /// case, trailers), followed by the next response's bytes and cut anywhere, decodes
+        /// to exactly the body and stops exactly at its end.
+        #[test]
+        fn chunked_decoder_round_trips_bodies(
+            (body, wire, lines_fit) in encoding(),
+            next in prop::collection::vec(any::<u8>(), 0..40),
+            cuts in prop::collection::vec(any::<usize>(), 0..8),
+        ) {
+            let mut input = wire;
+            input.extend_from_slice(&next);
+            let decoded = check_cuts(&input, &cuts)?;
+            if lines_fit {
+                prop_assert_eq!(decoded, Decoded::Done { body, rest: next });
+            } else {
+                // Leading zeros made a line longer than MAX_CHUNK_LINE: refused, if valid.
+                prop_assert_eq!(decoded, Decoded::Refused);
+            }
+        }
+
+        /// Mutated valid encodings, chunk sizes inflated to huge or past `u64`: never a
+        /// panic or a hang, no allocation for a huge size, bounded memory, the same outcome
+        /// however they are cut; what is decoded never exceeds what was read.
+        #[test]
+        fn chunked_decoder_survives_mutations(
+            (_body, wire, _) in encoding(),
+            mutations in prop::collection::vec(mutation(), 1..4),
+            cuts in prop::collection::vec(any::<usize>(), 0..8),
+        ) {
+            let mut wire = wire;
+            for m in &mutations {
+                apply(&mut wire, m);
+            }
+            match check_cuts(&wire, &cuts)? {
+                Decoded::Incomplete(body) => prop_assert!(body.len() <= wire.len()),
+                Decoded::Done { body, rest } => prop_assert!(body.len() + rest.len() <= wire.len()),
+                Decoded::Refused => {}
+            }
+        }
+
+        /// A huge chunk size is streamed as its data arrives, never reserved; one that does
+        /// not fit a `u64` is refused.
+        #[test]
+        fn chunked_decoder_streams_huge_sizes(
+            size in 1u64 << 20..=u64::MAX,
+            data in prop::collection::vec(any::<u8>(), 0..4096),
+            overflow in "[1-9a-f][0-9a-f]{16}",
+        ) {
+            let mut wire = format!("{size:x}\r\n").into_bytes();
+            wire.extend_from_slice(&data);
+            prop_assert_eq!(decode(&wire, &[wire.len() - data.len()]), Decoded::Incomplete(data));
+            let mut buffer = BytesMut::from(format!("{overflow}\r\n").as_bytes());
+            prop_assert!(decode_chunk(Chunk::Size, &mut buffer).is_err());
+        }
+    }
+
+    /// What the properties found, kept as plain regressions.
+    #[test]
+    fn regressions() {
+        // A chunk-size line longer than MAX_CHUNK_LINE was taken when its CRLF came in the
+        // same read, refused when it did not.
+        let mut long = vec![b'0'; MAX_CHUNK_LINE + 10];
+        long.extend_from_slice(b"5\r\nhello\r\n0\r\n\r\n");
+        assert_eq!(decode(&long, &[]), Decoded::Refused);
+        assert_eq!(decode(&long, &[100, 5000]), Decoded::Refused);
+        // A line of exactly MAX_CHUNK_LINE bytes whose LF comes in the next read.
+        let mut exact = vec![b'0'; MAX_CHUNK_LINE - 1];
+        exact.extend_from_slice(b"1\r\nx\r\n0\r\n\r\n");
+        let done = Decoded::Done {
+            body: b"x".to_vec(),
+            rest: Vec::new(),
+        };
+        assert_eq!(decode(&exact, &[MAX_CHUNK_LINE + 1]), done);
+        // A sign, or a bare CR or LF in a line (`str::trim` took them), is not a chunk size.
+        for wire in [
+            &b"+5\r\nhello\r\n0\r\n\r\n"[..],
+            b"5\r\r\nhello\r\n0\r\n\r\n",
+            b"5\n\r\nhello\r\n0\r\n\r\n",
+            b"5;a\nb\r\nhello\r\n0\r\n\r\n",
+            b"5\r\nhello\r\n0\r\nx: 1\n\r\n\r\n",
+        ] {
+            assert_eq!(
+                decode(wire, &[]),
+                Decoded::Refused,
+                "{:?}",
+                String::from_utf8_lossy(wire)
+            );
+        }
     }
 }

@@ -26,6 +26,10 @@ pub const MAX_RESPONSE_HEAD_BYTES: usize = 64 * 1024;
 /// `Host` set, hop-by-hop headers gone. Its body is empty (requests with a body go through
 /// hyper's client, see the module docs of `upstream`); methods whose requests normally carry
 /// a body get `Content-Length: 0`, so the backend does not wait for one.
+///
+/// Exactly one `Host` goes out (RFC 9112 §3.2): the first when the client sent several (the
+/// one `X-Forwarded-Host` copies), the URI's authority when it sent none (what hyper's
+/// client writes on the other path).
 pub fn encode_request<B>(request: &Request<B>, out: &mut BytesMut) {
     let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
     let headers = request.headers();
@@ -34,11 +38,25 @@ pub fn encode_request<B>(request: &Request<B>, out: &mut BytesMut) {
     out.put_u8(b' ');
     out.put_slice(path.as_bytes());
     out.put_slice(b" HTTP/1.1\r\n");
+    let mut host_written = false;
     for (name, value) in headers {
+        if name == header::HOST {
+            if host_written {
+                continue;
+            }
+            host_written = true;
+        }
         out.put_slice(name.as_str().as_bytes());
         out.put_slice(b": ");
         out.put_slice(value.as_bytes());
         out.put_slice(b"\r\n");
+    }
+    if !host_written {
+        if let Some(authority) = request.uri().authority() {
+            out.put_slice(b"host: ");
+            out.put_slice(authority.as_str().as_bytes());
+            out.put_slice(b"\r\n");
+        }
     }
     let expects_body = matches!(
         *request.method(),
@@ -139,6 +157,11 @@ pub fn parse_response(
                 return Err(HeadError::TooLarge)
             }
             httparse::Status::Partial => return Ok(None),
+            // A whole head that arrived in one read is held to the same limit as one that
+            // trickles in: the answer must not depend on how the bytes were split.
+            httparse::Status::Complete(length) if length > MAX_RESPONSE_HEAD_BYTES => {
+                return Err(HeadError::TooLarge)
+            }
             httparse::Status::Complete(length) => length,
         };
         let code = parsed.code.unwrap_or_default();
@@ -180,7 +203,7 @@ fn build(
 ) -> Result<ResponseHead, HeadError> {
     let mut headers = HeaderMap::with_capacity(indices.len());
     let mut connection = ConnectionTokens::default();
-    let mut transfer_encoding = None;
+    let mut transfer_encoding = TransferCodings::default();
     for index in indices {
         let name = HeaderName::from_bytes(&head[index.name()])
             .map_err(|_| HeadError::InvalidHeader("name"))?;
@@ -192,7 +215,7 @@ fn build(
             continue;
         }
         if name == header::TRANSFER_ENCODING {
-            transfer_encoding = Some(raw);
+            transfer_encoding.add(raw);
             continue;
         }
         if is_hop_by_hop(&name) {
@@ -202,6 +225,14 @@ fn build(
             .map_err(|_| HeadError::InvalidHeader("value"))?;
         headers.append(name, value);
     }
+    if minor_version == 0 && transfer_encoding.present {
+        // RFC 9112 §6.1: HTTP/1.0 has no transfer codings, so the framing is faulty (hyper's
+        // client refuses such a response too).
+        return Err(HeadError::InvalidHeader("transfer-encoding"));
+    }
+    // Framing first, from the headers as received: a `Connection` header that lists
+    // `Content-Length` must not turn a length-delimited body into one read until close.
+    let framing = framing(&mut headers, transfer_encoding, status, request_method)?;
     if connection.lists_others {
         // Names listed in Connection are hop-by-hop too (RFC 9110 §7.6.1). Rare: a second pass.
         for index in indices {
@@ -214,7 +245,6 @@ fn build(
             }
         }
     }
-    let framing = framing(&mut headers, transfer_encoding, status, request_method)?;
     let reusable = if minor_version == 0 {
         connection.keep_alive
     } else {
@@ -255,12 +285,58 @@ impl ConnectionTokens {
     }
 }
 
+/// What the `Transfer-Encoding` headers of a response say, all field lines taken as one
+/// list (RFC 9110 §5.3).
+#[derive(Default, Clone, Copy)]
+struct TransferCodings {
+    present: bool,
+    /// Whether the last coding is `chunked`; empty list elements are ignored (RFC 9110
+    /// §5.6.1), so `chunked,` still ends in `chunked`.
+    chunked_last: bool,
+}
+
+impl TransferCodings {
+    fn add(&mut self, value: &[u8]) {
+        self.present = true;
+        let last = value
+            .split(|b| *b == b',')
+            .map(trim_whitespace)
+            .rfind(|coding| !coding.is_empty());
+        if let Some(coding) = last {
+            self.chunked_last = coding.eq_ignore_ascii_case(b"chunked");
+        }
+    }
+}
+
+/// `bytes` without leading and trailing spaces and tabs (RFC 9110 OWS).
+fn trim_whitespace(bytes: &[u8]) -> &[u8] {
+    let is_ows = |b: &u8| *b == b' ' || *b == b'\t';
+    let start = bytes.iter().position(|b| !is_ows(b)).unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|b| !is_ows(b))
+        .map_or(start, |e| e + 1);
+    &bytes[start..end]
+}
+
+/// A `Content-Length` value: 1*DIGIT (RFC 9110 §8.6) that fits a `u64`. Not `str::parse`,
+/// which also takes a leading `+`.
+fn content_length(value: &[u8]) -> Option<u64> {
+    let digits = trim_whitespace(value);
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
+}
+
 /// RFC 9112 §6.3, in order: no body for HEAD, 1xx, 204 and 304; chunked when it is the last
 /// transfer coding (any `Content-Length` is then dropped: the client gets hyper's framing);
 /// then Content-Length (every value equal); otherwise until close.
 fn framing(
     headers: &mut HeaderMap,
-    transfer_encoding: Option<&[u8]>,
+    transfer_encoding: TransferCodings,
     status: StatusCode,
     request_method: &Method,
 ) -> Result<Framing, HeadError> {
@@ -270,10 +346,9 @@ fn framing(
     {
         return Ok(Framing::Empty);
     }
-    if let Some(codings) = transfer_encoding {
+    if transfer_encoding.present {
         headers.remove(header::CONTENT_LENGTH);
-        let last = codings.rsplit(|b| *b == b',').next().unwrap_or_default();
-        return Ok(if last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+        return Ok(if transfer_encoding.chunked_last {
             Framing::Chunked
         } else {
             Framing::UntilClose
@@ -281,11 +356,8 @@ fn framing(
     }
     let mut length = None;
     for value in headers.get_all(header::CONTENT_LENGTH) {
-        let n: u64 = value
-            .to_str()
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-            .ok_or(HeadError::InvalidHeader("content-length"))?;
+        let n =
+            content_length(value.as_bytes()).ok_or(HeadError::InvalidHeader("content-length"))?;
         if length.is_some_and(|l| l != n) {
             return Err(HeadError::InvalidHeader("content-length"));
         }
@@ -378,5 +450,603 @@ mod tests {
         assert!(parse("HTTP/1.1 200 OK\r\nContent-Le", Method::GET)
             .unwrap()
             .is_none());
+    }
+}
+
+/// Property tests of the response-head parser: arbitrary bytes, and valid heads with
+/// mutations (bytes inserted, deleted, flipped or duplicated, CRLF turned into LF or CR,
+/// header lines repeated), each fed whole and cut at arbitrary points as reads would cut it.
+/// Case counts: [`super::fuzz_cases`].
+#[cfg(test)]
+pub(super) mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::upstream::fuzz_cases;
+
+    /// What parsing came to, comparable between runs; any refusal is `Refused` (the error
+    /// can differ with the cuts: a head past the limit is `TooLarge` when it trickles in,
+    /// the malformed byte behind the limit when it arrives whole).
+    #[derive(Debug, PartialEq)]
+    enum Outcome {
+        Incomplete,
+        Refused,
+        Head {
+            status: u16,
+            /// Sorted by name, in order within a name (how `HeaderMap` iterates).
+            headers: Vec<(String, Vec<u8>)>,
+            framing: Framing,
+            reusable: bool,
+            /// The bytes after the head: the body, for the body decoder.
+            rest: Vec<u8>,
+        },
+    }
+
+    const HOP_BY_HOP: [&str; 9] = [
+        "connection",
+        "proxy-connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "upgrade",
+    ];
+
+    fn sorted(mut headers: Vec<(String, Vec<u8>)>) -> Vec<(String, Vec<u8>)> {
+        headers.sort_by(|a, b| a.0.cmp(&b.0));
+        headers
+    }
+
+    /// Feeds `input` to `parse_response` as `exchange` does: parse, and when the head is
+    /// incomplete append the next piece (cut at `cuts`) and parse again.
+    fn feed(input: &[u8], cuts: &[usize], method: &Method) -> Outcome {
+        let mut points: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
+        points.push(input.len());
+        points.sort_unstable();
+        points.dedup();
+        let mut points = points.into_iter();
+        let mut buf = BytesMut::new();
+        let mut fed = 0;
+        loop {
+            match parse_response(&mut buf, method) {
+                Err(_) => return Outcome::Refused,
+                Ok(Some(head)) => {
+                    let mut rest = buf.to_vec();
+                    rest.extend_from_slice(&input[fed..]);
+                    let ResponseHead {
+                        response,
+                        framing,
+                        reusable,
+                    } = head;
+                    let headers = response
+                        .headers()
+                        .iter()
+                        .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
+                        .collect();
+                    return Outcome::Head {
+                        status: response.status().as_u16(),
+                        headers: sorted(headers),
+                        framing,
+                        reusable,
+                        rest,
+                    };
+                }
+                // Memory: an incomplete head is never held past the limit.
+                Ok(None) => assert!(buf.len() <= MAX_RESPONSE_HEAD_BYTES, "{}", buf.len()),
+            }
+            let Some(end) = points.next() else {
+                return Outcome::Incomplete;
+            };
+            buf.extend_from_slice(&input[fed..end]);
+            fed = end;
+        }
+    }
+
+    /// The expected outcome, from `httparse` (with room for more headers than ALB allows)
+    /// and RFC 9112 §6.3 written out independently of `build` and `framing`.
+    fn model(input: &[u8], method: &Method) -> Outcome {
+        let mut at = 0;
+        loop {
+            let rest = &input[at..];
+            let mut slots = [httparse::EMPTY_HEADER; 2 * MAX_RESPONSE_HEADERS];
+            let mut parsed = httparse::Response::new(&mut slots);
+            let length = match httparse::ParserConfig::default().parse_response(&mut parsed, rest) {
+                Err(_) => return Outcome::Refused,
+                Ok(httparse::Status::Partial) if rest.len() > MAX_RESPONSE_HEAD_BYTES => {
+                    return Outcome::Refused
+                }
+                Ok(httparse::Status::Partial) => return Outcome::Incomplete,
+                Ok(httparse::Status::Complete(length)) => length,
+            };
+            if length > MAX_RESPONSE_HEAD_BYTES || parsed.headers.len() > MAX_RESPONSE_HEADERS {
+                return Outcome::Refused;
+            }
+            let status = parsed.code.unwrap();
+            match status {
+                0..=99 | 101 => return Outcome::Refused,
+                100..=199 => {
+                    at += length;
+                    continue;
+                }
+                _ => {}
+            }
+            let mut kept = Vec::new();
+            let mut tokens: Vec<String> = Vec::new();
+            let mut codings: Vec<Vec<u8>> = Vec::new();
+            let mut te = false;
+            for h in parsed.headers.iter() {
+                let name = h.name.to_ascii_lowercase();
+                if HeaderName::from_bytes(name.as_bytes()).is_err() {
+                    return Outcome::Refused;
+                }
+                if name == "connection" {
+                    for t in h.value.split(|b| *b == b',') {
+                        tokens.push(String::from_utf8_lossy(t.trim_ascii()).to_ascii_lowercase());
+                    }
+                } else if name == "transfer-encoding" {
+                    te = true;
+                    for c in h.value.split(|b| *b == b',') {
+                        let c = c.trim_ascii();
+                        if !c.is_empty() {
+                            codings.push(c.to_ascii_lowercase());
+                        }
+                    }
+                } else if !HOP_BY_HOP.contains(&name.as_str()) {
+                    if HeaderValue::from_bytes(h.value).is_err() {
+                        return Outcome::Refused;
+                    }
+                    kept.push((name, h.value.to_vec()));
+                }
+            }
+            let http10 = parsed.version == Some(0);
+            if http10 && te {
+                return Outcome::Refused;
+            }
+            let framing = if *method == Method::HEAD || status == 204 || status == 304 {
+                Framing::Empty
+            } else if te {
+                kept.retain(|(n, _)| n != "content-length");
+                if codings.last().is_some_and(|c| c == b"chunked") {
+                    Framing::Chunked
+                } else {
+                    Framing::UntilClose
+                }
+            } else {
+                let mut lengths =
+                    kept.iter()
+                        .filter(|(n, _)| n == "content-length")
+                        .map(|(_, v)| {
+                            let v = String::from_utf8_lossy(v);
+                            let v = v.trim_matches([' ', '\t']);
+                            (!v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                                .then(|| v.parse::<u64>().ok())
+                                .flatten()
+                        });
+                match lengths.next() {
+                    None => Framing::UntilClose,
+                    Some(None) => return Outcome::Refused,
+                    Some(Some(n)) => {
+                        if lengths.any(|l| l != Some(n)) {
+                            return Outcome::Refused;
+                        }
+                        Framing::Length(n)
+                    }
+                }
+            };
+            if tokens
+                .iter()
+                .any(|t| !t.is_empty() && t != "close" && t != "keep-alive")
+            {
+                kept.retain(|(n, _)| !tokens.contains(n));
+            }
+            let asked = if http10 {
+                tokens.iter().any(|t| t == "keep-alive")
+            } else {
+                !tokens.iter().any(|t| t == "close")
+            };
+            let reusable = asked && framing != Framing::UntilClose;
+            return Outcome::Head {
+                status,
+                headers: sorted(kept),
+                framing,
+                reusable,
+                rest: input[at + length..].to_vec(),
+            };
+        }
+    }
+
+    /// `value`'s debug form, cut short: a failing 64 KiB head must not flood the output.
+    pub(crate) fn short(value: &impl std::fmt::Debug) -> String {
+        let text = format!("{value:?}");
+        match text.char_indices().nth(600) {
+            Some((end, _)) => format!("{}... ({} chars)", &text[..end], text.len()),
+            None => text,
+        }
+    }
+
+    /// The properties every input must keep, whole and cut: the same outcome however the
+    /// bytes are split (including one byte per read for short inputs), the outcome of the
+    /// model, and for an accepted head exactly one framing that its headers agree with.
+    fn check(input: &[u8], cuts: &[usize], method: &Method) -> Result<(), TestCaseError> {
+        let text = short(&String::from_utf8_lossy(input));
+        let whole = feed(input, &[], method);
+        let cut = feed(input, cuts, method);
+        prop_assert!(
+            cut == whole,
+            "{} cut at {:?}: {} whole: {}",
+            text,
+            cuts,
+            short(&cut),
+            short(&whole)
+        );
+        if input.len() <= 300 {
+            let bytewise: Vec<usize> = (0..input.len()).collect();
+            let bytewise = feed(input, &bytewise, method);
+            prop_assert!(
+                bytewise == whole,
+                "{} byte by byte: {} whole: {}",
+                text,
+                short(&bytewise),
+                short(&whole)
+            );
+        }
+        let expected = model(input, method);
+        prop_assert!(
+            expected == whole,
+            "{} expected {} got {}",
+            text,
+            short(&expected),
+            short(&whole)
+        );
+        if let Outcome::Head {
+            headers, framing, ..
+        } = &whole
+        {
+            prop_assert!(headers.len() <= MAX_RESPONSE_HEADERS);
+            for (name, _) in headers {
+                prop_assert!(!HOP_BY_HOP.contains(&name.as_str()), "{} passed on", name);
+            }
+            let lengths: Vec<Option<u64>> = headers
+                .iter()
+                .filter(|(n, _)| n == "content-length")
+                .map(|(_, v)| content_length(v))
+                .collect();
+            match framing {
+                Framing::Chunked | Framing::UntilClose => prop_assert!(lengths.is_empty()),
+                // None left only when `Connection` named it: hop-by-hop, read, not passed on.
+                Framing::Length(n) => {
+                    for l in lengths {
+                        prop_assert_eq!(l, Some(*n));
+                    }
+                }
+                Framing::Empty => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// A header line of a response: the framing and connection headers with valid, odd and
+    /// hostile values, in various cases, and ordinary ones.
+    fn header() -> impl Strategy<Value = (String, String)> {
+        let name =
+            |names: &'static [&'static str]| prop::sample::select(names).prop_map(str::to_owned);
+        let value =
+            |values: &'static [&'static str]| prop::sample::select(values).prop_map(str::to_owned);
+        prop_oneof![
+            (
+                name(&["Content-Length", "content-length", "CONTENT-LENGTH"]),
+                prop_oneof![
+                    "[0-9]{1,4}",
+                    value(&[
+                        "+5",
+                        "5, 5",
+                        "-1",
+                        " 7 ",
+                        "0x10",
+                        "",
+                        "18446744073709551616",
+                        "5 5",
+                        "\t3"
+                    ]),
+                ]
+            ),
+            (
+                name(&["Transfer-Encoding", "transfer-encoding"]),
+                value(&[
+                    "chunked",
+                    "gzip, chunked",
+                    "chunked, gzip",
+                    "chunked,",
+                    ", chunked",
+                    "",
+                    "identity",
+                    "CHUNKED",
+                    "chunked , ",
+                    "xchunked",
+                    "chunked;q=1"
+                ]),
+            ),
+            (
+                name(&["Connection", "connection"]),
+                value(&[
+                    "close",
+                    "keep-alive",
+                    "x-a",
+                    "content-length",
+                    "transfer-encoding",
+                    "close, x-a",
+                    "upgrade",
+                    " , ",
+                    "Keep-Alive, X-A",
+                    "host"
+                ]),
+            ),
+            (
+                name(&[
+                    "Keep-Alive",
+                    "Upgrade",
+                    "Trailer",
+                    "TE",
+                    "Proxy-Connection",
+                    "Proxy-Authenticate"
+                ]),
+                "[ -~]{0,12}",
+            ),
+            ("[xX]-[a-zA-Z]{1,8}", "[ -~]{0,20}"),
+            (Just("x-a".to_owned()), "[ -~]{0,8}"),
+        ]
+    }
+
+    /// Makes a head (or many heads, or a huge one) past the limits.
+    #[derive(Debug, Clone)]
+    enum Bulk {
+        None,
+        /// `n` extra headers.
+        Headers(usize),
+        /// Two headers of `n` bytes each.
+        Large(usize),
+    }
+
+    fn bulk() -> impl Strategy<Value = Bulk> {
+        prop_oneof![
+            8 => Just(Bulk::None),
+            1 => (MAX_RESPONSE_HEADERS - 5..MAX_RESPONSE_HEADERS + 5).prop_map(Bulk::Headers),
+            1 => (MAX_RESPONSE_HEAD_BYTES / 2 - 200..MAX_RESPONSE_HEAD_BYTES / 2 + 200)
+                .prop_map(Bulk::Large),
+        ]
+    }
+
+    fn message() -> impl Strategy<Value = Vec<u8>> {
+        (
+            prop::sample::select(&["HTTP/1.1", "HTTP/1.0"][..]),
+            prop_oneof![
+                prop::sample::select(&[100u16, 101, 103, 200, 204, 206, 304, 404, 500][..]),
+                100u16..1000,
+            ],
+            "[A-Za-z ]{0,12}",
+            prop::collection::vec(header(), 0..8),
+            any::<bool>(),
+            bulk(),
+            prop::collection::vec(any::<u8>(), 0..40),
+        )
+            .prop_map(|(version, status, reason, headers, interim, bulk, body)| {
+                let mut m = Vec::new();
+                if interim {
+                    m.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                }
+                m.extend_from_slice(format!("{version} {status} {reason}\r\n").as_bytes());
+                for (name, value) in &headers {
+                    m.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+                }
+                match bulk {
+                    Bulk::None => {}
+                    Bulk::Headers(n) => (0..n).for_each(|i| {
+                        m.extend_from_slice(format!("x-bulk-{i}: {i}\r\n").as_bytes())
+                    }),
+                    Bulk::Large(n) => (0..2).for_each(|_| {
+                        m.extend_from_slice(b"x-large: ");
+                        m.resize(m.len() + n, b'v');
+                        m.extend_from_slice(b"\r\n");
+                    }),
+                }
+                m.extend_from_slice(b"\r\n");
+                m.extend_from_slice(&body);
+                m
+            })
+    }
+
+    /// One structured change to a message's bytes; positions wrap around its length.
+    #[derive(Debug, Clone)]
+    enum Mutation {
+        Insert(usize, u8),
+        Delete(usize),
+        Flip(usize, u8),
+        Duplicate(usize, usize),
+        CrlfToLf(usize),
+        CrlfToCr(usize),
+        DuplicateLine(usize),
+    }
+
+    fn mutation() -> impl Strategy<Value = Mutation> {
+        prop_oneof![
+            (
+                any::<usize>(),
+                prop_oneof![any::<u8>(), prop::sample::select(&b"\r\n :,;\t0"[..])]
+            )
+                .prop_map(|(at, b)| Mutation::Insert(at, b)),
+            any::<usize>().prop_map(Mutation::Delete),
+            (any::<usize>(), 0u8..8).prop_map(|(at, bit)| Mutation::Flip(at, bit)),
+            (any::<usize>(), 1usize..16).prop_map(|(at, n)| Mutation::Duplicate(at, n)),
+            any::<usize>().prop_map(Mutation::CrlfToLf),
+            any::<usize>().prop_map(Mutation::CrlfToCr),
+            any::<usize>().prop_map(Mutation::DuplicateLine),
+        ]
+    }
+
+    /// Where the CRLFs of `m` start.
+    fn crlfs(m: &[u8]) -> Vec<usize> {
+        m.windows(2)
+            .enumerate()
+            .filter(|(_, w)| *w == b"\r\n")
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    fn apply(m: &mut Vec<u8>, mutation: &Mutation) {
+        let len = m.len();
+        match *mutation {
+            Mutation::Insert(at, b) => m.insert(at % (len + 1), b),
+            Mutation::Delete(_) | Mutation::Flip(..) | Mutation::Duplicate(..) if len == 0 => {}
+            Mutation::Delete(at) => {
+                m.remove(at % len);
+            }
+            Mutation::Flip(at, bit) => m[at % len] ^= 1 << bit,
+            Mutation::Duplicate(at, n) => {
+                let at = at % len;
+                let piece = m[at..(at + n).min(len)].to_vec();
+                m.splice(at..at, piece);
+            }
+            Mutation::CrlfToLf(k) | Mutation::CrlfToCr(k) | Mutation::DuplicateLine(k) => {
+                let ends = crlfs(m);
+                if ends.is_empty() {
+                    return;
+                }
+                let i = k % ends.len();
+                let end = ends[i];
+                match mutation {
+                    Mutation::CrlfToLf(_) => {
+                        m.remove(end);
+                    }
+                    Mutation::CrlfToCr(_) => {
+                        m.remove(end + 1);
+                    }
+                    _ => {
+                        let start = if i == 0 { 0 } else { ends[i - 1] + 2 };
+                        let line = m[start..end + 2].to_vec();
+                        m.splice(start..start, line);
+                    }
+                }
+            }
+        }
+    }
+
+    fn method() -> impl Strategy<Value = Method> {
+        prop::sample::select(vec![Method::GET, Method::HEAD, Method::POST])
+    }
+
+    fn cuts() -> impl Strategy<Value = Vec<usize>> {
+        prop::collection::vec(any::<usize>(), 0..6)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(fuzz_cases()))]
+
+        /// Arbitrary bytes, alone or after a valid status line: never a panic, the same
+        /// outcome however they are cut, and the model's outcome.
+        #[test]
+        fn head_parser_takes_arbitrary_bytes(
+            prefix in any::<bool>(),
+            bytes in prop::collection::vec(any::<u8>(), 0..600),
+            cuts in cuts(),
+            method in method(),
+        ) {
+            let mut input = if prefix { b"HTTP/1.1 200 OK\r\n".to_vec() } else { Vec::new() };
+            input.extend_from_slice(&bytes);
+            check(&input, &cuts, &method)?;
+        }
+
+        /// Valid heads (and heads past the size and count limits) with framing headers that
+        /// agree, conflict or are malformed, then mutated: the parser's answer is the model's
+        /// (RFC 9112 §6.3: TE wins over CL and drops it, differing or non-digit CLs are
+        /// refused, HTTP/1.0 with TE is refused), however the bytes are cut.
+        #[test]
+        fn head_parser_agrees_with_rfc_9112_on_mutated_heads(
+            message in message(),
+            mutations in prop::collection::vec(mutation(), 0..4),
+            cuts in cuts(),
+            method in method(),
+        ) {
+            let mut input = message;
+            for m in &mutations {
+                apply(&mut input, m);
+            }
+            check(&input, &cuts, &method)?;
+        }
+    }
+
+    /// What the properties found, kept as plain regressions.
+    #[test]
+    fn regressions() {
+        let parse = |text: &[u8], method: Method| feed(text, &[], &method);
+        // `+5` is not 1*DIGIT (`str::parse` took it).
+        assert_eq!(
+            parse(
+                b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\nhello",
+                Method::GET
+            ),
+            Outcome::Refused
+        );
+        // `chunked,` ends in chunked: empty list elements do not count.
+        let head = parse(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked,\r\n\r\n",
+            Method::GET,
+        );
+        assert!(
+            matches!(
+                head,
+                Outcome::Head {
+                    framing: Framing::Chunked,
+                    ..
+                }
+            ),
+            "{head:?}"
+        );
+        // Codings over several field lines form one list.
+        let head = parse(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: \r\n\r\n",
+            Method::GET,
+        );
+        assert!(
+            matches!(
+                head,
+                Outcome::Head {
+                    framing: Framing::Chunked,
+                    ..
+                }
+            ),
+            "{head:?}"
+        );
+        // HTTP/1.0 has no transfer codings (RFC 9112 §6.1).
+        assert_eq!(
+            parse(
+                b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n",
+                Method::GET
+            ),
+            Outcome::Refused
+        );
+        // A Content-Length named in Connection still frames the body.
+        let head = parse(
+            b"HTTP/1.1 200 OK\r\nConnection: content-length\r\nContent-Length: 5\r\n\r\nhello",
+            Method::GET,
+        );
+        assert!(
+            matches!(
+                head,
+                Outcome::Head {
+                    framing: Framing::Length(5),
+                    reusable: true,
+                    ..
+                }
+            ),
+            "{head:?}"
+        );
+        // A head past the limit is refused when it arrives whole, as when it trickles in.
+        let mut big = b"HTTP/1.1 200 OK\r\nx-big: ".to_vec();
+        big.resize(MAX_RESPONSE_HEAD_BYTES + 10, b'v');
+        big.extend_from_slice(b"\r\n\r\n");
+        assert!(parse(&big, Method::GET) == Outcome::Refused);
+        assert!(feed(&big, &[4096, 8192], &Method::GET) == Outcome::Refused);
     }
 }

@@ -36,6 +36,16 @@ pub use head::{
 };
 pub use pool::{Connection, ConnectionPool, IDLE_SWEEPS, IDLE_TIMEOUT, MAX_IDLE, SWEEP_INTERVAL};
 
+/// Cases per parser property test (`head::fuzz`, `body::fuzz`): `ALB_FUZZ_CASES` when set
+/// (`ALB_FUZZ_CASES=100000` for a long run), else 2 000 so `cargo test` stays quick.
+#[cfg(test)]
+pub(crate) fn fuzz_cases() -> u32 {
+    std::env::var("ALB_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000)
+}
+
 /// Why a request over a pooled connection failed.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
