@@ -69,8 +69,10 @@ const PROXIES: [&str; 3] = ["ALB", "nginx", "HAProxy"];
 struct Run {
     /// Per request case, the outcome at ALB, nginx and HAProxy.
     requests: Vec<(Case, [Outcome; 3])>,
-    /// Per response case, ALB's outcome for GET and for POST: violations, summary.
-    responses: Vec<(ResponseCase, [(Vec<String>, String); 2])>,
+    /// Per response case, ALB's, nginx's and HAProxy's outcome, each for GET then POST.
+    responses: Vec<(ResponseCase, [Checked; 6])>,
+    /// What `bad_bodies_eject_the_backend` found.
+    ejection: Vec<String>,
 }
 
 fn run() -> &'static Run {
@@ -93,9 +95,11 @@ fn run() -> &'static Run {
 async fn run_everything() -> Run {
     let requests = run_requests().await;
     let responses = run_responses().await;
+    let ejection = bad_bodies_eject_the_backend().await;
     let run = Run {
         requests,
         responses,
+        ejection,
     };
     write_report(&run);
     run
@@ -207,29 +211,76 @@ async fn exchange(
 
 // === response side ===
 
-async fn run_responses() -> Vec<(ResponseCase, [(Vec<String>, String); 2])> {
+async fn run_responses() -> Vec<(ResponseCase, [Checked; 6])> {
     let cases = corpus::responses();
-    let scripts = cases
+    let scripts: Vec<Script> = cases
         .iter()
         .map(|c| Script {
             bytes: c.bytes.clone(),
             close: c.close,
         })
         .collect();
-    let scripted = Scripted::start(scripts).await;
+    let backends = [
+        Scripted::start(scripts.clone()).await,
+        Scripted::start(scripts.clone()).await,
+        Scripted::start(scripts).await,
+    ];
     let alb = common::alb(json!({
-        "backends": [format!("http://127.0.0.1:{}", scripted.port)],
+        "backends": [format!("http://127.0.0.1:{}", backends[0].port)],
         "health_check_interval": 3600,
         "retries": {"attempts": 0},
         "outlier_detection": {"enabled": false},
     }));
+    let nginx = peers::nginx(backends[1].port);
+    let haproxy = peers::haproxy(backends[2].port);
+    let ports = [alb.port, nginx.port, haproxy.port];
     let mut results = Vec::new();
     for (i, case) in cases.into_iter().enumerate() {
-        let get = one_response(alb.port, &scripted, &case, i, false).await;
-        let post = one_response(alb.port, &scripted, &case, i, true).await;
-        results.push((case, [get, post]));
+        // ALB GET, ALB POST, nginx GET, nginx POST, HAProxy GET, HAProxy POST: the three
+        // proxies at once, each proxy's two methods one after the other (they share a
+        // backend, and the reuse check reads its record).
+        let per_proxy = (0..3).map(|p| {
+            let (port, backend, case) = (ports[p], &backends[p], &case);
+            async move {
+                let get = one_response(port, backend, case, i, false).await;
+                let post = one_response(port, backend, case, i, true).await;
+                [get, post]
+            }
+        });
+        let checked: Vec<Checked> = futures_util::future::join_all(per_proxy)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        results.push((case, checked.try_into().unwrap()));
     }
     results
+}
+
+/// A response case through one proxy with one method: broken invariants, and a summary.
+type Checked = (Vec<String>, String);
+
+/// Whether malformed chunked request bodies count as backend failures: with outlier
+/// detection on (the default), six of them, then a plain GET. The broken invariants.
+async fn bad_bodies_eject_the_backend() -> Vec<String> {
+    let recorder = Recorder::start().await;
+    let alb = common::alb(json!({
+        "backends": [format!("http://127.0.0.1:{}", recorder.port)],
+        "health_check_interval": 3600,
+    }));
+    let bad =
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n";
+    for _ in 0..6 {
+        exchange(alb.port, bad, 1, false).await;
+    }
+    let (statuses, _) = exchange(alb.port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", 1, false).await;
+    if statuses == [200] {
+        Vec::new()
+    } else {
+        vec![format!(
+            "after six malformed chunked request bodies a plain GET got {statuses:?}: client errors ejected the backend"
+        )]
+    }
 }
 
 /// What a client read for one request on a connection.
@@ -382,6 +433,21 @@ fn differs(outcomes: &[Outcome; 3]) -> bool {
     class(&outcomes[0]) != class(&outcomes[1]) || class(&outcomes[0]) != class(&outcomes[2])
 }
 
+/// Whether the three proxies' first answers differ (by status, or closed vs answered).
+fn response_differs(checked: &[Checked; 6]) -> bool {
+    let first = |c: &Checked| {
+        c.1.split(" / ")
+            .next()
+            .unwrap_or_default()
+            .split(' ')
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    checked.iter().any(|c| first(c) != first(&checked[0]))
+        || checked.iter().any(|c| !c.0.is_empty())
+}
+
 fn write_report(run: &Run) {
     let mut md = String::new();
     writeln!(md, "## Requests ({} cases)\n", run.requests.len()).unwrap();
@@ -416,38 +482,49 @@ fn write_report(run: &Run) {
     }
     writeln!(
         md,
-        "\n## Responses through ALB ({} cases × GET and POST)\n",
+        "\n## Responses ({} cases, each for GET and for POST)\n",
         run.responses.len()
     )
     .unwrap();
+    writeln!(md, "Cells: the first answer / the next request's answer on the same client connection (or, when it was closed, on a new one); ✗ and the first broken invariant. Through ALB a GET takes ALB's own client, a POST with a body hyper-util's.\n").unwrap();
     writeln!(
         md,
-        "Cells: the first answer / the next request's answer; ✗ and the first broken invariant.\n"
+        "| case | what the backend sends | method | ALB | nginx | HAProxy |"
     )
     .unwrap();
-    writeln!(
-        md,
-        "| case | what the backend sends | GET (ALB's client) | POST (hyper-util's client) |"
-    )
-    .unwrap();
-    writeln!(md, "|---|---|---|---|").unwrap();
-    for (case, [get, post]) in &run.responses {
-        let cell = |(found, summary): &(Vec<String>, String)| {
+    writeln!(md, "|---|---|---|---|---|---|").unwrap();
+    for (case, checked) in &run.responses {
+        let cell = |(found, summary): &Checked| {
             let mut text = summary.clone();
             if let Some(first) = found.first() {
                 write!(text, " ✗ {first}").unwrap();
             }
             text.replace('|', "\\|")
         };
-        writeln!(
-            md,
-            "| `{}` | {} | {} | {} |",
-            case.name,
-            case.what.replace('|', "\\|"),
-            cell(get),
-            cell(post)
-        )
-        .unwrap();
+        let name = match case.finding {
+            Some(_) => format!("`{}` (finding)", case.name),
+            None => format!("`{}`", case.name),
+        };
+        for (m, method) in ["GET", "POST"].iter().enumerate() {
+            writeln!(
+                md,
+                "| {} | {} | {method} | {} | {} | {} | {} |",
+                if m == 0 { name.as_str() } else { "" },
+                if m == 0 { case.what } else { "" }.replace('|', "\\|"),
+                cell(&checked[m]),
+                cell(&checked[2 + m]),
+                cell(&checked[4 + m]),
+                if m == 0 && response_differs(checked) {
+                    case.why
+                } else {
+                    ""
+                },
+            )
+            .unwrap();
+        }
+    }
+    if !run.ejection.is_empty() {
+        writeln!(md, "\n**Finding:** {}", run.ejection.join("; ")).unwrap();
     }
     let path = std::env::var_os("ALB_CONFORMANCE_REPORT")
         .map(std::path::PathBuf::from)
@@ -474,14 +551,17 @@ fn broken(select: impl Fn(Option<&'static str>) -> bool) -> Vec<String> {
             }
         }
     }
-    for (case, [get, post]) in &run.responses {
+    for (case, checked) in &run.responses {
         if select(case.finding) {
-            for (method, (found, _)) in [("GET", get), ("POST", post)] {
+            for (method, (found, _)) in [("GET", &checked[0]), ("POST", &checked[1])] {
                 for v in found {
                     all.push(format!("response {} ({method}): {v}", case.name));
                 }
             }
         }
+    }
+    if select(Some("ejection")) {
+        all.extend(run.ejection.iter().cloned());
     }
     all
 }

@@ -357,6 +357,8 @@ pub fn requests() -> Vec<Case> {
 #[derive(Debug, Clone)]
 pub struct ResponseCase {
     pub name: &'static str,
+    /// Why the expected handling is right, with its RFC section.
+    pub why: &'static str,
     pub what: &'static str,
     pub bytes: Vec<u8>,
     /// The backend closes the connection after the bytes.
@@ -371,9 +373,15 @@ pub struct ResponseCase {
     pub finding: Option<&'static str>,
 }
 
-fn answer(name: &'static str, what: &'static str, bytes: impl Into<Vec<u8>>) -> ResponseCase {
+fn answer(
+    name: &'static str,
+    why: &'static str,
+    what: &'static str,
+    bytes: impl Into<Vec<u8>>,
+) -> ResponseCase {
     ResponseCase {
         name,
+        why,
         what,
         bytes: bytes.into(),
         close: false,
@@ -414,54 +422,54 @@ const POISON: &str = "HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\npoisoned";
 pub fn responses() -> Vec<ResponseCase> {
     let continues = "HTTP/1.1 100 Continue\r\n\r\n".repeat(200);
     vec![
-        answer("plain", "a plain `200` with `Content-Length`", "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+        answer("plain", "The reference.", "a plain `200` with `Content-Length`", "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
             .relay(200, "hello").reuse_ok(),
-        answer("cl_duplicate_same", "`Content-Length: 5` twice", "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello")
+        answer("cl_duplicate_same", "Identical duplicates may be merged (RFC 9110 §8.6).", "`Content-Length: 5` twice", "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello")
             .relay(200, "hello").reuse_ok(),
-        answer("cl_conflicting", "`Content-Length: 5` and `6`", "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!"),
-        answer("cl_list_conflicting", "`Content-Length: 5, 6`", "HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\nhello!"),
-        answer("cl_and_te", "`Content-Length: 3` and chunked", "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+        answer("cl_conflicting", "Conflicting lengths: a proxy MUST close the connection and answer 502 (RFC 9112 §6.3 item 5).", "`Content-Length: 5` and `6`", "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!"),
+        answer("cl_list_conflicting", "Conflicting lengths: a proxy MUST close the connection and answer 502 (RFC 9112 §6.3 item 5).", "`Content-Length: 5, 6`", "HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\nhello!"),
+        answer("cl_and_te", "TE overrides CL and the CL must be removed before forwarding; the message ought to be handled as an error, so the connection is not reused (RFC 9112 §6.3 item 3).", "`Content-Length: 3` and chunked", "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
             .relay(200, "hello")
             .finding("GET: the backend connection is reused; POST: the stale Content-Length is relayed with the de-chunked body (`hel`)"),
-        answer("chunk_size_invalid", "chunk size `zz`", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n")
+        answer("chunk_size_invalid", "Invalid framing after the headers went out: the client connection is closed, never continued (RFC 9112 §8).", "chunk size `zz`", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n")
             .may_truncate(),
-        answer("chunk_size_oversized", "chunk size `ffffffffffffffffff`", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\nhello\r\n0\r\n\r\n")
+        answer("chunk_size_oversized", "Invalid framing after the headers went out: the client connection is closed (RFC 9112 §8).", "chunk size `ffffffffffffffffff`", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\nhello\r\n0\r\n\r\n")
             .may_truncate(),
-        answer("chunk_size_negative", "chunk size `-5`", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-5\r\nhello\r\n0\r\n\r\n")
+        answer("chunk_size_negative", "Invalid framing after the headers went out: the client connection is closed (RFC 9112 §8).", "chunk size `-5`", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-5\r\nhello\r\n0\r\n\r\n")
             .may_truncate(),
-        answer("chunk_data_overrun", "chunk data longer than its size", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX\r\n0\r\n\r\n")
+        answer("chunk_data_overrun", "Invalid framing after the headers went out: the client connection is closed (RFC 9112 §8).", "chunk data longer than its size", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX\r\n0\r\n\r\n")
             .may_truncate(),
-        answer("early_close_length", "`Content-Length: 10`, 3 bytes, close", "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhel")
+        answer("early_close_length", "An incomplete message: the client must see it incomplete too, by a close (RFC 9112 §8).", "`Content-Length: 10`, 3 bytes, close", "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhel")
             .close().may_truncate(),
-        answer("early_close_chunked", "a chunk cut short, close", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel")
+        answer("early_close_chunked", "An incomplete message: the client must see it incomplete too, by a close (RFC 9112 §8).", "a chunk cut short, close", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel")
             .close().may_truncate(),
-        answer("continue_flood", "200 × `100 Continue`, then a `200`", format!("{continues}HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"))
+        answer("continue_flood", "Interim answers are skipped until the final one (RFC 9110 §15.2).", "200 × `100 Continue`, then a `200`", format!("{continues}HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"))
             .relay(200, "hello").reuse_ok(),
-        answer("body_on_204", "`204` followed by a whole response", format!("HTTP/1.1 204 No Content\r\n\r\n{POISON}"))
+        answer("body_on_204", "A 204 has no body; what follows is not this answer (RFC 9112 §6.3 item 1).", "`204` followed by a whole response", format!("HTTP/1.1 204 No Content\r\n\r\n{POISON}"))
             .relay(204, ""),
-        answer("body_on_304", "`304` followed by a whole response", format!("HTTP/1.1 304 Not Modified\r\n\r\n{POISON}"))
+        answer("body_on_304", "A 304 has no body; what follows is not this answer (RFC 9112 §6.3 item 1).", "`304` followed by a whole response", format!("HTTP/1.1 304 Not Modified\r\n\r\n{POISON}"))
             .relay(304, ""),
-        answer("cl_on_204", "`204` with `Content-Length: 5` and 5 bytes", "HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\nhello")
+        answer("cl_on_204", "A 204 has no body whatever Content-Length says (RFC 9112 §6.3 item 1).", "`204` with `Content-Length: 5` and 5 bytes", "HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\nhello")
             .relay(204, ""),
-        answer("bare_lf", "head lines ended by bare LF", "HTTP/1.1 200 OK\nContent-Length: 5\n\nhello")
+        answer("bare_lf", "A recipient MAY accept a bare LF as line end (RFC 9112 §2.2).", "head lines ended by bare LF", "HTTP/1.1 200 OK\nContent-Length: 5\n\nhello")
             .relay(200, "hello").reuse_ok(),
-        answer("bare_cr_in_field", "`X-A: b\\rc` in a response", "HTTP/1.1 200 OK\r\nX-A: b\rc\r\nContent-Length: 5\r\n\r\nhello")
+        answer("bare_cr_in_field", "A bare CR must be refused or replaced by SP (RFC 9112 §2.2).", "`X-A: b\\rc` in a response", "HTTP/1.1 200 OK\r\nX-A: b\rc\r\nContent-Length: 5\r\n\r\nhello")
             .relay(200, "hello"),
-        answer("obs_fold", "an obs-folded response field", "HTTP/1.1 200 OK\r\nX-A: b\r\n c\r\nContent-Length: 5\r\n\r\nhello")
+        answer("obs_fold", "A proxy MUST answer 502 or replace obs-fold by SP (RFC 9112 §5.2).", "an obs-folded response field", "HTTP/1.1 200 OK\r\nX-A: b\r\n c\r\nContent-Length: 5\r\n\r\nhello")
             .relay(200, "hello"),
-        answer("status_999", "`HTTP/1.1 999 Odd`", "HTTP/1.1 999 Odd\r\nContent-Length: 5\r\n\r\nhello")
+        answer("status_999", "Relaying or 502 are both sound; the framing is clear.", "`HTTP/1.1 999 Odd`", "HTTP/1.1 999 Odd\r\nContent-Length: 5\r\n\r\nhello")
             .relay(999, "hello").reuse_ok(),
-        answer("no_reason_phrase", "`HTTP/1.1 200` with no reason phrase", "HTTP/1.1 200\r\nContent-Length: 5\r\n\r\nhello")
+        answer("no_reason_phrase", "The reason phrase is optional (RFC 9112 §4).", "`HTTP/1.1 200` with no reason phrase", "HTTP/1.1 200\r\nContent-Length: 5\r\n\r\nhello")
             .relay(200, "hello").reuse_ok(),
-        answer("until_close", "no framing: the body runs until close", "HTTP/1.1 200 OK\r\n\r\nuntil close")
+        answer("until_close", "Without framing the body ends at the close (RFC 9112 §6.3 item 8).", "no framing: the body runs until close", "HTTP/1.1 200 OK\r\n\r\nuntil close")
             .relay(200, "until close").close(),
-        answer("te_http10", "chunked in an HTTP/1.0 answer", "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+        answer("te_http10", "TE in HTTP/1.0 is faulty framing: process once, then close (RFC 9112 §6.1).", "chunked in an HTTP/1.0 answer", "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
             .relay(200, "hello"),
-        answer("cl_plus", "`Content-Length: +5`", "HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\nhello")
+        answer("cl_plus", "An invalid Content-Length in a response: a proxy MUST close the connection and answer 502 (RFC 9112 §6.3 item 5).", "`Content-Length: +5`", "HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\nhello")
             .finding("GET: `+5` accepted as 5, relayed and the connection reused; must be 502"),
-        answer("te_unknown", "`Transfer-Encoding: gzip` (until close)", "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nnot really gzip")
+        answer("te_unknown", "A final coding other than chunked: the body runs until close (RFC 9112 §6.3 item 6).", "`Transfer-Encoding: gzip` (until close)", "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nnot really gzip")
             .relay(200, "not really gzip").close(),
-        answer("head_too_large", "a 70 000-byte response field", format!("HTTP/1.1 200 OK\r\nX-Long: {}\r\nContent-Length: 5\r\n\r\nhello", "a".repeat(70_000)))
+        answer("head_too_large", "No limit is required; relaying and 502 are both sound.", "a 70 000-byte response field", format!("HTTP/1.1 200 OK\r\nX-Long: {}\r\nContent-Length: 5\r\n\r\nhello", "a".repeat(70_000)))
             .relay(200, "hello").reuse_ok(),
     ]
 }

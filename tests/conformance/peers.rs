@@ -94,6 +94,8 @@ http {{
             proxy_set_header Connection "";
             proxy_set_header Host $http_host;
             proxy_ignore_client_abort on;
+            # an answer nginx cannot read ends in a 504 soon, not after a minute
+            proxy_read_timeout 2s;
         }}
     }}
 }}
