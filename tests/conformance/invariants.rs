@@ -141,6 +141,14 @@ pub fn violations(case: &Case, outcome: &Outcome) -> Vec<String> {
                 found.push(format!("forwarded the hop-by-hop field `{name}`"));
             }
         }
+        let sent = case.bytes.split(|b| *b == b' ').next().unwrap_or_default();
+        if case.answers == 1 && m.method.as_bytes() != sent {
+            found.push(format!(
+                "forwarded method `{}`, the client sent `{}`",
+                m.method,
+                sent.escape_ascii()
+            ));
+        }
         let asterisk_options = m.method == "OPTIONS" && m.target == "*";
         if !(m.target.starts_with('/') || asterisk_options) {
             found.push(format!(
