@@ -88,7 +88,14 @@ fn run() -> &'static Run {
                 .block_on(run_everything())
         })
         .join()
-        .expect("the conformance run panicked")
+        .unwrap_or_else(|panic| {
+            let why = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("(no message)");
+            panic!("the conformance run failed: {why}")
+        })
     })
 }
 
