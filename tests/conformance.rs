@@ -307,8 +307,8 @@ enum Read {
     TimedOut,
 }
 
-fn request(method_with_body: bool, path: &str) -> Vec<u8> {
-    if method_with_body {
+fn request(with_body: bool, path: &str) -> Vec<u8> {
+    if with_body {
         format!("POST {path} HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\nbody").into_bytes()
     } else {
         format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").into_bytes()
