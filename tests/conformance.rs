@@ -55,11 +55,16 @@ use corpus::{Case, ResponseCase};
 use invariants::{violations, Ending, Outcome};
 use wire::{parse_response, preview, ReadResponse};
 
-/// How long a client waits for an answer before it half-closes, then again after.
-const QUIET: Duration = Duration::from_secs(2);
-const AFTER_HALF_CLOSE: Duration = Duration::from_secs(5);
+/// How long a client waits for an answer before it half-closes, then again after. No case
+/// needs either with these three proxies; they are there for a proxy that waits for bytes
+/// that never come (hyper drops the answer of a connection half-closed mid-request).
+const QUIET: Duration = Duration::from_secs(10);
+const AFTER_HALF_CLOSE: Duration = Duration::from_secs(10);
 /// How long a client waits for the close a case requires.
-const CLOSE_WAIT: Duration = Duration::from_secs(3);
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+/// How long a backend must have been quiet before a case's record is taken.
+const SETTLE: Duration = Duration::from_millis(100);
+const SETTLE_AFTER_FAILURE: Duration = Duration::from_secs(1);
 /// How long the response side waits for any one answer.
 const ANSWER_WAIT: Duration = Duration::from_secs(10);
 
@@ -155,7 +160,12 @@ async fn run_requests() -> Vec<(Case, [Outcome; 3])> {
 async fn one_request(port: u16, recorder: &Recorder, case: &Case) -> Outcome {
     let mark = recorder.mark();
     let (statuses, ending) = exchange(port, &case.bytes, case.answers, case.must_close).await;
-    recorder.settle().await;
+    // A proxy that failed (5xx, or no answer) may still be flushing what it began to forward:
+    // wait longer for quiet, so that those bytes count for this case and not the next.
+    let failed = statuses.first().is_none_or(|s| *s >= 500);
+    recorder
+        .settle(if failed { SETTLE_AFTER_FAILURE } else { SETTLE })
+        .await;
     Outcome {
         statuses,
         ending,
@@ -562,8 +572,12 @@ fn broken(select: impl Fn(Option<&'static str>) -> bool) -> Vec<String> {
     let mut all = Vec::new();
     for (case, outcomes) in &run.requests {
         if select(case.finding) {
-            for v in violations(case, &outcomes[0]) {
-                all.push(format!("request {}: {v}", case.name));
+            let alb = &outcomes[0];
+            for v in violations(case, alb) {
+                all.push(format!(
+                    "request {}: {v} (answers {:?}, {:?})",
+                    case.name, alb.statuses, alb.ending
+                ));
             }
         }
     }

@@ -86,10 +86,10 @@ impl Recorder {
     }
 
     /// Waits until the backend has settled: no connection ends inside a message unless it
-    /// was closed, and nothing arrived for a short while (a proxy may still be flushing a
-    /// request it has already answered its client for). At most a few seconds.
-    pub async fn settle(&self) {
-        let quiet = Duration::from_millis(100);
+    /// was closed, and nothing arrived for `quiet` (a proxy may still be flushing a request
+    /// it has already answered its client for). At most a few seconds. This decides which
+    /// case the bytes belong to; no assertion rests on it.
+    pub async fn settle(&self, quiet: Duration) {
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             let settled = {
