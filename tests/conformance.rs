@@ -16,7 +16,9 @@
 //!   CRLF lines, token names, no control characters, so nothing forwarded reads two ways.
 //!   Each forwarded request has exactly one `Host`, no hop-by-hop field (nor any the
 //!   client's `Connection` named), and exactly the client's bodies (de-chunked); a
-//!   malformed request is refused with a 4xx (or 501/505) and nothing reaches the backend.
+//!   malformed request is refused with a 4xx (or 501/505) and no request reaches the
+//!   backend (a streamed prefix that the proxy then cuts off by closing the backend
+//!   connection is no request: the backend cannot take it for one).
 //! - **Response side.** A [`backends::Scripted`] backend answers `/r/N` with the raw bytes of
 //!   [`corpus::responses`] case N. The client asks for it (GET: ALB's own client; POST with
 //!   a body: hyper-util's), then asks for `/second`. It must get a clean `502` or the correct
@@ -147,8 +149,9 @@ async fn run_requests() -> Vec<(Case, [Outcome; 3])> {
                     "{}: {proxy}: {:?} {:?}",
                     case.name, outcome.statuses, outcome.ending
                 );
-                for bytes in &outcome.forwarded {
-                    eprintln!("  forwarded: {}", bytes.escape_ascii());
+                for delivered in &outcome.forwarded {
+                    let closed = if delivered.closed { " (closed)" } else { "" };
+                    eprintln!("  forwarded{closed}: {}", delivered.bytes.escape_ascii());
                 }
             }
         }
@@ -455,7 +458,7 @@ fn cell(case: &Case, outcome: &Outcome) -> String {
 }
 
 fn differs(outcomes: &[Outcome; 3]) -> bool {
-    let class = |o: &Outcome| (o.statuses.first().copied(), o.forwarded.is_empty());
+    let class = |o: &Outcome| (o.statuses.first().copied(), o.messages().0.is_empty());
     class(&outcomes[0]) != class(&outcomes[1]) || class(&outcomes[0]) != class(&outcomes[2])
 }
 
@@ -477,7 +480,7 @@ fn response_differs(checked: &[Checked; 6]) -> bool {
 fn write_report(run: &Run) {
     let mut md = String::new();
     writeln!(md, "## Requests ({} cases)\n", run.requests.len()).unwrap();
-    writeln!(md, "Cells: final statuses (`+` between pipelined answers), `fwd` when the backend received a request, ✗ and the first broken invariant. The last column says why ALB's expected answer is right wherever the three proxies differ.\n").unwrap();
+    writeln!(md, "Cells: final statuses (`+` between pipelined answers); `fwd` when the backend received a whole request, `aborted fwd` when it received part of one and then the proxy closed that connection, `bytes fwd` when it received bytes a strict parser refuses; ✗ and the first broken invariant. The last column says why ALB's expected answer is right wherever the three proxies differ.\n").unwrap();
     writeln!(
         md,
         "| case | what the bytes do | {} | {} | {} | why |",

@@ -107,14 +107,25 @@ impl Recorder {
 
     /// The bytes each connection delivered since `mark` (connections that delivered none
     /// left out), in the order the connections were accepted.
-    pub fn since(&self, mark: &Mark) -> Vec<Vec<u8>> {
+    pub fn since(&self, mark: &Mark) -> Vec<Delivered> {
         let all = self.connections.lock().unwrap();
         all.iter()
             .enumerate()
-            .map(|(i, r)| r.bytes[mark.0.get(i).copied().unwrap_or(0)..].to_vec())
-            .filter(|b| !b.is_empty())
+            .map(|(i, r)| Delivered {
+                bytes: r.bytes[mark.0.get(i).copied().unwrap_or(0)..].to_vec(),
+                closed: r.closed,
+            })
+            .filter(|d| !d.bytes.is_empty())
             .collect()
     }
+}
+
+/// What one backend connection delivered during a case.
+#[derive(Debug, Clone)]
+pub struct Delivered {
+    pub bytes: Vec<u8>,
+    /// The proxy has closed the connection since.
+    pub closed: bool,
 }
 
 async fn record(stream: TcpStream, id: usize, connections: Arc<Mutex<Vec<Record>>>) {

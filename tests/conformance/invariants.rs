@@ -2,6 +2,7 @@
 //! the exact bytes its backend received (see the test file's docs for the list).
 
 use super::{
+    backends::Delivered,
     corpus::{Case, Expect},
     wire::{parse_request, preview, Message, Parsed},
 };
@@ -26,35 +27,44 @@ pub struct Outcome {
     pub statuses: Vec<u16>,
     pub ending: Ending,
     /// The bytes the backend received, one entry per backend connection that got any.
-    pub forwarded: Vec<Vec<u8>>,
+    pub forwarded: Vec<Delivered>,
 }
 
 impl Outcome {
-    /// The forwarded bytes read strictly: the messages, and the first reason the bytes could
-    /// not be read (which makes them readable two ways).
-    pub fn messages(&self) -> (Vec<Message>, Option<String>) {
+    /// The forwarded bytes read strictly: the complete messages; the first reason the bytes
+    /// could not be read (which makes them readable two ways); and how many messages were
+    /// aborted (cut short, then the proxy closed the backend connection: the backend cannot
+    /// take those for a request).
+    pub fn messages(&self) -> (Vec<Message>, Option<String>, usize) {
         let mut messages = Vec::new();
-        for bytes in &self.forwarded {
-            let mut rest = bytes.as_slice();
+        let mut aborted = 0;
+        for delivered in &self.forwarded {
+            let mut rest = delivered.bytes.as_slice();
             while !rest.is_empty() {
                 match parse_request(rest) {
                     Parsed::Complete(m, used) => {
                         messages.push(m);
                         rest = &rest[used..];
                     }
+                    Parsed::Incomplete { .. } if delivered.closed => {
+                        aborted += 1;
+                        break;
+                    }
                     Parsed::Incomplete { .. } => {
-                        return (
-                            messages,
-                            Some(format!("an incomplete message: {}", preview(rest))),
-                        )
+                        let why = format!("an incomplete message, left open: {}", preview(rest));
+                        return (messages, Some(why), aborted);
                     }
                     Parsed::Invalid(why) => {
-                        return (messages, Some(format!("{why}, in {}", preview(rest))))
+                        return (
+                            messages,
+                            Some(format!("{why}, in {}", preview(rest))),
+                            aborted,
+                        )
                     }
                 }
             }
         }
-        (messages, None)
+        (messages, None, aborted)
     }
 
     /// One short line for the report: `400`, `200 fwd`, `closed`...
@@ -67,9 +77,11 @@ impl Outcome {
             Ending::Garbage(_) => parts.push("non-HTTP/1 answer".into()),
             Ending::TimedOut => parts.push("no answer".into()),
         }
-        let forwarded = match self.messages().0.len() {
-            0 if self.forwarded.is_empty() => String::new(),
-            0 => ", bytes fwd".into(),
+        let (messages, unreadable, aborted) = self.messages();
+        let forwarded = match messages.len() {
+            _ if unreadable.is_some() => ", bytes fwd".into(),
+            0 if aborted > 0 => ", aborted fwd".into(),
+            0 => String::new(),
             1 => ", fwd".into(),
             n => format!(", fwd ×{n}"),
         };
@@ -114,8 +126,9 @@ fn connection_tokens(bytes: &[u8]) -> Vec<String> {
 /// Every invariant `outcome` breaks for `case`; empty when it holds them all.
 pub fn violations(case: &Case, outcome: &Outcome) -> Vec<String> {
     let mut found = Vec::new();
-    let (messages, unreadable) = outcome.messages();
-    if let Some(why) = unreadable {
+    let (messages, unreadable, _) = outcome.messages();
+    let nothing_forwarded = messages.is_empty() && unreadable.is_none();
+    if let Some(why) = &unreadable {
         found.push(format!("forwarded bytes a strict parser refuses: {why}"));
     }
     let listed = connection_tokens(&case.bytes);
@@ -173,7 +186,6 @@ pub fn violations(case: &Case, outcome: &Outcome) -> Vec<String> {
         )
     };
     let first = outcome.statuses.first().copied();
-    let nothing_forwarded = outcome.forwarded.is_empty();
     match case.expect {
         Expect::Forward(want) => {
             if !same_bodies(want) {
@@ -196,7 +208,7 @@ pub fn violations(case: &Case, outcome: &Outcome) -> Vec<String> {
             if !nothing_forwarded {
                 found.push(format!(
                     "a malformed request was forwarded: {}",
-                    preview(&outcome.forwarded[0])
+                    preview(&outcome.forwarded[0].bytes)
                 ));
             }
             match (first, status) {
@@ -226,7 +238,7 @@ pub fn violations(case: &Case, outcome: &Outcome) -> Vec<String> {
             if !nothing_forwarded {
                 found.push(format!(
                     "forwarded bytes that are no HTTP/1 request: {}",
-                    preview(&outcome.forwarded[0])
+                    preview(&outcome.forwarded[0].bytes)
                 ));
             }
         }
