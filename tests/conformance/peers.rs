@@ -147,3 +147,16 @@ backend back
     let path = path.display().to_string();
     spawn(&program, &["-f", &path, "-db"], dir, port)
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_missing_peer_fails_the_suite_with_a_clear_message() {
+        let panic = std::panic::catch_unwind(|| super::find("no-such-proxy-here")).unwrap_err();
+        let message = panic.downcast_ref::<String>().unwrap();
+        assert!(
+            message.contains("apt-get install no-such-proxy-here"),
+            "{message}"
+        );
+    }
+}
