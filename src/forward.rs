@@ -42,14 +42,14 @@ use http::{
 use http_body::Body as _;
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use hyper_util::{client::legacy::connect::capture_connection, rt::TokioIo};
 use tower::Service;
 
 use crate::{
     balance::{BackendId, Endpoint, Routed},
     client_ip::ClientIp,
     local_reply::local_reply,
-    semantics::{strip_hop_by_hop, upgrade_protocol},
+    semantics::{strip_hop_by_hop, upgrade_protocol, ClientUpgrade},
     upstream::{self, root_cause, BackendClient, ConnectionPool, PooledBody, UpstreamError},
 };
 
@@ -298,7 +298,7 @@ impl Service<Routed<Body>> for Forward {
         let peer = ClientIp::peer(&request);
         let client_upgrade = upgrade_protocol(request.headers())
             .is_some()
-            .then(|| hyper::upgrade::on(&mut request));
+            .then(|| ClientUpgrade::of(&mut request));
         let shared = &*self.shared;
         rewrite_request(
             &mut request,
@@ -342,6 +342,8 @@ impl Service<Routed<Body>> for Forward {
                 e
             }))
         });
+        let mut request = request;
+        let connection = capture_connection(&mut request);
         let sent = shared.client.request(request);
         Box::pin(async move {
             let mut response = match tokio::time::timeout(timeout, sent).await {
@@ -356,16 +358,33 @@ impl Service<Routed<Body>> for Forward {
             };
             // Both framings in an answer: chunked wins (RFC 9112 §6.3), and the length must
             // not reach the client with the de-chunked body.
-            if response.headers().contains_key(header::TRANSFER_ENCODING) {
-                response.headers_mut().remove(header::CONTENT_LENGTH);
+            if response.headers().contains_key(header::TRANSFER_ENCODING)
+                && response
+                    .headers_mut()
+                    .remove(header::CONTENT_LENGTH)
+                    .is_some()
+            {
+                // hyper would pool the connection again: an answer framed two ways makes it
+                // untrustworthy for the next request.
+                if let Some(connected) = connection.connection_metadata().as_ref() {
+                    connected.poison();
+                }
             }
             let upgraded = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-            match client_upgrade {
-                Some(client_side) if upgraded => {
+            match client_upgrade
+                .as_ref()
+                .filter(|_| upgraded)
+                .map(ClientUpgrade::take)
+            {
+                Some(Some(client_side)) => {
                     let backend_side = hyper::upgrade::on(&mut response);
                     tokio::spawn(tunnel(client_side, backend_side));
                 }
-                _ => strip_hop_by_hop(response.headers_mut(), false),
+                Some(None) => {
+                    // Cannot happen: one attempt at a time, and only one gets `101`.
+                    tracing::debug!("upgrade answered, but the client connection was taken");
+                }
+                None => strip_hop_by_hop(response.headers_mut(), false),
             }
             Ok(response.map(ResponseBody::Hyper))
         })

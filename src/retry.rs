@@ -20,7 +20,7 @@ use serde::Serialize;
 // Tokio's clock, so tests can pause and advance time through the budget's windows.
 use tokio::time::Instant;
 
-use crate::semantics::idempotent;
+use crate::semantics::{idempotent, upgrade_protocol, ClientUpgrade};
 
 /// Retry settings.
 #[derive(Debug, Clone, Serialize)]
@@ -124,16 +124,24 @@ pub struct Replay {
     version: http::Version,
     headers: http::HeaderMap,
     peer: Option<ConnectInfo<SocketAddr>>,
+    upgrade: Option<ClientUpgrade>,
 }
 
 impl Replay {
     /// The replayable part of `request`, if it may be retried at all: an idempotent method
     /// (RFC 9110 §9.2.2) and an empty body.
-    pub fn of<B: http_body::Body>(request: &Request<B>) -> Option<Self> {
+    ///
+    /// An upgrade request's client handle moves into a [`ClientUpgrade`] slot that the copy
+    /// shares, so whichever attempt gets `101` can join the client.
+    pub fn of<B: http_body::Body>(request: &mut Request<B>) -> Option<Self> {
         if !idempotent(request.method()) || !request.body().is_end_stream() {
             return None;
         }
+        let upgrade = upgrade_protocol(request.headers())
+            .is_some()
+            .then(|| ClientUpgrade::of(request));
         Some(Replay {
+            upgrade,
             method: request.method().clone(),
             uri: request.uri().clone(),
             version: request.version(),
@@ -154,6 +162,9 @@ impl Replay {
         *request.headers_mut() = self.headers.clone();
         if let Some(peer) = self.peer {
             request.extensions_mut().insert(peer);
+        }
+        if let Some(upgrade) = &self.upgrade {
+            request.extensions_mut().insert(upgrade.clone());
         }
         request
     }
@@ -206,13 +217,13 @@ mod tests {
 
     #[test]
     fn only_idempotent_bodiless_requests_replay() {
-        let get = Request::get("/a").body(String::new()).unwrap();
-        let replay = Replay::of(&get).expect("a GET without a body replays");
+        let mut get = Request::get("/a").body(String::new()).unwrap();
+        let replay = Replay::of(&mut get).expect("a GET without a body replays");
         let again: Request<String> = replay.request();
         assert_eq!((again.method(), again.uri().path()), (get.method(), "/a"));
-        let post = Request::post("/a").body(String::new()).unwrap();
-        assert!(Replay::of(&post).is_none(), "POST is not idempotent");
-        let put = Request::put("/a").body("data".to_owned()).unwrap();
-        assert!(Replay::of(&put).is_none(), "a body cannot be replayed");
+        let mut post = Request::post("/a").body(String::new()).unwrap();
+        assert!(Replay::of(&mut post).is_none(), "POST is not idempotent");
+        let mut put = Request::put("/a").body("data".to_owned()).unwrap();
+        assert!(Replay::of(&mut put).is_none(), "a body cannot be replayed");
     }
 }

@@ -376,7 +376,7 @@ where
         self.inner.poll_ready(cx).map(|_| Ok(()))
     }
 
-    fn call(&mut self, request: Request<B>) -> RouteFuture {
+    fn call(&mut self, mut request: Request<B>) -> RouteFuture {
         let routing = self.routing.clone();
         let started = Instant::now();
         let set = routing.balancer.snapshot();
@@ -435,7 +435,7 @@ where
             .retry
             .as_ref()
             .filter(|budget| budget.attempts() > 0)
-            .and_then(|_| Replay::of(&request));
+            .and_then(|_| Replay::of(&mut request));
         if let Some(budget) = &routing.retry {
             budget.deposit();
         }

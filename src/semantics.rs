@@ -98,3 +98,31 @@ pub fn idempotent(method: &Method) -> bool {
 /// nginx's status for a request whose client went away before the answer (not an HTTP
 /// status a client ever sees: it exists for logs and records).
 pub const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+/// The client side of an upgrade (WebSocket), shared by every attempt of one request.
+///
+/// hyper hands the upgraded client connection out once, through the request's `OnUpgrade`
+/// extension. If the first attempt took it and its backend refused the connection, a retry
+/// on another backend would answer `101` and then have no client connection to join (found
+/// by the chaos soak). So the handle moves into this slot, which every attempt's request
+/// carries, and is taken only by the attempt whose backend actually answered `101`.
+#[derive(Debug, Clone)]
+pub struct ClientUpgrade(std::sync::Arc<std::sync::Mutex<Option<hyper::upgrade::OnUpgrade>>>);
+
+impl ClientUpgrade {
+    /// The request's slot: the one it already carries, or a new one holding its handle.
+    pub fn of<B>(request: &mut http::Request<B>) -> ClientUpgrade {
+        if let Some(slot) = request.extensions().get::<ClientUpgrade>() {
+            return slot.clone();
+        }
+        let on = hyper::upgrade::on(&mut *request);
+        let slot = ClientUpgrade(std::sync::Arc::new(std::sync::Mutex::new(Some(on))));
+        request.extensions_mut().insert(slot.clone());
+        slot
+    }
+
+    /// The handle, for the attempt that got `101`; `None` if another attempt took it.
+    pub fn take(&self) -> Option<hyper::upgrade::OnUpgrade> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}

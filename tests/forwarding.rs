@@ -132,6 +132,44 @@ async fn websocket_is_tunnelled() {
     }
 }
 
+/// A WebSocket handshake whose first backend refuses the connection is retried on another
+/// backend, and the client connection is joined to that one (the chaos soak found it
+/// answered `101` and then closed).
+#[tokio::test]
+async fn a_retried_websocket_upgrade_is_tunnelled() {
+    let b = backend(&[]);
+    let dead_port = free_port();
+    let lb = alb(json!({
+        "strategy": "round_robin",
+        "backends": [format!("http://127.0.0.1:{dead_port}"), b.url()],
+        "health_check_interval": 3600,
+        "outlier_detection": {"consecutive_failures": 1000},
+    }));
+    for round in 0..4 {
+        let (mut socket, response) =
+            tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/_sim/ws", lb.port))
+                .await
+                .expect("websocket handshake through alb");
+        assert_eq!(response.headers()["x-alb-backend"], name(&b).as_str());
+        let text = format!("round {round}");
+        socket
+            .send(tokio_tungstenite::tungstenite::Message::text(text.clone()))
+            .await
+            .unwrap();
+        let echoed = socket
+            .next()
+            .await
+            .expect("an echo, not a closed connection");
+        assert_eq!(echoed.unwrap().into_text().unwrap().as_str(), text);
+    }
+    let m = scrape(&lb).await;
+    let retried = sample(&m, r#"lb_retries_total{reason="connect"}"#).unwrap_or(0.0);
+    assert!(
+        retried >= 1.0,
+        "the dead backend was tried and retried from: {retried}"
+    );
+}
+
 #[tokio::test]
 async fn refused_backend_gives_502() {
     let dead_port = free_port();

@@ -232,6 +232,10 @@ fn build(
     }
     // Framing first, from the headers as received: a `Connection` header that lists
     // `Content-Length` must not turn a length-delimited body into one read until close.
+    // Both framings: chunked wins, but the connection is not trusted with another request
+    // (RFC 9112 §6.3: a recipient "ought to" treat it as an error and close; an intermediary
+    // that read it the other way could be out of step with us).
+    let both_framings = transfer_encoding.present && headers.contains_key(header::CONTENT_LENGTH);
     let framing = framing(&mut headers, transfer_encoding, status, request_method)?;
     if connection.lists_others {
         // Names listed in Connection are hop-by-hop too (RFC 9110 §7.6.1). Rare: a second pass.
@@ -250,7 +254,7 @@ fn build(
     } else {
         !connection.close
     };
-    let reusable = reusable && framing != Framing::UntilClose;
+    let reusable = reusable && framing != Framing::UntilClose && !both_framings;
     let mut response = Response::new(());
     *response.status_mut() = status;
     *response.version_mut() = Version::HTTP_11;
