@@ -24,7 +24,7 @@ lateness is reported (``send_lag_ms``). Each request picks HTTP or HTTPS and one
 * ``websocket``  upgrade to ``/_sim/ws`` and echo 1-5 messages (a hand-written RFC 6455
   client, so the script needs nothing beyond the standard library);
 * ``slow_headers``  a GET whose request head trickles in over 1-3 s;
-* ``slow_body``  a mirror POST whose body trickles in over 1-3 s;
+* ``slow_body``  a mirror POST whose body trickles in over 1-2 s;
 * ``slow_read``  a 1 MiB download read 16 KiB at a time through a small receive buffer.
 
 Every request uses its own connection (``Connection: close``), so client-side keep-alive
@@ -60,13 +60,17 @@ was killed or down during the request, and ALB could not have saved it:
 * ``websocket_on_killed_backend``: a tunnelled upgrade dies with its backend.
 
 Everything else is *unexplained*. A GET that fails before its response started is always
-unexplained: ALB retries those to another backend.
+unexplained: ALB retries those to another backend. One pattern is a known ALB bug and is
+counted apart (``alb_bugs``), though it fails the soak all the same:
+``upgrade_retried_then_closed``, a WebSocket answered ``101`` by a live backend and closed
+before its first echo while another backend was down (a retried upgrade loses the client's
+side of the upgrade; see ``classify``).
 
 Acceptance (exit status 1 when any fails; 2 for a setup error)
 -------------------------------------------------------------
 * no failed GET other than a response cut by a kill;
 * failed POSTs <= kills;
-* no unexplained failure;
+* no unexplained failure, and none from a known ALB bug;
 * RSS at the end <= 110% of RSS after warm-up (applied for runs >= 3 min, always reported);
 * fds at the end <= fds after warm-up + ``FD_SLACK``;
 * no ``panicked`` line in ALB's stderr.
@@ -106,7 +110,7 @@ KINDS = [
     ("download", 8, "GET"),
     ("websocket", 12, "GET"),
     ("slow_headers", 7, "GET"),
-    ("slow_body", 7, "POST"),
+    ("slow_body", 4, "POST"),
     ("slow_read", 6, "GET"),
 ]
 METHOD = {k: m for k, _, m in KINDS}
@@ -364,24 +368,12 @@ async def http_exchange(rec, scheme, port, ctx, method, target, body=b"", trickl
         if method == "POST":
             head += f"Content-Type: application/octet-stream\r\nContent-Length: {len(body)}\r\n"
         head = (head + "\r\n").encode()
-        if trickle and trickle[1] == "head":
-            pieces = [head[i : i + 8] for i in range(0, len(head), 8)]
-            for p in pieces:
-                writer.write(p)
-                await writer.drain()
-                await asyncio.sleep(trickle[0] / len(pieces))
-        else:
-            writer.write(head)
-        if body:
-            if trickle and trickle[1] == "body":
-                step = max(1, len(body) // 20)
-                for i in range(0, len(body), step):
-                    writer.write(body[i : i + step])
-                    await writer.drain()
-                    await asyncio.sleep(trickle[0] / 20)
-            else:
-                writer.write(body)
-        await writer.drain()
+        try:
+            await send_request(writer, head, body, trickle)
+        except ConnectionError as e:
+            # ALB may answer (a 502 naming the backend) and close before the body is all
+            # sent: read that answer if it is there.
+            rec["send_error"] = f"{type(e).__name__}: {e}"
         status, headers = await read_head(reader)
         rec["status"] = status
         rec["started"] = True
@@ -393,6 +385,27 @@ async def http_exchange(rec, scheme, port, ctx, method, target, body=b"", trickl
         return status, headers, data
     finally:
         writer.close()
+
+
+async def send_request(writer, head, body, trickle):
+    if trickle and trickle[1] == "head":
+        pieces = [head[i : i + 8] for i in range(0, len(head), 8)]
+        for p in pieces:
+            writer.write(p)
+            await writer.drain()
+            await asyncio.sleep(trickle[0] / len(pieces))
+    else:
+        writer.write(head)
+    if body:
+        if trickle and trickle[1] == "body":
+            step = max(1, len(body) // 20)
+            for i in range(0, len(body), step):
+                writer.write(body[i : i + step])
+                await writer.drain()
+                await asyncio.sleep(trickle[0] / 20)
+        else:
+            writer.write(body)
+    await writer.drain()
 
 
 def ws_frame(opcode, payload, rng):
@@ -441,6 +454,7 @@ async def websocket_echo(rec, scheme, port, ctx, rng):
             rec["detail"] = body[:200].decode("latin-1").strip()
             return
         rec["started"] = True
+        rec["echoes"] = 0
         accept = base64.b64encode(hashlib.sha1(key.encode() + WS_GUID).digest()).decode()
         if headers.get("sec-websocket-accept") != accept:
             raise Mismatch("bad Sec-WebSocket-Accept")
@@ -459,6 +473,7 @@ async def websocket_echo(rec, scheme, port, ctx, rng):
                     raise Truncated("closed by the peer")
                 if echoed != payload:
                     raise Mismatch(f"echo of {size} bytes differs")
+                rec["echoes"] = rec.get("echoes", 0) + 1
                 await asyncio.sleep(rng.uniform(0, 0.2))
             writer.write(ws_frame(0x8, (1000).to_bytes(2, "big"), rng))
             await writer.drain()
@@ -486,7 +501,7 @@ async def run_request(rec, scheme, port, ctx, rng):
     elif kind in ("post", "slow_body"):
         size = rng.randint(1024, 65536) if kind == "post" else rng.randint(8192, 32768)
         body = rng.randbytes(size)
-        trickle = (rng.uniform(1, 3), "body") if kind == "slow_body" else None
+        trickle = (rng.uniform(1, 2), "body") if kind == "slow_body" else None
         rec["bytes"] = size
         status, headers, data = await http_exchange(
             rec, scheme, port, ctx, "POST", "/_sim/mirror", body=body, trickle=trickle
@@ -728,8 +743,22 @@ class Soak:
                     return True
             return False
 
-        pinned = killed_during(port) if port is not None else False
-        if not pinned:
+        # Without a backend name (a connection cut before any answer) any kill in the
+        # request's time counts.
+        if not killed_during(port):
+            if (
+                rec["kind"] == "websocket"
+                and rec.get("status") == 101
+                and rec.get("echoes") == 0
+                and killed_during(None)
+            ):
+                # Seen in this soak and reproduced alone: an upgrade whose first backend
+                # refused the connection is retried to another one, which answers 101, but
+                # the retried request no longer carries the client's upgrade (Replay in
+                # src/retry.rs keeps method, URI, headers and peer only), so the tunnel
+                # cannot start ("upgrade failed error=no upgrade available" at debug level)
+                # and the client sees 101 and then the connection closed.
+                return ("alb_bug", "upgrade_retried_then_closed")
             return (None, "unexplained")
         method = METHOD[rec["kind"]]
         if rec["kind"] == "websocket" and rec.get("started"):
@@ -744,7 +773,7 @@ class Soak:
         args = self.args
         by_kind = {}
         by_design = {}
-        unexplained = []
+        unexplained, by_design_samples, alb_bugs = [], [], {}
         failed_gets, failed_posts = 0, 0
         for rec in self.records:
             if "outcome" not in rec:
@@ -759,24 +788,28 @@ class Soak:
             reason, why = c
             if METHOD[rec["kind"]] == "POST":
                 failed_posts += 1
-            elif rec["kind"] != "websocket" and reason is None:
+            elif rec["kind"] != "websocket" and reason in (None, "alb_bug"):
                 failed_gets += 1
-            if reason:
+            sample = {
+                "t": round(rec["start"] - self.t0, 3),
+                "duration_s": round(rec["end"] - rec["start"], 3),
+                "kind": rec["kind"],
+                "scheme": rec["scheme"],
+                "outcome": rec["outcome"],
+                "status": rec.get("status"),
+                "backend": rec.get("backend"),
+                "detail": rec.get("detail", ""),
+                "send_error": rec.get("send_error"),
+                "why": why or reason,
+            }
+            if reason == "alb_bug":
+                alb_bugs[why] = alb_bugs.get(why, 0) + 1
+                unexplained.append(sample)
+            elif reason:
                 by_design[reason] = by_design.get(reason, 0) + 1
+                by_design_samples.append(sample)
             else:
-                unexplained.append(
-                    {
-                        "t": round(rec["start"] - self.t0, 3),
-                        "duration_s": round(rec["end"] - rec["start"], 3),
-                        "kind": rec["kind"],
-                        "scheme": rec["scheme"],
-                        "outcome": rec["outcome"],
-                        "status": rec.get("status"),
-                        "backend": rec.get("backend"),
-                        "detail": rec.get("detail", ""),
-                        "why": why,
-                    }
-                )
+                unexplained.append(sample)
         with open(self.alb.log_path, errors="replace") as f:
             log = f.read().splitlines()
         panics = [l for l in log if "panicked" in l]
@@ -802,7 +835,8 @@ class Soak:
         checks = {
             "no_failed_get": failed_gets == 0,
             "failed_posts_at_most_kills": failed_posts <= len(self.kills),
-            "no_unexplained_failure": not unexplained,
+            "no_unexplained_failure": len(unexplained) == sum(alb_bugs.values()),
+            "no_failure_from_known_alb_bug": not alb_bugs,
             "rss_growth_within_10pct": rss_growth <= RSS_GROWTH_LIMIT if args.duration >= 180 else None,
             "fd_growth_within_slack": fd_end <= fd_warm + FD_SLACK,
             "no_panic": not panics,
@@ -817,8 +851,10 @@ class Soak:
                 "failed_gets": failed_gets,
                 "failed_posts": failed_posts,
                 "by_design": by_design,
-                "unexplained": len(unexplained),
+                "unexplained": len(unexplained) - sum(alb_bugs.values()),
+                "alb_bugs": alb_bugs,
                 "unexplained_samples": unexplained[:50],
+                "by_design_samples": by_design_samples[:50],
             },
             "chaos": {
                 "kills": len(self.kills),
@@ -849,6 +885,7 @@ class Soak:
                 "send_lag_ms_max": round(1000 * lag[-1], 2),
             },
             "samples": [[round(t, 1), r, f] for t, r, f in self.samples],
+            "events": self.events,
             "acceptance": checks,
             "passed": all(v is not False for v in checks.values()),
             "workdir": self.workdir,
@@ -866,7 +903,8 @@ def summary(r):
         outs = ", ".join(f"{o} {n}" for o, n in sorted(k["outcomes"].items()))
         lines.append(f"  {kind:<13} {k['total']:6}  (http {k['http']}, https {k['https']})  {outs}")
     lines += [
-        f"  failures by design: {f['by_design'] or 'none'}; unexplained: {f['unexplained']};"
+        f"  failures by design: {f['by_design'] or 'none'}; ALB bugs: {f['alb_bugs'] or 'none'};"
+        f" unexplained: {f['unexplained']};"
         f" failed GETs {f['failed_gets']}, failed POSTs {f['failed_posts']}",
         f"  chaos: {c['kills']} kills, {c['reloads']} reloads, {c['cert_rotations']} certificate"
         f" rotations ({c['cert_rotations_verified']} seen served)",
