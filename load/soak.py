@@ -75,8 +75,9 @@ Acceptance (exit status 1 when any fails; 2 for a setup error)
 * fds at the end <= fds after warm-up + ``FD_SLACK``;
 * no ``panicked`` line in ALB's stderr.
 
-The JSON report goes to stdout's last line block and to ``--json``; a human summary goes to
-stderr.
+The JSON report goes to stdout (and to ``--json``), a human summary to stderr. The work
+directory (config, certificates, every process's log) is kept when the soak fails or with
+``--keep``.
 """
 
 import argparse
@@ -183,7 +184,7 @@ class Backend:
 class Alb:
     """``alb run`` on a config file that the chaos rewrites."""
 
-    def __init__(self, args, workdir, seed):
+    def __init__(self, args, workdir):
         self.bin = args.alb
         self.dir = workdir
         self.http_port, self.tls_port, self.admin_port = free_port(), free_port(), free_port()
@@ -212,7 +213,8 @@ class Alb:
             "admin_addr": f"127.0.0.1:{self.admin_port}",
             "strategy": "adaptive",
             "backends": [
-                {"url": f"http://127.0.0.1:{p}", "weight": w} for p, w in sorted(self.weights.items())
+                {"url": f"http://127.0.0.1:{p}", "weight": w}
+                for p, w in sorted(self.weights.items())
             ],
             "health_check_interval": "500ms",
             "health_check_timeout": "500ms",
@@ -343,7 +345,13 @@ async def read_body(reader, headers, slow=False):
                 parts.append(await reader.readexactly(size))
                 await reader.readexactly(2)
         return await reader.read()
-    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError, ssl.SSLError, ValueError) as e:
+    except (
+        asyncio.IncompleteReadError,
+        asyncio.LimitOverrunError,
+        ConnectionError,
+        ssl.SSLError,
+        ValueError,
+    ) as e:
         raise Truncated(f"{type(e).__name__}: {e}") from e
 
 
@@ -360,7 +368,9 @@ def backend_of(status, headers, body):
     return None
 
 
-async def http_exchange(rec, scheme, port, ctx, method, target, body=b"", trickle=None, slow_read=False):
+async def http_exchange(
+    rec, scheme, port, ctx, method, target, body=b"", trickle=None, slow_read=False
+):
     """One request on its own connection. ``trickle`` = (seconds, 'head'|'body')."""
     reader, writer = await connect(scheme, port, ctx, rcvbuf=16384 if slow_read else None)
     try:
@@ -441,7 +451,8 @@ async def websocket_echo(rec, scheme, port, ctx, rng):
         writer.write(
             (
                 "GET /_sim/ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
-                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n"
             ).encode()
         )
         await writer.drain()
@@ -492,10 +503,13 @@ async def websocket_echo(rec, scheme, port, ctx, rng):
 
 
 async def run_request(rec, scheme, port, ctx, rng):
+    """One request of ``rec["kind"]``; raises Mismatch or Truncated on a wrong answer."""
     kind = rec["kind"]
     if kind in ("get", "slow_headers"):
         trickle = (rng.uniform(1, 3), "head") if kind == "slow_headers" else None
-        status, headers, data = await http_exchange(rec, scheme, port, ctx, "GET", "/", trickle=trickle)
+        status, headers, data = await http_exchange(
+            rec, scheme, port, ctx, "GET", "/", trickle=trickle
+        )
         if status == 200 and data != f"backend {rec['backend']}\n".encode():
             raise Mismatch(f"body {data[:60]!r} from backend {rec['backend']}")
     elif kind in ("post", "slow_body"):
@@ -523,6 +537,7 @@ async def run_request(rec, scheme, port, ctx, rng):
 
 
 async def one_request(soak, rec, rng):
+    """Runs one scheduled request and writes its outcome into ``rec``."""
     scheme = rec["scheme"]
     port = soak.alb.tls_port if scheme == "https" else soak.alb.http_port
     rec["start"] = time.monotonic()
@@ -546,12 +561,14 @@ async def one_request(soak, rec, rng):
 
 
 class Soak:
+    """The processes, the chaos loops, the load, and what they recorded."""
+
     def __init__(self, args):
         self.args = args
         self.rng_chaos = random.Random(f"{args.seed}-chaos")
         self.rng_load = random.Random(f"{args.seed}-load")
         self.workdir = tempfile.mkdtemp(prefix="alb-soak-")
-        self.alb = Alb(args, self.workdir, args.seed)
+        self.alb = Alb(args, self.workdir)
         self.ctx = tls_context()
         self.backends = {}
         self.extra_port = None
@@ -575,7 +592,8 @@ class Soak:
     def start(self):
         for i, extra in enumerate(BACKEND_ARGS + [EXTRA_BACKEND_ARGS]):
             port = free_port()
-            b = Backend(self.args.alb, port, extra, os.path.join(self.workdir, f"backend-{port}.log"))
+            log = os.path.join(self.workdir, f"backend-{port}.log")
+            b = Backend(self.args.alb, port, extra, log)
             b.start()
             self.backends[port] = b
             if i < len(BACKEND_ARGS):
@@ -631,7 +649,8 @@ class Soak:
             self.alb.write_config()
             if rng.random() < 1 / 3:
                 try:
-                    status = await asyncio.get_running_loop().run_in_executor(None, self.alb.post_reload)
+                    loop = asyncio.get_running_loop()
+                    status = await loop.run_in_executor(None, self.alb.post_reload)
                     self.reloads["post"] += 1
                     self.log("reload POST /reload", f"{change} -> {status}")
                 except OSError as e:
@@ -777,7 +796,7 @@ class Soak:
         failed_gets, failed_posts = 0, 0
         for rec in self.records:
             if "outcome" not in rec:
-                rec["outcome"], rec["start"], rec["end"] = "unfinished", rec["intended"], time.monotonic()
+                rec.update(outcome="unfinished", start=rec["intended"], end=time.monotonic())
             k = by_kind.setdefault(rec["kind"], {"total": 0, "http": 0, "https": 0, "outcomes": {}})
             k["total"] += 1
             k[rec["scheme"]] += 1
@@ -823,7 +842,9 @@ class Soak:
 
         def around(t):
             near = sorted(loaded, key=lambda s: abs(s[0] - t))[:5]
-            return (statistics.median(s[1] for s in near), statistics.median(s[2] for s in near)) if near else (0, 0)
+            if not near:
+                return 0, 0
+            return statistics.median(s[1] for s in near), statistics.median(s[2] for s in near)
 
         rss_warm, fd_warm = around(warm)
         rss_end, fd_end = around(self.load_end)
@@ -837,7 +858,9 @@ class Soak:
             "failed_posts_at_most_kills": failed_posts <= len(self.kills),
             "no_unexplained_failure": len(unexplained) == sum(alb_bugs.values()),
             "no_failure_from_known_alb_bug": not alb_bugs,
-            "rss_growth_within_10pct": rss_growth <= RSS_GROWTH_LIMIT if args.duration >= 180 else None,
+            "rss_growth_within_10pct": (
+                rss_growth <= RSS_GROWTH_LIMIT if args.duration >= 180 else None
+            ),
             "fd_growth_within_slack": fd_end <= fd_warm + FD_SLACK,
             "no_panic": not panics,
         }
@@ -894,10 +917,12 @@ class Soak:
 
 
 def summary(r):
+    """The report in a few lines for a person."""
     f, c, a = r["failures"], r["chaos"], r["alb"]
     lines = [
         f"soak: seed {r['seed']}, {r['duration_s']} s at {r['rate_per_s']}/s: "
-        f"{r['requests']['total']} requests, {r['requests']['ok']} ok, {r['requests']['failed']} failed",
+        f"{r['requests']['total']} requests, {r['requests']['ok']} ok,"
+        f" {r['requests']['failed']} failed",
     ]
     for kind, k in sorted(r["requests"]["by_kind"].items()):
         outs = ", ".join(f"{o} {n}" for o, n in sorted(k["outcomes"].items()))
@@ -911,9 +936,11 @@ def summary(r):
         f"  alb RSS {a['rss_kib_after_warmup'] / 1024:.1f} MiB after {a['warmup_s']:.0f} s,"
         f" {a['rss_kib_end'] / 1024:.1f} MiB at the end ({100 * a['rss_growth']:+.1f}%),"
         f" max {a['rss_kib_max'] / 1024:.1f} MiB",
-        f"  alb fds {a['fd_start']} at start, {a['fd_after_warmup']} after warm-up, {a['fd_end']} at"
-        f" the end, max {a['fd_max']}; panicked lines {a['panicked_lines']}; exit {a['exit_status']}",
-        f"  send lag p99 {r['generator']['send_lag_ms_p99']} ms, max {r['generator']['send_lag_ms_max']} ms",
+        f"  alb fds {a['fd_start']} at start, {a['fd_after_warmup']} after warm-up,"
+        f" {a['fd_end']} at the end, max {a['fd_max']}; panicked lines {a['panicked_lines']};"
+        f" exit {a['exit_status']}",
+        f"  send lag p99 {r['generator']['send_lag_ms_p99']} ms,"
+        f" max {r['generator']['send_lag_ms_max']} ms",
     ]
     for u in f["unexplained_samples"][:10]:
         lines.append(f"  UNEXPLAINED {u}")
@@ -931,7 +958,7 @@ def main():
     p.add_argument("--rate", type=float, default=30, help="requests per second (Poisson)")
     p.add_argument("--workers", type=int, default=2, help="alb's worker threads")
     p.add_argument("--json", help="also write the JSON report here")
-    p.add_argument("--keep", action="store_true", help="keep the work directory (logs) after a pass")
+    p.add_argument("--keep", action="store_true", help="keep the work directory after a pass")
     p.add_argument("--verbose", action="store_true", help="print chaos events as they happen")
     args = p.parse_args()
     args.alb = os.path.abspath(args.alb)
