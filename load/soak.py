@@ -44,8 +44,16 @@ Chaos (seeded, at random times)
 Sampling
 --------
 ALB's ``VmRSS`` (``/proc/PID/status``) and open file descriptors (``/proc/PID/fd``) every
-second. "After warm-up" is the median of the samples around 60 s (or a quarter of a
-shorter run); "end" is the median of the last five samples taken under load.
+second. Each figure is the median of the five samples nearest its time; "end" is the last
+five seconds under load. "After the first minute" is at 60 s (a quarter of a run shorter than
+3 min). "After warm-up" is later when ALB's bounded structures are still filling at 60 s: its
+decision log keeps the latest 4096 records (``DecisionLog::CAPACITY``), each holding the
+backend set it was decided from (reloads make new sets), and at 30 requests/s it fills only
+after about 140 s. In the first 10-minute soak RSS climbed until about 150 s and was flat
+after (17.8 MiB at 60 s, 21.4 MiB at 160 s, 22.0 MiB at 600 s); the ring explains part of
+the climb, allocator high-water marks under peak concurrency presumably the rest. So warm-up
+ends at the later of the first minute and the 5120th request (the ring plus a quarter), and
+the RSS check needs a run of at least 3 min and twice the warm-up.
 
 Classifying failures
 --------------------
@@ -71,7 +79,8 @@ Acceptance (exit status 1 when any fails; 2 for a setup error)
 * no failed GET other than a response cut by a kill;
 * failed POSTs <= kills;
 * no unexplained failure, and none from a known ALB bug;
-* RSS at the end <= 110% of RSS after warm-up (applied for runs >= 3 min, always reported);
+* RSS at the end <= 110% of RSS after warm-up (see Sampling for when it applies; RSS after
+  the first minute and both growths are always reported);
 * fds at the end <= fds after warm-up + ``FD_SLACK``;
 * no ``panicked`` line in ALB's stderr.
 
@@ -103,6 +112,8 @@ WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 # idle backend connections for about 90 s, so the count follows recent concurrency.
 FD_SLACK = 64
 RSS_GROWTH_LIMIT = 0.10
+# Requests after which ALB's decision log (4096 records) has filled, plus a quarter.
+WARMUP_REQUESTS = 5120
 REQUEST_TIMEOUT = 30.0
 KINDS = [
     # kind, weight, method
@@ -837,7 +848,13 @@ class Soak:
             with open(b.log_path, errors="replace") as f:
                 backend_panics += sum("panicked" in l for l in f)
 
-        warm = 60.0 if args.duration >= 180 else args.duration / 4
+        first_minute = 60.0 if args.duration >= 180 else args.duration / 4
+        ring_full = WARMUP_REQUESTS <= len(self.records)
+        warm = max(
+            first_minute,
+            self.records[WARMUP_REQUESTS - 1]["intended"] - self.t0 if ring_full else 0.0,
+        )
+        rss_check_applies = args.duration >= 180 and ring_full and 2 * warm <= self.load_end
         loaded = [s for s in self.samples if s[0] <= self.load_end]
 
         def around(t):
@@ -847,19 +864,21 @@ class Soak:
             return statistics.median(s[1] for s in near), statistics.median(s[2] for s in near)
 
         rss_warm, fd_warm = around(warm)
+        rss_minute = around(first_minute)[0]
         rss_end, fd_end = around(self.load_end)
         fd_start = self.samples[0][2] if self.samples else 0
         lag = sorted(self.send_lag) or [0.0]
         total = len(self.records)
         ok = sum(r["outcome"] == "ok" for r in self.records)
         rss_growth = (rss_end - rss_warm) / rss_warm if rss_warm else 0.0
+        rss_growth_minute = (rss_end - rss_minute) / rss_minute if rss_minute else 0.0
         checks = {
             "no_failed_get": failed_gets == 0,
             "failed_posts_at_most_kills": failed_posts <= len(self.kills),
             "no_unexplained_failure": len(unexplained) == sum(alb_bugs.values()),
             "no_failure_from_known_alb_bug": not alb_bugs,
             "rss_growth_within_10pct": (
-                rss_growth <= RSS_GROWTH_LIMIT if args.duration >= 180 else None
+                rss_growth <= RSS_GROWTH_LIMIT if rss_check_applies else None
             ),
             "fd_growth_within_slack": fd_end <= fd_warm + FD_SLACK,
             "no_panic": not panics,
@@ -889,7 +908,9 @@ class Soak:
                 "tls_reload_failed_lines": sum("TLS certificate reload failed" in l for l in log),
             },
             "alb": {
-                "warmup_s": warm,
+                "warmup_s": round(warm, 1),
+                "rss_kib_after_first_minute": rss_minute,
+                "rss_growth_since_first_minute": round(rss_growth_minute, 4),
                 "rss_kib_after_warmup": rss_warm,
                 "rss_kib_end": rss_end,
                 "rss_kib_max": max((s[1] for s in self.samples), default=0),
@@ -933,7 +954,8 @@ def summary(r):
         f" failed GETs {f['failed_gets']}, failed POSTs {f['failed_posts']}",
         f"  chaos: {c['kills']} kills, {c['reloads']} reloads, {c['cert_rotations']} certificate"
         f" rotations ({c['cert_rotations_verified']} seen served)",
-        f"  alb RSS {a['rss_kib_after_warmup'] / 1024:.1f} MiB after {a['warmup_s']:.0f} s,"
+        f"  alb RSS {a['rss_kib_after_first_minute'] / 1024:.1f} MiB after the first minute,"
+        f" {a['rss_kib_after_warmup'] / 1024:.1f} MiB after warm-up ({a['warmup_s']:.0f} s),"
         f" {a['rss_kib_end'] / 1024:.1f} MiB at the end ({100 * a['rss_growth']:+.1f}%),"
         f" max {a['rss_kib_max'] / 1024:.1f} MiB",
         f"  alb fds {a['fd_start']} at start, {a['fd_after_warmup']} after warm-up,"

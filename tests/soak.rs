@@ -57,7 +57,13 @@ fn chaos_soak_passes_for_a_minute() {
         "slow_read",
     ] {
         let k = &by_kind[kind];
-        assert!(k["http"].as_u64().unwrap_or(0) > 0, "no {kind} over HTTP: {summary}");
-        assert!(k["https"].as_u64().unwrap_or(0) > 0, "no {kind} over HTTPS: {summary}");
+        assert!(
+            k["http"].as_u64().unwrap_or(0) > 0,
+            "no {kind} over HTTP: {summary}"
+        );
+        assert!(
+            k["https"].as_u64().unwrap_or(0) > 0,
+            "no {kind} over HTTPS: {summary}"
+        );
     }
 }
