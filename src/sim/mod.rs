@@ -428,3 +428,24 @@ async fn echo_socket(mut socket: WebSocket) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn mirror_streams_the_request_body_back() {
+        let sim = spawn(0, SimSettings::default(), None).await.unwrap();
+        let body: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
+        let response = reqwest::Client::new()
+            .post(format!("http://{}/_sim/mirror", sim.addr))
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.content_length(), Some(body.len() as u64));
+        assert_eq!(response.bytes().await.unwrap(), body);
+        sim.shutdown();
+    }
+}
