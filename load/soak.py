@@ -39,7 +39,7 @@ Chaos (seeded, at random times)
   2-6 s;
 * rotate: write a new certificate and key (``alb gen-cert`` into a scratch directory, then
   renamed over the configured files) and send SIGHUP, which re-reads them; a fresh TLS
-  handshake then checks that the new certificate is served. Every 5-12 s.
+  handshake then checks that the new certificate is served within 5 s. Every 5-12 s.
 
 Sampling
 --------
@@ -690,7 +690,7 @@ class Soak:
             self.alb.sighup()
             self.rotations["done"] += 1
             verified = False
-            for _ in range(20):
+            for _ in range(50):  # up to 5 s: a debug build on a busy machine is slow
                 await asyncio.sleep(0.1)
                 try:
                     _, writer = await connect("https", self.alb.tls_port, self.ctx)
@@ -702,7 +702,7 @@ class Soak:
                     verified = True
                     break
             self.rotations["verified" if verified else "not_verified"] += 1
-            self.log("rotate", "served" if verified else "NOT served after 2 s")
+            self.log("rotate", "served" if verified else "NOT served after 5 s")
 
     async def sampler(self):
         while True:
