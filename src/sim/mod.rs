@@ -9,7 +9,8 @@
 //! `GET /control` reports them with the live queue length.
 //!
 //! A few paths under `/_sim/` exist for tests of the proxy itself: `echo` (the request as
-//! JSON), `bytes?n=N` (a streamed download), `upload` (counts a streamed upload) and `ws`
+//! JSON), `bytes?n=N` (a streamed download), `upload` (counts a streamed upload), `mirror`
+//! (streams the request body back, so a client can check every byte came through) and `ws`
 //! (a WebSocket echo).
 
 pub mod schedule;
@@ -212,6 +213,7 @@ fn router_for(sim: Arc<Sim>) -> Router {
         .route("/_sim/echo", any(echo))
         .route("/_sim/bytes", get(bytes))
         .route("/_sim/upload", post(upload))
+        .route("/_sim/mirror", post(mirror))
         .route("/_sim/ws", get(websocket))
         .fallback(serve)
         .with_state(sim)
@@ -405,6 +407,18 @@ async fn upload(body: Body) -> Response {
     format!("received {total}\n").into_response()
 }
 
+/// Streams the request body back as the response body, chunk by chunk as it arrives (the
+/// soak compares every byte it sent with what came back through the proxy).
+async fn mirror(headers: HeaderMap, body: Body) -> Response {
+    let mut response = Body::new(body).into_response();
+    if let Some(length) = headers.get(http::header::CONTENT_LENGTH) {
+        response
+            .headers_mut()
+            .insert(http::header::CONTENT_LENGTH, length.clone());
+    }
+    response
+}
+
 async fn websocket(upgrade: WebSocketUpgrade) -> Response {
     upgrade.on_upgrade(echo_socket)
 }
@@ -414,5 +428,26 @@ async fn echo_socket(mut socket: WebSocket) {
         if socket.send(message).await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn mirror_streams_the_request_body_back() {
+        let sim = spawn(0, SimSettings::default(), None).await.unwrap();
+        let body: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
+        let response = reqwest::Client::new()
+            .post(format!("http://{}/_sim/mirror", sim.addr))
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.content_length(), Some(body.len() as u64));
+        assert_eq!(response.bytes().await.unwrap(), body);
+        sim.shutdown();
     }
 }
