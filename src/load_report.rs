@@ -9,7 +9,10 @@
 //!
 //! Latency is an exponentially weighted moving average of completed requests' times to
 //! response headers, with weight 1/8 per request (RFC 6298's SRTT gain); the probe requests
-//! themselves are neither counted nor timed.
+//! themselves are neither counted nor timed. When no request has finished for [`RECENT`] the
+//! report says `0` (nothing recent to report) rather than an old figure: otherwise a backend
+//! whose last requests were caught in a stall would report that stall's latency until a
+//! balancer sent it traffic again, which it would not do while the report says it is slow.
 
 use std::{
     future::Future,
@@ -29,6 +32,9 @@ use tower::{Layer, Service};
 /// The path a balancer probes (`GET`).
 pub const PROBE_PATH: &str = "/_alb/load";
 
+/// How long a latency figure stays reportable after the last request finished.
+pub const RECENT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// What a probe answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LoadReport {
@@ -46,22 +52,50 @@ impl LoadReport {
 }
 
 /// The shared counters of one app.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Counters {
     in_flight: AtomicU64,
     /// EWMA latency in microseconds, 0 before the first request.
     latency_us: AtomicU64,
+    /// When the last request finished, in microseconds after `start`.
+    last_finished_us: AtomicU64,
+    start: Instant,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            in_flight: AtomicU64::new(0),
+            latency_us: AtomicU64::new(0),
+            last_finished_us: AtomicU64::new(0),
+            start: Instant::now(),
+        }
+    }
 }
 
 impl Counters {
+    fn now_us(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
     fn report(&self) -> LoadReport {
+        let idle_us = self
+            .now_us()
+            .saturating_sub(self.last_finished_us.load(Ordering::Relaxed));
+        let recent = idle_us <= RECENT.as_micros() as u64;
         LoadReport {
             rif: u32::try_from(self.in_flight.load(Ordering::Relaxed)).unwrap_or(u32::MAX),
-            latency_us: self.latency_us.load(Ordering::Relaxed),
+            latency_us: if recent {
+                self.latency_us.load(Ordering::Relaxed)
+            } else {
+                0
+            },
         }
     }
 
     fn observe(&self, sample_us: u64) {
+        self.last_finished_us
+            .store(self.now_us(), Ordering::Relaxed);
         // A lost update under a race only drops one sample from a moving average.
         let old = self.latency_us.load(Ordering::Relaxed);
         let new = if old == 0 {

@@ -432,7 +432,8 @@ mod tests {
         let names: Vec<&str> = head.response.headers().keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["x-kept"]);
         assert_eq!(head.framing, Framing::Chunked);
-        assert!(head.reusable);
+        // Framed two ways (chunked and a length): not trusted with another request.
+        assert!(!head.reusable);
     }
 
     #[test]
@@ -608,6 +609,8 @@ pub(super) mod fuzz {
             if http10 && te {
                 return Outcome::Refused;
             }
+            // Both framings: never reused (RFC 9112 §6.3), whatever the framing chosen.
+            let both = te && kept.iter().any(|(n, _)| n == "content-length");
             let framing = if *method == Method::HEAD || status == 204 || status == 304 {
                 Framing::Empty
             } else if te {
@@ -650,7 +653,7 @@ pub(super) mod fuzz {
             } else {
                 !tokens.iter().any(|t| t == "close")
             };
-            let reusable = asked && framing != Framing::UntilClose;
+            let reusable = asked && framing != Framing::UntilClose && !both;
             return Outcome::Head {
                 status,
                 headers: sorted(kept),
