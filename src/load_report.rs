@@ -8,9 +8,12 @@
 //! own in-flight count cannot see.
 //!
 //! Latency is an exponentially weighted moving average of completed requests' times to
-//! response headers, with weight 1/8 per request (RFC 6298's SRTT gain); the probe requests
-//! themselves are neither counted nor timed. When no request has finished for [`RECENT`] the
-//! report says `0` (nothing recent to report) rather than an old figure: otherwise a backend
+//! response headers over time: a sample finishing `Δt` after the previous one gets weight
+//! `1 - exp(-Δt / 200 ms)`, so the figure describes the last fraction of a second whatever
+//! the request rate, and the first answers after a quiet spell (a stall) replace it at
+//! once. The probe requests themselves are neither counted nor timed. When no request has
+//! finished for [`RECENT`] the report says `0` (nothing recent to report) rather than an
+//! old figure: otherwise a backend
 //! whose last requests were caught in a stall would report that stall's latency until a
 //! balancer sent it traffic again, which it would not do while the report says it is slow.
 
@@ -34,6 +37,9 @@ pub const PROBE_PATH: &str = "/_alb/load";
 
 /// How long a latency figure stays reportable after the last request finished.
 pub const RECENT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Time constant of the latency average.
+pub const LATENCY_DECAY: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// What a probe answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,16 +100,18 @@ impl Counters {
     }
 
     fn observe(&self, sample_us: u64) {
-        self.last_finished_us
-            .store(self.now_us(), Ordering::Relaxed);
+        let now = self.now_us();
+        let previous = self.last_finished_us.swap(now, Ordering::Relaxed);
         // A lost update under a race only drops one sample from a moving average.
         let old = self.latency_us.load(Ordering::Relaxed);
+        let elapsed = now.saturating_sub(previous) as f64;
+        let keep = (-elapsed / LATENCY_DECAY.as_micros() as f64).exp();
         let new = if old == 0 {
             sample_us
         } else {
-            old - old / 8 + sample_us / 8
+            (old as f64 * keep + sample_us as f64 * (1.0 - keep)) as u64
         };
-        self.latency_us.store(new, Ordering::Relaxed);
+        self.latency_us.store(new.max(1), Ordering::Relaxed);
     }
 }
 
@@ -239,12 +247,30 @@ mod tests {
     }
 
     #[test]
-    fn latency_is_a_moving_average() {
+    fn latency_is_a_moving_average_over_time() {
         let c = Counters::default();
         c.observe(8000);
         assert_eq!(c.report().latency_us, 8000);
+        // Back to back: the new sample barely moves it.
         c.observe(16000);
-        assert_eq!(c.report().latency_us, 9000);
+        let blended = c.report().latency_us;
+        assert!((8000..9000).contains(&blended), "{blended}");
+        // After a quiet spell of many time constants, a sample replaces it.
+        let quiet = Counters {
+            start: c.start - std::time::Duration::from_secs(5),
+            ..Counters::default()
+        };
+        quiet.latency_us.store(8000, Ordering::Relaxed);
+        quiet.observe(3000);
+        let latest = quiet.latency_us.load(Ordering::Relaxed);
+        assert!((2990..=3010).contains(&latest), "{latest}");
+        // And with nothing finished for longer than RECENT, no latency is reported.
+        let idle = Counters {
+            start: c.start - std::time::Duration::from_secs(5),
+            ..Counters::default()
+        };
+        idle.latency_us.store(8000, Ordering::Relaxed);
+        assert_eq!(idle.report().latency_us, 0);
     }
 
     #[test]

@@ -192,6 +192,11 @@ impl Endpoint {
         self.ewma.estimate(now)
     }
 
+    /// Failures in a row of the requests this replica sent (0 after a success).
+    pub fn failure_streak(&self) -> u32 {
+        self.consecutive_failures.load(Ordering::Relaxed)
+    }
+
     /// The latency estimate now and the age of its last sample.
     pub fn ewma_reading(&self, now: Instant) -> Reading {
         self.ewma.read(now)

@@ -20,9 +20,9 @@
 //! - the threshold is the `hot_quantile` quantile of the pool's RIFs (default 0.6: the paper
 //!   uses 0.84; prequal-rs reports herding at 0.84 in simulation and uses 0.6);
 //! - a backend is *cold* when its RIF is at most the threshold, *hot* otherwise;
-//! - a report's latency is raised to ALB's own peak-EWMA estimate when that has a sample
-//!   younger than `max_age`: failures are charged the failure penalty there, so a backend
-//!   answering errors fast does not look fast (Linkerd biases against fast failures too);
+//! - while this replica's last answer from a backend was a failure, its latency counts as
+//!   at least `adaptive.failure_penalty`, so a backend answering errors fast does not look
+//!   fast (Linkerd biases against fast failures too);
 //! - among cold backends the lowest latency wins; latencies within `adaptive.tolerance` of the
 //!   lowest count as equal (as in `adaptive`), and then the lower RIF, then the first in the
 //!   window (random) wins; if all were hot, the lowest RIF would win;
@@ -189,15 +189,14 @@ impl Prequal {
         chosen.index
     }
 
-    /// A backend's numbers: its usable probe report, else ALB's own. ALB's own latency
-    /// estimate, while recent, bounds the report's from below: it charges failures the
-    /// failure penalty, which a backend failing fast does not report (its errors are quick).
+    /// A backend's numbers: its usable probe report, else ALB's own. While the last answer
+    /// this replica got from it was a failure, its latency counts as at least the failure
+    /// penalty: a backend failing fast reports itself fast (its errors are quick).
     fn candidate(&self, ep: &Endpoint, index: usize, now: Instant) -> Candidate {
         match ep.probe.read(now) {
             Some(r) if r.age <= self.config.max_age && r.uses < self.config.max_uses => {
-                let own = ep.ewma_reading(now);
-                let latency = if own.age <= self.config.max_age {
-                    r.latency.max(own.estimate)
+                let latency = if ep.failure_streak() > 0 {
+                    r.latency.max(ep.tuning().failure_penalty.as_secs_f64())
                 } else {
                     r.latency
                 };
