@@ -235,7 +235,7 @@ pub fn write_all(
                 .collect();
             let _ = writeln!(
                 md,
-                "Antagonist: {:.0} req/s straight to {} ({:.0}% of each one's capacity), \
+                "Antagonist: {:.0} req/s straight to {} ({:.0}% of {} capacity), \
                  bypassing ALB, warm-up included; not in the figures below except its own p99 \
                  (column `antagonist p99`). With ALB's load the backends are offered {:.0}% of \
                  their capacity. The oracle counts the antagonist's requests in flight as well as \
@@ -243,6 +243,11 @@ pub fn write_all(
                 a.rate,
                 targets.join(", "),
                 a.load * 100.0,
+                if targets.len() == 1 {
+                    "its"
+                } else {
+                    "each one's"
+                },
                 (sr.rate.0 + a.rate) / sr.scenario.capacity() * 100.0,
             );
         }

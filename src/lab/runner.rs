@@ -47,7 +47,7 @@ pub enum Contender {
 }
 
 impl Contender {
-    /// The four strategies and the oracle.
+    /// Every strategy and the oracle.
     pub fn all() -> Vec<Contender> {
         StrategyKind::ALL
             .into_iter()
