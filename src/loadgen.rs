@@ -102,8 +102,20 @@ impl LoadPlan {
 pub enum Target {
     /// Through a balancer at this URL; the backend is read from `x-alb-backend`.
     Url(Uri),
+    /// Through several balancers (replicas), each request to the next one in turn; the
+    /// backend is read from `x-alb-backend`.
+    Replicas(Vec<Uri>),
     /// Straight to the in-process backend with the shortest true expected wait.
     Oracle(Oracle),
+    /// Straight to these backends of the oracle's set (indices), each request to the next in
+    /// turn, counted as outstanding in the oracle's view of their queues: outside load that
+    /// an oracle sharing the counts sees.
+    Outside {
+        /// Whose outstanding counts the requests join.
+        oracle: Oracle,
+        /// Indices into the oracle's backends.
+        backends: Vec<usize>,
+    },
 }
 
 /// One request's fate.
@@ -264,7 +276,7 @@ pub async fn run(
         let (tx, target, backends) = (tx.clone(), target.clone(), backends.clone());
         let (offset, timeout) = (*offset, plan.timeout);
         tokio::spawn(async move {
-            let (status, backend) = send(&client, &target, &backends, timeout).await;
+            let (status, backend) = send(&client, &target, i, &backends, timeout).await;
             let _ = tx.send(Sample {
                 intended: offset,
                 latency: intended.elapsed(),
@@ -303,26 +315,32 @@ fn backend_index(names: &BackendNames, name: &str) -> Option<u16> {
     u16::try_from(index).ok()
 }
 
+/// Sends the `sequence`-th request of a run to `target`.
 async fn send(
     client: &LoadClient,
     target: &Target,
+    sequence: usize,
     backends: &BackendNames,
     timeout: Duration,
 ) -> (u16, Option<u16>) {
     let (uri, chosen) = match target {
         Target::Url(uri) => (uri.clone(), None),
+        Target::Replicas(uris) => (uris[sequence % uris.len()].clone(), None),
         Target::Oracle(oracle) => {
             let best = oracle.pick();
-            let uri = format!("http://{}/", oracle.sims[best].addr)
-                .parse()
-                .expect("a socket address makes a URI");
-            (uri, Some(best as u16))
+            (oracle.uri(best), Some(best as u16))
+        }
+        Target::Outside { oracle, backends } => {
+            let index = backends[sequence % backends.len()];
+            (oracle.uri(index), Some(index as u16))
         }
     };
-    // The oracle counts its requests from dispatch to answer, so requests still on their
-    // way to a backend are not invisible to the next decision.
+    // The oracle counts requests from dispatch to answer, so requests still on their way to
+    // a backend are not invisible to the next decision; outside requests join the counts.
     let _outstanding = match (target, chosen) {
-        (Target::Oracle(oracle), Some(b)) => Some(oracle.dispatched(usize::from(b))),
+        (Target::Oracle(oracle) | Target::Outside { oracle, .. }, Some(b)) => {
+            Some(oracle.dispatched(usize::from(b)))
+        }
         _ => None,
     };
     let Ok(request) = Request::get(uri).body(Empty::<Bytes>::new()) else {
@@ -349,7 +367,9 @@ async fn send(
 /// Expected wait of a backend = (requests outstanding to it + 1) / slots x its current mean
 /// service time (slowdowns included), plus the rest of any pause in progress. Outstanding
 /// counts requests from dispatch to answer, so a burst of decisions within one millisecond
-/// does not herd onto the same backend.
+/// does not herd onto the same backend; it includes outside load sent through a
+/// [`Target::Outside`] sharing this oracle (a clone), so the oracle sees an antagonist's
+/// queue too.
 #[derive(Debug, Clone)]
 pub struct Oracle {
     sims: Vec<SimHandle>,
@@ -376,6 +396,13 @@ impl Oracle {
             .map(|_| std::sync::atomic::AtomicUsize::new(0))
             .collect();
         Oracle { sims, outstanding }
+    }
+
+    /// The URL of backend `index`.
+    fn uri(&self, index: usize) -> Uri {
+        format!("http://{}/", self.sims[index].addr)
+            .parse()
+            .expect("a socket address makes a URI")
     }
 
     fn dispatched(&self, index: usize) -> Outstanding {

@@ -140,6 +140,8 @@ fn shipped_scenarios_load() {
         "pauses",
         "fail-fast",
         "overload",
+        "replicas-3",
+        "antagonist",
     ] {
         let path = format!("load/scenarios/{name}.toml");
         let s = Scenario::load(std::path::Path::new(&path)).unwrap_or_else(|e| panic!("{e}"));
@@ -160,6 +162,11 @@ fn scenario_errors_name_the_field() {
         (format!("{base}[[backends]]\nslots = 1\nservice = {{ dist = \"exponential\", mean = \"ten\" }}\n"), "backends[0].service"),
         (format!("{base}{backend}events = [ {{ kind = \"slowdown\", at = \"1s\", factor = -2.0 }} ]\n"), "backends[0].events[0]"),
         (format!("{base}{backend}events = [ {{ kind = \"explode\", at = \"1s\" }} ]\n"), "backends[0].events"),
+        (format!("{base}replicas = 0\n{backend}"), "replicas"),
+        (format!("{base}[antagonist]\nbackends = [1]\nload = 0.5\n{backend}"), "antagonist.backends[0]"),
+        (format!("{base}[antagonist]\nbackends = [0]\nload = 0\n{backend}"), "antagonist.load"),
+        (format!("{base}[antagonist]\nbackends = [0]\nload = -0.5\n{backend}"), "antagonist.load"),
+        (format!("{base}[antagonist]\nbackends = [0]\n{backend}"), "antagonist"),
     ];
     let dir = tempfile::tempdir().unwrap();
     for (i, (text, field)) in cases.iter().enumerate() {
@@ -237,6 +244,72 @@ fn lab_run_writes_report_summary_plots_and_raw_results() {
         );
     }
     let raw = std::fs::read_to_string(out.join("raw/tiny/adaptive-r1.csv")).unwrap();
+    assert!(raw.lines().count() > 100);
+}
+
+#[test]
+fn lab_run_with_replicas_and_an_antagonist_reports_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = write_config(
+        dir.path(),
+        "tiny.toml",
+        "description = \"two replicas, two backends, one antagonised\"\nduration = \"2s\"\nwarmup = \"1s\"\n\
+         load = 0.3\nclients = 8\nreplicas = 2\n\
+         [antagonist]\nbackends = [1]\nload = 0.4\n\
+         [[backends]]\ncount = 2\nslots = 2\nservice = { dist = \"constant\", value = \"10ms\" }\n",
+    );
+    let out = dir.path().join("out");
+    let (code, stdout, stderr) = alb_output(&[
+        "lab",
+        scenario.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--repetitions",
+        "1",
+    ]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let setup = &summary["setups"]["tiny"];
+    assert_eq!(setup["replicas"], 2, "{setup}");
+    // 0.4 of one backend's capacity (2 slots / 10 ms = 200 req/s)
+    let rate = setup["antagonist"]["rate"].as_f64().unwrap();
+    assert!((rate - 80.0).abs() < 1e-6, "{setup}");
+    assert_eq!(setup["antagonist"]["backends"].as_array().unwrap().len(), 1);
+    let tiny = summary["scenarios"]["tiny"].as_object().unwrap();
+    for contender in [
+        "round_robin",
+        "least_conn",
+        "sticky",
+        "adaptive",
+        "prequal",
+        "oracle",
+    ] {
+        let c = &tiny[contender];
+        for key in ["p50_ms", "p90_ms", "p99_ms", "p999_ms", "error_rate"] {
+            assert!(c[key].is_number(), "{contender}.{key}: {c}");
+        }
+        assert!(c["antagonist_p99_ms"].as_f64().unwrap() > 0.0, "{c}");
+        let shares: f64 = c["share"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_f64().unwrap())
+            .sum();
+        assert!(
+            (shares - 1.0).abs() < 0.01,
+            "{contender}: shares sum to {shares}"
+        );
+    }
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("2 ALB replicas"), "{report}");
+    assert!(
+        report.contains("Antagonist: 80 req/s straight to b1"),
+        "{report}"
+    );
+    assert!(report.contains("| antagonist p99 |"), "{report}");
+    assert!(report.contains("| prequal |"), "{report}");
+    let raw = std::fs::read_to_string(out.join("raw/tiny/adaptive-r1-antagonist.csv")).unwrap();
     assert!(raw.lines().count() > 100);
 }
 

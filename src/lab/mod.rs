@@ -2,9 +2,11 @@
 //!
 //! ```text
 //! load/scenarios/*.toml ─► scenario ─► runner: for each repetition, for each contender
-//!                                        (round_robin, least_conn, sticky, adaptive, oracle):
-//!                                        fresh `alb` (CPU 0) ─► loadgen (open loop, CPU 1)
+//!                                        (every strategy, prequal included, and the oracle):
+//!                                        fresh `alb` x replicas (CPU 0) ◄─ loadgen (open loop,
+//!                                        CPU 1), each request to the next replica in turn
 //!                                        ─► in-process simulated backends (CPU 1)
+//!                                           ◄─ antagonist (open loop, straight, unmeasured)
 //!                          report ◄──────┘  report.md, summary.json, raw CSVs, SVG plots
 //! ```
 //!

@@ -23,6 +23,30 @@ const STALL_WINDOW: Duration = Duration::from_millis(250);
 pub struct SummaryFile {
     /// Scenario name → contender name → figures.
     pub scenarios: BTreeMap<String, BTreeMap<String, ContenderSummary>>,
+    /// Scenario name → how it was run (replicas, antagonist).
+    pub setups: BTreeMap<String, ScenarioSetup>,
+}
+
+/// How a scenario was run, beyond its backends.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScenarioSetup {
+    /// `alb` processes side by side.
+    pub replicas: usize,
+    /// Requests per second offered through ALB at the start of the measured part.
+    pub offered_rate: f64,
+    /// The outside load, if any.
+    pub antagonist: Option<AntagonistSetup>,
+}
+
+/// The antagonist of a scenario.
+#[derive(Debug, Clone, Serialize)]
+pub struct AntagonistSetup {
+    /// The backends it loads (`host:port`).
+    pub backends: Vec<String>,
+    /// Fraction of each one's nominal capacity.
+    pub load: f64,
+    /// Requests per second it offers, all its backends together.
+    pub rate: f64,
 }
 
 /// The figures of one contender in one scenario (medians over repetitions).
@@ -40,6 +64,10 @@ pub struct ContenderSummary {
     pub error_rate: f64,
     /// `host:port` → fraction of requests.
     pub share: BTreeMap<String, f64>,
+    /// The antagonist's own p99 during this contender's runs (median), ms; only in
+    /// scenarios with an antagonist.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub antagonist_p99_ms: Option<f64>,
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -78,6 +106,7 @@ fn combine(summaries: &[Summary], backends: &[String]) -> (ContenderSummary, f64
             p999_ms: pick(|s| s.p999_ms),
             error_rate: pick(|s| s.error_rate),
             share,
+            antagonist_p99_ms: None,
         },
         lo,
         hi,
@@ -156,6 +185,7 @@ pub fn write_all(
     std::fs::create_dir_all(out.join("raw"))?;
     let mut summary = SummaryFile {
         scenarios: BTreeMap::new(),
+        setups: BTreeMap::new(),
     };
     let mut md = String::new();
     let _ = writeln!(md, "# ALB lab report\n");
@@ -187,6 +217,45 @@ pub fn write_all(
                 crate::loadgen::Arrival::Constant => "evenly spaced",
             },
         );
+        let setup = setup_of(sr);
+        if setup.replicas > 1 {
+            let _ = writeln!(
+                md,
+                "{} ALB replicas with the same config, side by side (all pinned to one CPU); \
+                 the generator sends each request to the next replica in turn.\n",
+                setup.replicas
+            );
+        }
+        if let Some(a) = &setup.antagonist {
+            let targets: Vec<String> = sr
+                .scenario
+                .antagonist
+                .iter()
+                .flat_map(|a| a.backends.iter().map(|i| format!("b{i}")))
+                .collect();
+            let _ = writeln!(
+                md,
+                "Antagonist: {:.0} req/s straight to {} ({:.0}% of {} capacity), \
+                 bypassing ALB, warm-up included; not in the figures below except its own p99 \
+                 (column `antagonist p99`). With ALB's load the backends are offered {:.0}% of \
+                 their capacity. The oracle counts the antagonist's requests in flight as well as \
+                 its own, so it sees the antagonised backends' true queues.\n",
+                a.rate,
+                targets.join(", "),
+                a.load * 100.0,
+                if targets.len() == 1 {
+                    "its"
+                } else {
+                    "each one's"
+                },
+                (sr.rate.0 + a.rate) / sr.scenario.capacity() * 100.0,
+            );
+        }
+        let outside_column = if setup.antagonist.is_some() {
+            " antagonist p99 |"
+        } else {
+            ""
+        };
         let short: Vec<String> = sr
             .backends
             .iter()
@@ -195,22 +264,37 @@ pub fn write_all(
             .collect();
         let _ = writeln!(
             md,
-            "| strategy | p50 | p90 | p99 | p99.9 | max | errors | {} | notes |",
+            "| strategy | p50 | p90 | p99 | p99.9 | max | errors | {} |{outside_column} notes |",
             short.join(" | ")
         );
-        let _ = writeln!(md, "|{}", "---|".repeat(8 + short.len()));
-        for (contender, runs) in &sr.runs {
+        let _ = writeln!(
+            md,
+            "|{}",
+            "---|".repeat(8 + short.len() + usize::from(setup.antagonist.is_some()))
+        );
+        for ((contender, runs), outside) in sr.runs.iter().zip(&sr.antagonist) {
             let summaries: Vec<Summary> = runs
                 .iter()
                 .map(|r| summarize(r.measured(), &sr.backends))
                 .collect();
-            let (combined, lo, hi, spread) = combine(&summaries, &sr.backends);
+            let (mut combined, lo, hi, spread) = combine(&summaries, &sr.backends);
+            if setup.antagonist.is_some() {
+                combined.antagonist_p99_ms = Some(median(
+                    outside
+                        .iter()
+                        .map(|r| summarize(r.measured(), &sr.backends).p99_ms)
+                        .collect(),
+                ));
+            }
+            let outside_cell = combined
+                .antagonist_p99_ms
+                .map_or_else(String::new, |p| format!(" {p:.1} |"));
             let max = median(summaries.iter().map(|s| s.max_ms).collect());
             let mut notes = Vec::new();
             if spread {
                 notes.push(format!("p99 range {lo:.1}–{hi:.1}"));
             }
-            if runs.iter().any(|r| !r.reliable()) {
+            if runs.iter().chain(outside).any(|r| !r.reliable()) {
                 notes.push("UNRELIABLE: generator lagged".to_owned());
             }
             let shares: Vec<String> = sr
@@ -220,7 +304,7 @@ pub fn write_all(
                 .collect();
             let _ = writeln!(
                 md,
-                "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2}% | {} | {} |",
+                "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2}% | {} |{outside_cell} {} |",
                 contender.name(),
                 combined.p50_ms,
                 combined.p90_ms,
@@ -276,6 +360,7 @@ pub fn write_all(
         }
         write_raw(sr, &out.join("raw"))?;
         summary.scenarios.insert(name.clone(), per_contender);
+        summary.setups.insert(name.clone(), setup);
     }
     std::fs::write(out.join("report.md"), md)?;
     std::fs::write(
@@ -285,31 +370,61 @@ pub fn write_all(
     Ok(summary)
 }
 
-/// `raw/<scenario>/<contender>-r<N>.csv`: one line per request of the whole run.
+/// The scenario's replicas and antagonist, with the rates of this run.
+fn setup_of(sr: &ScenarioRuns) -> ScenarioSetup {
+    ScenarioSetup {
+        replicas: sr.scenario.replicas,
+        offered_rate: sr.rate.0,
+        antagonist: sr.scenario.antagonist.as_ref().map(|a| AntagonistSetup {
+            backends: a
+                .backends
+                .iter()
+                .filter_map(|&i| sr.backends.get(i).cloned())
+                .collect(),
+            load: a.load,
+            rate: sr.scenario.antagonist_rate().unwrap_or_default(),
+        }),
+    }
+}
+
+/// `raw/<scenario>/<contender>-r<N>.csv`: one line per request of the whole run (and
+/// `<contender>-r<N>-antagonist.csv` for the antagonist's requests).
 fn write_raw(sr: &ScenarioRuns, dir: &Path) -> std::io::Result<()> {
     let dir = dir.join(&sr.scenario.name);
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("backends.txt"), sr.backends.join("\n") + "\n")?;
-    for (contender, runs) in &sr.runs {
-        for (rep, run) in runs.iter().enumerate() {
-            let path = dir.join(format!("{}-r{}.csv", contender.name(), rep + 1));
-            let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let outside = sr
+        .runs
+        .iter()
+        .zip(&sr.antagonist)
+        .flat_map(|((c, _), runs)| {
+            runs.iter()
+                .enumerate()
+                .map(move |(rep, run)| (format!("{}-r{}-antagonist.csv", c.name(), rep + 1), run))
+        });
+    let measured = sr.runs.iter().flat_map(|(c, runs)| {
+        runs.iter()
+            .enumerate()
+            .map(move |(rep, run)| (format!("{}-r{}.csv", c.name(), rep + 1), run))
+    });
+    for (file, run) in measured.chain(outside) {
+        let path = dir.join(file);
+        let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
+        writeln!(
+            w,
+            "# warmup_ms={} lag_p99_ms={:.3}\nintended_ms,latency_ms,status,backend",
+            run.warmup.as_millis(),
+            run.lag_p99.as_secs_f64() * 1e3
+        )?;
+        for s in &run.samples {
             writeln!(
                 w,
-                "# warmup_ms={} lag_p99_ms={:.3}\nintended_ms,latency_ms,status,backend",
-                run.warmup.as_millis(),
-                run.lag_p99.as_secs_f64() * 1e3
+                "{:.3},{:.3},{},{}",
+                s.intended.as_secs_f64() * 1e3,
+                s.latency.as_secs_f64() * 1e3,
+                s.status,
+                s.backend.map_or(-1, i32::from)
             )?;
-            for s in &run.samples {
-                writeln!(
-                    w,
-                    "{:.3},{:.3},{},{}",
-                    s.intended.as_secs_f64() * 1e3,
-                    s.latency.as_secs_f64() * 1e3,
-                    s.status,
-                    s.backend.map_or(-1, i32::from)
-                )?;
-            }
         }
     }
     Ok(())

@@ -3,10 +3,14 @@
 //! Per scenario the simulated backends get ports once (so their names, and the share
 //! columns, are the same for every contender) and are started afresh on those ports for
 //! each run, so a backlog left by one contender never slows the next. A run: start the
-//! backends and `alb run` with the strategy (pinned to CPU 0 when there are two), wait for
-//! it, send the warm-up and the measured load, stop both. The oracle sends straight to the
-//! backend with the shortest *true* expected wait, which no real balancer can know: it
-//! shows how far each strategy is from the best possible.
+//! backends and `alb run` with the strategy (one process per replica, each on its own
+//! ports, all pinned to CPU 0 when there are two CPUs), wait for them, send the warm-up and
+//! the measured load (spread over the replicas in turn), stop everything. An antagonist, if
+//! the scenario has one, sends straight to its backends from the start of the warm-up to
+//! the end of the run, for every contender alike. The oracle sends straight to the backend
+//! with the shortest *true* expected wait, which no real balancer can know: it shows how far
+//! each strategy is from the best possible. It counts the antagonist's requests in flight
+//! as well as its own; replicas do not apply to it (it is one omniscient router).
 //!
 //! Repetitions rotate the order of contenders, so slow drift of the machine does not always
 //! hit the same one; the report takes medians over repetitions.
@@ -27,6 +31,9 @@ use crate::{
     sim::{self, Schedule, SimHandle, SimSettings},
 };
 
+/// Client addresses of the antagonist (it goes straight to backends, so few are enough).
+const ANTAGONIST_CLIENTS: usize = 8;
+
 /// Time a request may take before it counts as unanswered (and `alb`'s `request_timeout`).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -40,7 +47,7 @@ pub enum Contender {
 }
 
 impl Contender {
-    /// The four strategies and the oracle.
+    /// Every strategy and the oracle.
     pub fn all() -> Vec<Contender> {
         StrategyKind::ALL
             .into_iter()
@@ -82,6 +89,9 @@ pub struct ScenarioRuns {
     pub backends: Vec<String>,
     /// Runs per contender, in contender order; each has `repetitions` results.
     pub runs: Vec<(Contender, Vec<RunResult>)>,
+    /// The antagonist's requests during each run, parallel to `runs` (empty lists when the
+    /// scenario has no antagonist).
+    pub antagonist: Vec<Vec<RunResult>>,
 }
 
 /// Runs every scenario with every contender.
@@ -113,8 +123,19 @@ pub async fn run_lab(
             clients: scenario.clients,
             timeout: REQUEST_TIMEOUT,
         };
+        let outside = scenario.antagonist.as_ref().map(|a| {
+            let rate = scenario.antagonist_rate().unwrap_or_default();
+            let plan = LoadPlan {
+                rate,
+                rate_end: rate,
+                clients: ANTAGONIST_CLIENTS,
+                ..plan.clone()
+            };
+            (plan, a.backends.clone())
+        });
         let mut runs: Vec<(Contender, Vec<RunResult>)> =
             contenders.iter().map(|c| (*c, Vec::new())).collect();
+        let mut antagonist = vec![Vec::new(); contenders.len()];
         for rep in 0..options.repetitions {
             for k in 0..contenders.len() {
                 let index = (k + rep) % contenders.len();
@@ -127,11 +148,21 @@ pub async fn run_lab(
                 ));
                 let sims = start_backends(&scenario, &mut ports).await?;
                 backends = sims.iter().map(|s| s.addr.to_string()).collect();
-                let result = run_once(&scenario, contender, &sims, &backends, &plan, options).await;
+                let result = run_once(
+                    &scenario,
+                    contender,
+                    &sims,
+                    &backends,
+                    (&plan, outside.as_ref()),
+                    options,
+                )
+                .await;
                 for s in &sims {
                     s.shutdown();
                 }
-                runs[index].1.push(result?);
+                let (result, outside_result) = result?;
+                runs[index].1.push(result);
+                antagonist[index].extend(outside_result);
                 progress.inc(1);
             }
         }
@@ -140,6 +171,7 @@ pub async fn run_lab(
             scenario,
             backends,
             runs,
+            antagonist,
         });
     }
     progress.finish_with_message("done");
@@ -178,32 +210,55 @@ async fn start_backends(
     Ok(sims)
 }
 
+/// One run: the measured load (through the balancer replicas, or the oracle) and, if the
+/// scenario has one, the antagonist's load (its plan and backend indices) alongside.
 async fn run_once(
     scenario: &Scenario,
     contender: Contender,
     sims: &[SimHandle],
     backends: &[String],
-    plan: &LoadPlan,
+    (plan, outside): (&LoadPlan, Option<&(LoadPlan, Vec<usize>)>),
     options: &LabOptions,
-) -> Result<RunResult, Box<dyn std::error::Error + Send + Sync>> {
-    let balancer = match contender {
-        Contender::Alb(kind) => Some(Balancer::start(scenario, kind, backends, options)?),
-        Contender::Oracle => None,
-    };
-    if let Some(b) = &balancer {
+) -> Result<(RunResult, Option<RunResult>), Box<dyn std::error::Error + Send + Sync>> {
+    let mut balancers = Vec::new();
+    if let Contender::Alb(kind) = contender {
+        for _ in 0..scenario.replicas {
+            balancers.push(Balancer::start(scenario, kind, backends, options)?);
+        }
+    }
+    for b in &balancers {
         b.wait_ready().await?;
     }
-    let target = match &balancer {
-        Some(b) => Target::Url(format!("http://127.0.0.1:{}/", b.port).parse()?),
-        None => Target::Oracle(loadgen::Oracle::new(sims.to_vec())),
+    // One oracle whose counts the antagonist joins, so the oracle contender sees its queue.
+    let oracle = loadgen::Oracle::new(sims.to_vec());
+    let target = match contender {
+        Contender::Alb(_) => Target::Replicas(
+            balancers
+                .iter()
+                .map(|b| format!("http://127.0.0.1:{}/", b.port).parse())
+                .collect::<Result<_, _>>()?,
+        ),
+        Contender::Oracle => Target::Oracle(oracle.clone()),
     };
     let start = Instant::now() + Duration::from_millis(50);
     for sim in sims {
         sim.restart_clock(start + plan.warmup);
     }
+    let antagonist = outside.map(|(outside_plan, indices)| {
+        let target = Target::Outside {
+            oracle,
+            backends: indices.clone(),
+        };
+        let (outside_plan, names) = (outside_plan.clone(), backends.to_vec());
+        tokio::spawn(async move { loadgen::run(target, &outside_plan, names, start).await })
+    });
     let result = loadgen::run(target, plan, backends.to_vec(), start).await;
-    drop(balancer);
-    Ok(result)
+    let antagonist = match antagonist {
+        Some(task) => Some(task.await?),
+        None => None,
+    };
+    drop(balancers);
+    Ok((result, antagonist))
 }
 
 /// An `alb run` child process, stopped on drop.

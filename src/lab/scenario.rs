@@ -51,6 +51,12 @@ pub struct Scenario {
     /// Distinct client addresses.
     #[serde(default = "default_clients")]
     pub clients: usize,
+    /// `alb` processes run side by side with the same config; the generator sends each
+    /// request to the next one in turn.
+    #[serde(default = "one")]
+    pub replicas: usize,
+    /// Outside load sent straight to some backends, bypassing ALB.
+    pub antagonist: Option<Antagonist>,
     /// Extra `alb` config keys for this scenario (rate limits, adaptive tuning...).
     #[serde(default)]
     pub balancer: serde_json::Map<String, serde_json::Value>,
@@ -72,6 +78,19 @@ pub struct BackendGroup {
     /// Scheduled changes.
     #[serde(default)]
     pub events: Vec<Event>,
+}
+
+/// A second open-loop generator that sends straight to some backends for the whole run
+/// (warm-up included): load ALB does not route and cannot see, except through the backends'
+/// answers and load reports. Its requests are not in the measured results.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Antagonist {
+    /// Indices of the backends it loads, in scenario order (groups expanded).
+    pub backends: Vec<usize>,
+    /// Its rate at each of those backends, as a fraction of that backend's nominal capacity
+    /// (slots / mean service time).
+    pub load: f64,
 }
 
 fn default_warmup() -> Duration {
@@ -119,6 +138,13 @@ pub struct BackendSpec {
     pub service: ServiceTime,
     /// Events.
     pub events: Vec<Event>,
+}
+
+impl BackendSpec {
+    /// Requests per second it can serve at its nominal service time.
+    pub fn capacity(&self) -> f64 {
+        self.slots as f64 / self.service.mean().as_secs_f64().max(1e-9)
+    }
 }
 
 impl Scenario {
@@ -178,6 +204,9 @@ impl Scenario {
                 "at least one backend group is needed".into(),
             ));
         }
+        if self.replicas == 0 {
+            return Err(("replicas".into(), "must be at least 1".into()));
+        }
         for (i, group) in self.backends.iter().enumerate() {
             let field = |f: &str| format!("backends[{i}].{f}");
             if group.count == 0 {
@@ -194,6 +223,28 @@ impl Scenario {
                 event
                     .validate()
                     .map_err(|m| (field(&format!("events[{j}]")), m))?;
+            }
+        }
+        if let Some(antagonist) = &self.antagonist {
+            positive("antagonist.load", antagonist.load)?;
+            if antagonist.backends.is_empty() {
+                return Err((
+                    "antagonist.backends".into(),
+                    "name at least one backend index".into(),
+                ));
+            }
+            let count: usize = self.backends.iter().map(|g| g.count).sum();
+            for (k, &index) in antagonist.backends.iter().enumerate() {
+                if index >= count {
+                    return Err((
+                        format!("antagonist.backends[{k}]"),
+                        format!(
+                            "backend index {index} is out of range: the scenario has {count} \
+                             backends (0 to {})",
+                            count - 1
+                        ),
+                    ));
+                }
             }
         }
         Ok(())
@@ -217,8 +268,21 @@ impl Scenario {
     pub fn capacity(&self) -> f64 {
         self.expanded_backends()
             .iter()
-            .map(|b| b.slots as f64 / b.service.mean().as_secs_f64().max(1e-9))
+            .map(BackendSpec::capacity)
             .sum()
+    }
+
+    /// Requests per second the antagonist sends (to all its backends together), if any.
+    pub fn antagonist_rate(&self) -> Option<f64> {
+        let antagonist = self.antagonist.as_ref()?;
+        let backends = self.expanded_backends();
+        Some(
+            antagonist
+                .backends
+                .iter()
+                .map(|&i| antagonist.load * backends[i].capacity())
+                .sum(),
+        )
     }
 
     /// The measured length and warm-up, shortened for `--quick`.
