@@ -5,8 +5,11 @@
 //! - [`LoadBalancer`]: a balancer for your own axum or tower app, from a list of URLs and a
 //!   strategy; [`LoadBalancer::service`] is a `tower::Service` to put behind a route.
 //! - [`layer`]: the edge layers, usable one by one ([`layer::RequestIdLayer`],
-//!   [`layer::AccessLogLayer`], [`layer::MetricsLayer`], [`layer::RateLimitLayer`],
-//!   [`layer::BackpressureLayer`], [`layer::BodyLimitLayer`]), and [`trace::TraceLayer`].
+//!   [`layer::AccessLogLayer`], [`layer::MetricsLayer`], [`layer::NormalizeLayer`],
+//!   [`layer::RateLimitLayer`], [`layer::BackpressureLayer`], [`layer::BodyLimitLayer`]),
+//!   and [`trace::TraceLayer`].
+//! - [`load_report::LoadReportLayer`]: for a backend app, its own load on `/_alb/load`, which
+//!   the `prequal` strategy probes.
 //! - [`admin::router`]: the admin routes (backends, decisions, metrics, dashboard).
 //! - [`balance`]: the core on its own: [`Balancer`] picks from a snapshot fed by a
 //!   `tower::discover` stream, with a [`Strategy`] per file.
@@ -16,7 +19,7 @@
 //!
 //! ```text
 //!  client ─► listener (axum-server: HTTP/1.1, h2c, TLS)
-//!            └─► RequestId ─► Trace ─► AccessLog ─► Metrics ─► RateLimit
+//!            └─► RequestId ─► Trace ─► AccessLog ─► Metrics ─► Normalize ─► RateLimit
 //!                 ─► Backpressure ─► BodyLimit                   (layer/, trace/)
 //!                 └─► Route: pick ─► overflow ─► shadows ─► attempt ─► retry ─► decision
 //!                      │     (balance/)  (balance/)   (balance/)        (retry)   (decision)
@@ -24,6 +27,7 @@
 //!                                   └─ body or upgrade: hyper-util's client ─────────► backend
 //!
 //!  HealthChecker, OutlierDetector ── Change::Insert / Remove ─► Discover ─► Balancer snapshot
+//!  probe (prequal) ── GET /_alb/load ─► each backend's ProbeSlot (its RIF and latency)
 //! ```
 //!
 //! # Layers
