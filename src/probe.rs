@@ -27,6 +27,9 @@ use crate::{
 /// How often owed probes are sent.
 pub const TICK: Duration = Duration::from_millis(5);
 
+/// Largest probe answer read (a report is about 40 bytes).
+pub const MAX_REPORT_BYTES: usize = 4096;
+
 /// Most probes sent in one tick (a burst of requests does not become a burst of probes).
 pub const MAX_PER_TICK: u64 = 64;
 
@@ -94,7 +97,12 @@ async fn probe(ep: &Endpoint, client: &BackendClient, timeout: Duration) -> &'st
     let answer = tokio::time::timeout(timeout, async {
         let response = client.request(request).await.ok()?;
         let status = response.status();
-        let body = response.into_body().collect().await.ok()?.to_bytes();
+        // A report is a few dozen bytes: a backend streaming more is not read further.
+        let body = http_body_util::Limited::new(response.into_body(), MAX_REPORT_BYTES)
+            .collect()
+            .await
+            .ok()?
+            .to_bytes();
         Some((status, body))
     })
     .await;

@@ -50,8 +50,6 @@ fn non_loopback_admin_without_a_token_refuses_to_start() {
         "says what fixes it: {stderr}"
     );
     assert!(!stderr.contains("listening"), "bound nothing: {stderr}");
-    assert!(std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
-    assert!(std::net::TcpListener::bind(("0.0.0.0", admin)).is_ok());
 }
 
 #[test]

@@ -19,8 +19,9 @@
 //!   uniform. A backend 4x slower, or one charged the failure penalty, is far outside the band.
 //! - **Quick to forgive.** A backend out of favour gets no requests, so no sample can lower
 //!   its estimate: after a 2 s stall it would stay out for about `decay × ln(2 s / latency)`.
-//!   So a drawn backend with nothing in flight and no sample for `probe_interval` (default
-//!   1 s) gets the request as a probe, and that answer replaces its stale estimate
+//!   So a drawn backend with nothing in flight, no sample for `probe_interval` (default
+//!   1 s) and a last answer that was not a failure gets the request as a probe (a failing
+//!   backend is left to health checks and outlier detection: a probe is a real request), and that answer replaces its stale estimate
 //!   ([`PeakEwma`](super::ewma::PeakEwma)). A backend that is still slow answers slowly and
 //!   stays out, at the price of one request per `probe_interval`.
 //!
@@ -192,6 +193,8 @@ struct Load {
     age: Duration,
     in_flight: usize,
     weight: f64,
+    /// Its last answer was a failure: it is not probed (a probe is a real request).
+    failing: bool,
 }
 
 impl Load {
@@ -202,6 +205,7 @@ impl Load {
             age: reading.age,
             in_flight: ep.in_flight(),
             weight: f64::from(ep.weight()),
+            failing: ep.failure_streak() > 0,
         }
     }
 
@@ -215,7 +219,7 @@ impl Load {
     }
 
     fn due_for_probe(&self, tuning: &AdaptiveConfig) -> bool {
-        self.in_flight == 0 && self.age >= tuning.probe_interval
+        self.in_flight == 0 && !self.failing && self.age >= tuning.probe_interval
     }
 }
 
@@ -367,6 +371,24 @@ mod tests {
             back
         );
         assert!(shares[back..].iter().all(|s| *s >= 0.1), "{shares:?}");
+    }
+
+    #[test]
+    fn a_failing_backend_is_not_probed() {
+        let eps = endpoints(&[1, 1]);
+        let set = set_of(&eps, &eps);
+        let now = Instant::now();
+        eps[0].record(5 * MS, false, now);
+        eps[1].record(5 * MS, true, now);
+        // Long after: backend 1 is idle, but its last answer was a failure.
+        let later = now + 2 * eps[1].tuning().probe_interval;
+        eps[0].record(5 * MS, false, later);
+        for seed in 0..20 {
+            let mut trace = PickTrace::default();
+            let i = Adaptive::seeded(seed).pick_at(&set, later, &mut trace);
+            assert_ne!(trace.rule, Some(Rule::Probe), "seed {seed}");
+            assert_eq!(i, 0, "the failure penalty keeps it out (seed {seed})");
+        }
     }
 
     #[test]

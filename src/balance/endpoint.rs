@@ -109,7 +109,12 @@ impl ProbeSlot {
 
     /// Notes a pick made on this report: one more request in flight there.
     pub fn used(&self) {
-        self.rif.fetch_add(1, Ordering::Relaxed);
+        // Saturating: a report of u32::MAX must not wrap to the coldest backend of all.
+        let _ = self
+            .rif
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| {
+                Some(r.saturating_add(1))
+            });
         self.uses.fetch_add(1, Ordering::Relaxed);
     }
 

@@ -269,9 +269,9 @@ fn choose(pool: &[Candidate], threshold: u32, tolerance: f64, draw: &Draw) -> Ca
 
 /// The prequal load measure of one backend: its reported RIF while a report is fresh, else
 /// its requests in flight from this replica (for metrics and the admin routes).
-pub fn score(ep: &Endpoint, now: Instant) -> f64 {
+pub fn score(ep: &Endpoint, now: Instant, max_age: Duration) -> f64 {
     match ep.probe.read(now) {
-        Some(r) if r.age <= PrequalConfig::DEFAULT.max_age => f64::from(r.rif),
+        Some(r) if r.age <= max_age => f64::from(r.rif),
         _ => ep.in_flight() as f64,
     }
 }

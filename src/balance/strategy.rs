@@ -182,7 +182,7 @@ impl Strategy {
     pub fn score(&self, ep: &Endpoint, now: Instant) -> f64 {
         match self {
             Strategy::Adaptive(_) => adaptive::cost(ep, now),
-            Strategy::Prequal(_) => prequal::score(ep, now),
+            Strategy::Prequal(p) => prequal::score(ep, now, p.config().max_age),
             Strategy::LeastConn(_) => ep.in_flight() as f64 / f64::from(ep.weight()),
             Strategy::RoundRobin(_) | Strategy::Sticky(_) => ep.in_flight() as f64,
         }

@@ -144,7 +144,9 @@ pub fn normalize<B>(request: &mut Request<B>) -> Result<(), Refusal> {
             _ => Ok(()),
         };
     }
-    // HTTP/1.x absolute form: the target's authority wins over any Host line.
+    // HTTP/1.x absolute form: the target's authority wins over any Host line, and is held
+    // to the same rules as a Host value (a numeric port that fits, a host).
+    valid_authority(authority.as_str().as_bytes()).ok_or(Refusal::InvalidTarget)?;
     let value = HeaderValue::from_str(authority.as_str()).map_err(|_| Refusal::InvalidTarget)?;
     request.headers_mut().insert(header::HOST, value);
     Ok(())
@@ -277,7 +279,12 @@ mod tests {
 
     #[test]
     fn absolute_form_with_userinfo_or_odd_scheme_is_refused() {
-        for uri in ["http://u:p@other/x", "ftp://other/x"] {
+        for uri in [
+            "http://u:p@other/x",
+            "ftp://other/x",
+            "http://other:port/x",
+            "http://other:99999/x",
+        ] {
             let mut r = request(Method::GET, uri, Version::HTTP_11, &["a"]);
             assert_eq!(normalize(&mut r), Err(Refusal::InvalidTarget), "{uri}");
         }
