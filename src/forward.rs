@@ -336,13 +336,12 @@ impl Service<Routed<Body>> for Forward {
         // client left mid-upload) must not count against the backend: flag it on the way.
         let client_failed = Arc::new(AtomicBool::new(false));
         let flag = client_failed.clone();
-        let request = request.map(|body| {
+        let mut request = request.map(|body| {
             Body::new(body.map_err(move |e| {
                 flag.store(true, Ordering::Relaxed);
                 e
             }))
         });
-        let mut request = request;
         let connection = capture_connection(&mut request);
         let sent = shared.client.request(request);
         Box::pin(async move {

@@ -18,7 +18,7 @@ use http_body_util::BodyExt;
 use tokio::{task::JoinHandle, time::Instant};
 
 use crate::{
-    balance::{Balancer, Endpoint, Strategy},
+    balance::{adaptive::Draw, Balancer, Endpoint, Strategy},
     load_report::{LoadReport, PROBE_PATH},
     telemetry::PROBES_TOTAL,
     upstream::BackendClient,
@@ -42,7 +42,8 @@ pub fn spawn(balancer: Arc<Balancer>, client: BackendClient) -> JoinHandle<()> {
         let config = prequal.config().clone();
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        let mut draw = 0u64;
+        // Its own draws: the strategy's sequence stays the strategy's.
+        let draw = Draw::from_entropy();
         loop {
             tick.tick().await;
             let set = balancer.snapshot();
@@ -62,10 +63,7 @@ pub fn spawn(balancer: Arc<Balancer>, client: BackendClient) -> JoinHandle<()> {
             }
             let owed = prequal.take_owed_probes().min(MAX_PER_TICK);
             for _ in 0..owed {
-                // A cheap spread over the backends: the strategy's own draws stay its own.
-                draw = crate::balance::backend::mix64(draw.wrapping_add(0x9e37_79b9_7f4a_7c15));
-                let index = ((u128::from(draw) * n as u128) >> 64) as usize;
-                send(&set.endpoints[index], &client, config.max_age);
+                send(&set.endpoints[draw.below(n)], &client, config.max_age);
             }
         }
     })

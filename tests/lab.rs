@@ -183,17 +183,9 @@ fn scenario_errors_name_the_field() {
     }
 }
 
-#[test]
-fn lab_run_writes_report_summary_plots_and_raw_results() {
-    let dir = tempfile::tempdir().unwrap();
-    let scenario = write_config(
-        dir.path(),
-        "tiny.toml",
-        "description = \"two backends, one slower\"\nduration = \"2s\"\nwarmup = \"1s\"\nload = 0.5\nclients = 8\n\
-         [[backends]]\nslots = 2\nservice = { dist = \"constant\", value = \"10ms\" }\n\
-         [[backends]]\nslots = 2\nservice = { dist = \"constant\", value = \"40ms\" }\n",
-    );
-    let out = dir.path().join("out");
+/// Runs `alb lab` once on `scenario` into `dir/out`; returns that directory and the summary.
+fn run_once(dir: &std::path::Path, scenario: &std::path::Path) -> (std::path::PathBuf, Value) {
+    let out = dir.join("out");
     let (code, stdout, stderr) = alb_output(&[
         "lab",
         scenario.to_str().unwrap(),
@@ -205,6 +197,30 @@ fn lab_run_writes_report_summary_plots_and_raw_results() {
     assert_eq!(code, 0, "{stdout}\n{stderr}");
     let summary: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    (out, summary)
+}
+
+/// The sum of one contender's backend shares.
+fn share_sum(contender: &Value) -> f64 {
+    contender["share"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_f64().unwrap())
+        .sum()
+}
+
+#[test]
+fn lab_run_writes_report_summary_plots_and_raw_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = write_config(
+        dir.path(),
+        "tiny.toml",
+        "description = \"two backends, one slower\"\nduration = \"2s\"\nwarmup = \"1s\"\nload = 0.5\nclients = 8\n\
+         [[backends]]\nslots = 2\nservice = { dist = \"constant\", value = \"10ms\" }\n\
+         [[backends]]\nslots = 2\nservice = { dist = \"constant\", value = \"40ms\" }\n",
+    );
+    let (out, summary) = run_once(dir.path(), &scenario);
     let tiny = summary["scenarios"]["tiny"].as_object().unwrap();
     let names: Vec<&str> = tiny.keys().map(String::as_str).collect();
     for contender in ["round_robin", "least_conn", "sticky", "adaptive", "oracle"] {
@@ -222,12 +238,7 @@ fn lab_run_writes_report_summary_plots_and_raw_results() {
                 "share"
             ]
         );
-        let shares: f64 = c["share"]
-            .as_object()
-            .unwrap()
-            .values()
-            .map(|v| v.as_f64().unwrap())
-            .sum();
+        let shares = share_sum(c);
         assert!(
             (shares - 1.0).abs() < 0.01,
             "{contender}: shares sum to {shares}"
@@ -258,18 +269,7 @@ fn lab_run_with_replicas_and_an_antagonist_reports_both() {
          [antagonist]\nbackends = [1]\nload = 0.4\n\
          [[backends]]\ncount = 2\nslots = 2\nservice = { dist = \"constant\", value = \"10ms\" }\n",
     );
-    let out = dir.path().join("out");
-    let (code, stdout, stderr) = alb_output(&[
-        "lab",
-        scenario.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--repetitions",
-        "1",
-    ]);
-    assert_eq!(code, 0, "{stdout}\n{stderr}");
-    let summary: Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let (out, summary) = run_once(dir.path(), &scenario);
     let setup = &summary["setups"]["tiny"];
     assert_eq!(setup["replicas"], 2, "{setup}");
     // 0.4 of one backend's capacity (2 slots / 10 ms = 200 req/s)
@@ -290,12 +290,7 @@ fn lab_run_with_replicas_and_an_antagonist_reports_both() {
             assert!(c[key].is_number(), "{contender}.{key}: {c}");
         }
         assert!(c["antagonist_p99_ms"].as_f64().unwrap() > 0.0, "{c}");
-        let shares: f64 = c["share"]
-            .as_object()
-            .unwrap()
-            .values()
-            .map(|v| v.as_f64().unwrap())
-            .sum();
+        let shares = share_sum(c);
         assert!(
             (shares - 1.0).abs() < 0.01,
             "{contender}: shares sum to {shares}"

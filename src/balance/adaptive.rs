@@ -246,7 +246,7 @@ fn decide(a: &Load, b: &Load, tuning: &AdaptiveConfig) -> (Rule, bool) {
 
 /// The adaptive load measure of one backend, in seconds per unit of weight.
 pub fn cost(ep: &Endpoint, now: Instant) -> f64 {
-    ep.ewma_secs(now) * (ep.in_flight() as f64 + 1.0) / f64::from(ep.weight())
+    Load::of(ep, now).cost()
 }
 
 #[cfg(test)]

@@ -232,28 +232,22 @@ fn quantile(pool: &[Candidate], q: f64) -> u32 {
 /// The hot-cold rule over a non-empty pool; equals are broken at random (a fixed order
 /// would favour whichever backend follows a hot one in the window).
 fn choose(pool: &[Candidate], threshold: u32, tolerance: f64, draw: &Draw) -> Candidate {
-    let cold = |c: &&Candidate| c.rif <= threshold;
-    let (eligible, fewest): (&dyn Fn(&Candidate) -> bool, u32) = match pool
+    let fastest_cold = pool
         .iter()
-        .filter(cold)
+        .filter(|c| c.rif <= threshold)
         .map(|c| c.latency)
-        .min_by(f64::total_cmp)
-    {
-        Some(fastest) => {
-            let bound = fastest * (1.0 + tolerance);
-            let near = move |c: &Candidate| c.rif <= threshold && c.latency <= bound;
-            let fewest = pool.iter().filter(|c| near(c)).map(|c| c.rif).min();
-            (
-                &move |c: &Candidate| near(c),
-                fewest.expect("the fastest is near itself"),
-            )
-        }
-        // All hot: the fewest requests in flight.
-        None => (
-            &|_: &Candidate| true,
-            pool.iter().map(|c| c.rif).min().expect("a non-empty pool"),
-        ),
+        .min_by(f64::total_cmp);
+    // Cold ones within the tolerance of the fastest cold one; if all are hot, every one.
+    let eligible = |c: &Candidate| match fastest_cold {
+        Some(fastest) => c.rif <= threshold && c.latency <= fastest * (1.0 + tolerance),
+        None => true,
     };
+    let fewest = pool
+        .iter()
+        .filter(|c| eligible(c))
+        .map(|c| c.rif)
+        .min()
+        .expect("a non-empty pool has an eligible backend");
     // The equals, on the stack: no allocation per pick.
     let mut best = [0usize; POOL];
     let mut count = 0;

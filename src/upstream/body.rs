@@ -375,6 +375,7 @@ mod fuzz {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::upstream::mutation::{apply as apply_bytes, byte_mutation, crlfs, ByteMutation};
     use crate::upstream::{fuzz_cases, head::fuzz::short};
 
     /// What decoding came to; any refusal is `Refused`.
@@ -647,32 +648,18 @@ mod fuzz {
             })
     }
 
-    /// One structured change to an encoding; positions wrap around its length.
+    /// One structured change to an encoding: a byte-level one, or a chunk-size line's
+    /// digits replaced by these (huge, or past `u64`; the `k`th line, wrapping).
     #[derive(Debug, Clone)]
     enum Mutation {
-        Insert(usize, u8),
-        Delete(usize),
-        Flip(usize, u8),
-        Duplicate(usize, usize),
-        CrlfToLf(usize),
-        CrlfToCr(usize),
-        /// The `k`th chunk-size line's digits replaced by these (huge, or past `u64`).
+        Bytes(ByteMutation),
         Inflate(usize, String),
     }
 
     fn mutation() -> impl Strategy<Value = Mutation> {
         prop_oneof![
-            (
-                any::<usize>(),
-                prop_oneof![any::<u8>(), prop::sample::select(&b"\r\n ;\t0fF+-"[..])]
-            )
-                .prop_map(|(at, b)| Mutation::Insert(at, b)),
-            any::<usize>().prop_map(Mutation::Delete),
-            (any::<usize>(), 0u8..8).prop_map(|(at, bit)| Mutation::Flip(at, bit)),
-            (any::<usize>(), 1usize..16).prop_map(|(at, n)| Mutation::Duplicate(at, n)),
-            any::<usize>().prop_map(Mutation::CrlfToLf),
-            any::<usize>().prop_map(Mutation::CrlfToCr),
-            (
+            6 => byte_mutation(b"\r\n ;\t0fF+-").prop_map(Mutation::Bytes),
+            1 => (
                 any::<usize>(),
                 prop_oneof![
                     (1u64 << 20..=u64::MAX).prop_map(|n| format!("{n:x}")),
@@ -684,42 +671,21 @@ mod fuzz {
     }
 
     fn apply(wire: &mut Vec<u8>, mutation: &Mutation) {
-        let len = wire.len();
-        let crlfs: Vec<usize> = wire
-            .windows(2)
-            .enumerate()
-            .filter(|(_, w)| *w == b"\r\n")
-            .map(|(i, _)| i)
-            .collect();
         match mutation {
-            Mutation::Insert(at, b) => wire.insert(at % (len + 1), *b),
-            Mutation::Delete(_) | Mutation::Flip(..) | Mutation::Duplicate(..) if len == 0 => {}
-            Mutation::Delete(at) => {
-                wire.remove(at % len);
-            }
-            Mutation::Flip(at, bit) => wire[at % len] ^= 1 << *bit,
-            Mutation::Duplicate(at, n) => {
-                let at = at % len;
-                let piece = wire[at..(at + n).min(len)].to_vec();
-                wire.splice(at..at, piece);
-            }
-            Mutation::CrlfToLf(_) | Mutation::CrlfToCr(_) | Mutation::Inflate(..)
-                if crlfs.is_empty() => {}
-            Mutation::CrlfToLf(k) => {
-                wire.remove(crlfs[k % crlfs.len()]);
-            }
-            Mutation::CrlfToCr(k) => {
-                wire.remove(crlfs[k % crlfs.len()] + 1);
-            }
+            Mutation::Bytes(m) => apply_bytes(wire, m),
             Mutation::Inflate(k, digits) => {
+                let ends = crlfs(wire);
+                if ends.is_empty() {
+                    return;
+                }
                 // The first line is a size line; later ones may be data that ends in CRLF,
                 // which is a mutation too.
-                let i = k % crlfs.len();
-                let start = if i == 0 { 0 } else { crlfs[i - 1] + 2 };
-                let end = wire[start..crlfs[i]]
+                let i = k % ends.len();
+                let start = if i == 0 { 0 } else { ends[i - 1] + 2 };
+                let end = wire[start..ends[i]]
                     .iter()
                     .position(|b| *b == b';')
-                    .map_or(crlfs[i], |p| start + p);
+                    .map_or(ends[i], |p| start + p);
                 wire.splice(start..end, digits.bytes());
             }
         }

@@ -468,6 +468,7 @@ pub(super) mod fuzz {
 
     use super::*;
     use crate::upstream::fuzz_cases;
+    use crate::upstream::mutation::{apply as apply_bytes, byte_mutation, crlfs, ByteMutation};
 
     /// What parsing came to, comparable between runs; any refusal is `Refused` (the error
     /// can differ with the cuts: a head past the limit is `TooLarge` when it trickles in,
@@ -864,77 +865,32 @@ pub(super) mod fuzz {
             })
     }
 
-    /// One structured change to a message's bytes; positions wrap around its length.
+    /// One structured change to a message: a byte-level one, or the `k`th line repeated.
     #[derive(Debug, Clone)]
     enum Mutation {
-        Insert(usize, u8),
-        Delete(usize),
-        Flip(usize, u8),
-        Duplicate(usize, usize),
-        CrlfToLf(usize),
-        CrlfToCr(usize),
+        Bytes(ByteMutation),
         DuplicateLine(usize),
     }
 
     fn mutation() -> impl Strategy<Value = Mutation> {
         prop_oneof![
-            (
-                any::<usize>(),
-                prop_oneof![any::<u8>(), prop::sample::select(&b"\r\n :,;\t0"[..])]
-            )
-                .prop_map(|(at, b)| Mutation::Insert(at, b)),
-            any::<usize>().prop_map(Mutation::Delete),
-            (any::<usize>(), 0u8..8).prop_map(|(at, bit)| Mutation::Flip(at, bit)),
-            (any::<usize>(), 1usize..16).prop_map(|(at, n)| Mutation::Duplicate(at, n)),
-            any::<usize>().prop_map(Mutation::CrlfToLf),
-            any::<usize>().prop_map(Mutation::CrlfToCr),
-            any::<usize>().prop_map(Mutation::DuplicateLine),
+            6 => byte_mutation(b"\r\n :,;\t0").prop_map(Mutation::Bytes),
+            1 => any::<usize>().prop_map(Mutation::DuplicateLine),
         ]
     }
 
-    /// Where the CRLFs of `m` start.
-    fn crlfs(m: &[u8]) -> Vec<usize> {
-        m.windows(2)
-            .enumerate()
-            .filter(|(_, w)| *w == b"\r\n")
-            .map(|(i, _)| i)
-            .collect()
-    }
-
     fn apply(m: &mut Vec<u8>, mutation: &Mutation) {
-        let len = m.len();
-        match *mutation {
-            Mutation::Insert(at, b) => m.insert(at % (len + 1), b),
-            Mutation::Delete(_) | Mutation::Flip(..) | Mutation::Duplicate(..) if len == 0 => {}
-            Mutation::Delete(at) => {
-                m.remove(at % len);
-            }
-            Mutation::Flip(at, bit) => m[at % len] ^= 1 << bit,
-            Mutation::Duplicate(at, n) => {
-                let at = at % len;
-                let piece = m[at..(at + n).min(len)].to_vec();
-                m.splice(at..at, piece);
-            }
-            Mutation::CrlfToLf(k) | Mutation::CrlfToCr(k) | Mutation::DuplicateLine(k) => {
+        match mutation {
+            Mutation::Bytes(b) => apply_bytes(m, b),
+            Mutation::DuplicateLine(k) => {
                 let ends = crlfs(m);
                 if ends.is_empty() {
                     return;
                 }
                 let i = k % ends.len();
-                let end = ends[i];
-                match mutation {
-                    Mutation::CrlfToLf(_) => {
-                        m.remove(end);
-                    }
-                    Mutation::CrlfToCr(_) => {
-                        m.remove(end + 1);
-                    }
-                    _ => {
-                        let start = if i == 0 { 0 } else { ends[i - 1] + 2 };
-                        let line = m[start..end + 2].to_vec();
-                        m.splice(start..start, line);
-                    }
-                }
+                let start = if i == 0 { 0 } else { ends[i - 1] + 2 };
+                let line = m[start..ends[i] + 2].to_vec();
+                m.splice(start..start, line);
             }
         }
     }

@@ -18,6 +18,8 @@
 mod body;
 mod client;
 mod head;
+#[cfg(test)]
+mod mutation;
 mod pool;
 
 use std::{future::Future, io, sync::Arc};
