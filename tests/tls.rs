@@ -239,9 +239,19 @@ async fn original_config_listens_on_8080_and_8443() {
     let _guard = Kill(child);
     wait_for_port(8443);
     wait_for_port(8080);
-    let log = std::fs::read_to_string(dir.path().join("log")).unwrap();
-    assert!(log.contains("HTTP server listening on :8080"), "{log}");
-    assert!(log.contains("HTTPS server listening on :8443"), "{log}");
+    // The sockets are bound (and accept) before the lines are logged, so
+    // wait for the log rather than read it once.
+    let log_path = dir.path().join("log");
+    wait_until(
+        "ALB logs both listeners",
+        Duration::from_secs(20),
+        || async {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            log.contains("HTTP server listening on :8080")
+                && log.contains("HTTPS server listening on :8443")
+        },
+    )
+    .await;
     let r = no_redirect_client()
         .get("http://localhost:8080/x")
         .send()
