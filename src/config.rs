@@ -20,7 +20,10 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    balance::{adaptive::AdaptiveConfig, prequal::PrequalConfig, BackendSpec, StrategyKind},
+    balance::{
+        adaptive::AdaptiveConfig, prequal::PrequalConfig, slow_start::SlowStart, BackendSpec,
+        StrategyKind,
+    },
     health::HealthConfig,
     humantime_serde,
     layer::{
@@ -132,6 +135,8 @@ pub struct Config {
     pub adaptive: AdaptiveConfig,
     /// Tuning of the `prequal` strategy.
     pub prequal: PrequalConfig,
+    /// The ramp a backend returning to service follows (`slow_start`); off when absent.
+    pub slow_start: Option<SlowStart>,
     /// Peers whose `X-Forwarded-For` is believed (for stickiness and rate limits).
     pub trusted_proxies: Vec<IpNet>,
     /// Token-bucket rate limiting; `None` means no limit.
@@ -414,6 +419,7 @@ pub struct RawConfig {
     admin_auth: Option<String>,
     adaptive: Option<RawAdaptive>,
     prequal: Option<RawPrequal>,
+    slow_start: Option<RawSlowStart>,
     trusted_proxies: Option<Vec<String>>,
     rate_limit: Option<RawRateLimit>,
     max_in_flight: Option<usize>,
@@ -533,6 +539,66 @@ fn prequal(raw: RawPrequal) -> Result<PrequalConfig, ConfigError> {
             raw.idle_probe_interval,
             d.idle_probe_interval,
         )?,
+    })
+}
+
+/// `slow_start`: a window (`"30s"`), or the window with Envoy's shape parameters.
+#[derive(Debug, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "a duration such as \"30s\", or {\"window\": \"30s\", \"aggression\": 1.0, \"min_weight_percent\": 10}"
+)]
+enum RawSlowStart {
+    Window(DurationValue),
+    Shaped(RawSlowStartShape),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSlowStartShape {
+    window: DurationValue,
+    aggression: Option<f64>,
+    min_weight_percent: Option<f64>,
+}
+
+/// Checks the `slow_start` keys.
+fn slow_start(raw: RawSlowStart) -> Result<SlowStart, ConfigError> {
+    let (window, aggression, min_weight_percent) = match raw {
+        RawSlowStart::Window(w) => (w, None, None),
+        RawSlowStart::Shaped(shape) => (
+            shape.window,
+            Some(shape.aggression),
+            Some(shape.min_weight_percent),
+        ),
+    };
+    // Errors name the key as written: `slow_start` for the short form.
+    let shaped = aggression.is_some();
+    let key = |k: &str| match (shaped, k) {
+        (false, "window") => "slow_start".to_owned(),
+        _ => format!("slow_start.{k}"),
+    };
+    let (aggression, min_weight_percent) = (aggression.flatten(), min_weight_percent.flatten());
+    let window = duration(&key("window"), Some(window), Duration::ZERO)?;
+    let aggression = aggression.unwrap_or(SlowStart::DEFAULT_AGGRESSION);
+    if !(aggression > 0.0 && aggression <= 100.0) {
+        return Err(ConfigError::invalid(
+            key("aggression"),
+            aggression,
+            "a number above 0 and at most 100 (1.0: a linear ramp)",
+        ));
+    }
+    let min_weight_percent = min_weight_percent.unwrap_or(SlowStart::DEFAULT_MIN_WEIGHT * 100.0);
+    if !(min_weight_percent > 0.0 && min_weight_percent <= 100.0) {
+        return Err(ConfigError::invalid(
+            key("min_weight_percent"),
+            min_weight_percent,
+            "a percentage above 0 and at most 100",
+        ));
+    }
+    Ok(SlowStart {
+        window,
+        aggression,
+        min_weight: min_weight_percent / 100.0,
     })
 }
 
@@ -793,6 +859,7 @@ impl RawConfig {
             admin_auth,
             adaptive,
             prequal: prequal(self.prequal.unwrap_or_default())?,
+            slow_start: self.slow_start.map(slow_start).transpose()?,
             trusted_proxies,
             rate_limit,
             max_in_flight: self.max_in_flight,

@@ -92,6 +92,8 @@ pub struct DecisionRecord {
     pub rule: Option<Rule>,
     /// Prequal: the numbers that decided.
     pub prequal: Option<PrequalPick>,
+    /// The chosen backend's slow-start factor, while it was warming up.
+    pub slow_start: Option<f64>,
     /// Shadow strategies' choices, by `StrategyKind::ALL` order (`None`: not evaluated).
     pub shadow: [Option<BackendId>; StrategyKind::ALL.len()],
     /// The backend a failed first attempt went to, if the request was retried.
@@ -124,6 +126,7 @@ impl DecisionRecord {
             sticky_home: None,
             rule: None,
             prequal: None,
+            slow_start: None,
             shadow: [None; StrategyKind::ALL.len()],
             retried_from: None,
             request_id: None,
@@ -143,6 +146,7 @@ impl DecisionRecord {
         self.sticky_home = trace.sticky_home;
         self.rule = trace.rule;
         self.prequal = trace.prequal;
+        self.slow_start = trace.slow_start;
     }
 
     /// The sampled candidates in use.
@@ -254,6 +258,9 @@ pub struct DecisionView {
     /// Sticky: `hit` (home chosen) or `remap` (home out of service).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sticky: Option<&'static str>,
+    /// The chosen backend's slow-start factor (its weight's share), while it warmed up.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slow_start: Option<f64>,
     /// Shadow strategies' choices.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub shadow: Vec<ShadowView>,
@@ -365,6 +372,7 @@ impl DecisionView {
                     "remap"
                 }
             }),
+            slow_start: r.slow_start,
             shadow,
             retried_from: r.retried_from.map(|id| r.name(id)),
             request_id: r
@@ -395,8 +403,17 @@ pub struct CandidateState {
     pub score: f64,
 }
 
-/// Why the strategy chose what it chose, in one phrase (`why=` of `x-alb-decision`).
+/// Why the strategy chose what it chose, in one phrase (`why=` of `x-alb-decision`), with
+/// the chosen backend's slow-start factor while it warms up.
 pub fn why(record: &DecisionRecord) -> String {
+    let why = strategy_why(record);
+    match record.slow_start {
+        Some(factor) => format!("{why}; slow start: weight x{factor:.2}"),
+        None => why,
+    }
+}
+
+fn strategy_why(record: &DecisionRecord) -> String {
     match record.strategy {
         StrategyKind::Adaptive => match (record.sampled, record.rule) {
             ([Some(a), Some(b)], rule) => {

@@ -161,10 +161,16 @@ impl Proxy {
             .map(|spec| {
                 let backend = Backend::new(ids.id_of(&spec.authority), spec);
                 let old = previous.and_then(|p| p.endpoints.iter().find(|o| o.id() == backend.id));
-                let ep = Endpoint::new(backend, &config.adaptive);
-                if let Some(old) = old {
-                    ep.inherit(old);
-                    ep.availability.note_reload("config reloaded".to_owned());
+                let ep =
+                    Endpoint::new(backend, &config.adaptive).with_slow_start(config.slow_start);
+                match old {
+                    Some(old) => {
+                        ep.inherit(old);
+                        ep.availability.note_reload("config reloaded".to_owned());
+                    }
+                    // Added by a reload: it joins now, so a slow start ramps from here.
+                    None if previous.is_some() => ep.availability.joined(),
+                    None => {}
                 }
                 Arc::new(ep)
             })

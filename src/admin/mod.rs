@@ -204,6 +204,9 @@ pub struct BackendView {
     pub backend: String,
     /// Relative share.
     pub weight: u32,
+    /// Slow start: the share of its weight it gets now, while it warms up after returning.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slow_start: Option<f64>,
     /// In service or not.
     pub up: bool,
     /// Requests in flight.
@@ -233,6 +236,7 @@ impl Snapshot {
             url: ep.backend.url.clone(),
             backend: ep.name().to_owned(),
             weight: ep.weight(),
+            slow_start: Some(ep.slow_start_factor_at(now)).filter(|f| *f < 1.0),
             up: ep.is_up(),
             in_flight: ep.in_flight(),
             ewma_ms: ep.ewma_secs(now) * 1e3,

@@ -25,6 +25,9 @@
 //!   ([`PeakEwma`](super::ewma::PeakEwma)). A backend that is still slow answers slowly and
 //!   stays out, at the price of one request per `probe_interval`.
 //!
+//! The weight is the effective one: a backend in [slow start](super::slow_start) has its
+//! queue, and so its cost, divided by `weight × factor`.
+//!
 //! The random source is a [`Draw`]: seeded from the OS by default, from a fixed seed in tests
 //! and experiments that must repeat.
 
@@ -204,7 +207,7 @@ impl Load {
             latency: reading.estimate,
             age: reading.age,
             in_flight: ep.in_flight(),
-            weight: f64::from(ep.weight()),
+            weight: f64::from(ep.weight()) * ep.slow_start_factor_at(now),
             failing: ep.failure_streak() > 0,
         }
     }

@@ -13,10 +13,12 @@ use std::{
         atomic::{AtomicBool, AtomicU32, Ordering},
         Mutex,
     },
-    time::SystemTime,
+    time::{Instant, SystemTime},
 };
 
 use serde::Serialize;
+
+use super::atomic_instant::AtomicInstant;
 
 /// Health transitions kept per backend.
 pub const TRANSITIONS_KEPT: usize = 32;
@@ -42,6 +44,9 @@ pub struct Availability {
     drained: AtomicBool,
     ejected: AtomicBool,
     ejections: AtomicU32,
+    /// When it last went from out of service to in service (slow start's clock); unset for
+    /// a backend in service since the start, or once its slow start has ended.
+    returned: AtomicInstant,
     transitions: Mutex<VecDeque<Transition>>,
 }
 
@@ -52,6 +57,7 @@ impl Default for Availability {
             drained: AtomicBool::new(false),
             ejected: AtomicBool::new(false),
             ejections: AtomicU32::new(0),
+            returned: AtomicInstant::default(),
             transitions: Mutex::new(VecDeque::with_capacity(TRANSITIONS_KEPT)),
         }
     }
@@ -70,7 +76,9 @@ impl Availability {
 
     /// Records a health transition.
     pub fn set_up(&self, up: bool, cause: String) {
+        let was = self.in_service();
         self.up.store(up, Ordering::Relaxed);
+        self.note_return(was);
         self.note(
             up && !self.is_ejected() && !self.is_drained(),
             "health_check",
@@ -85,7 +93,9 @@ impl Availability {
 
     /// Drains (no new requests; in-flight ones finish) or enables it.
     pub fn set_drained(&self, drained: bool) {
+        let was = self.in_service();
         if self.drained.swap(drained, Ordering::Relaxed) != drained {
+            self.note_return(was);
             let cause = if drained {
                 "drained by an operator (POST /backends/{id}/drain)"
             } else {
@@ -109,7 +119,9 @@ impl Availability {
 
     /// Ends an ejection.
     pub fn uneject(&self, cause: String) {
+        let was = self.in_service();
         self.ejected.store(false, Ordering::Relaxed);
+        self.note_return(was);
         self.note(self.in_service(), "outlier_detection", cause);
     }
 
@@ -123,8 +135,37 @@ impl Availability {
     pub fn inherit(&self, old: &Availability) {
         self.up.store(old.is_up(), Ordering::Relaxed);
         self.drained.store(old.is_drained(), Ordering::Relaxed);
+        self.returned.copy_from(&old.returned);
         *self.transitions.lock().unwrap_or_else(|e| e.into_inner()) =
             old.transitions().into_iter().collect();
+    }
+
+    /// Starts the slow-start clock if a change brought it back into service.
+    fn note_return(&self, was_in_service: bool) {
+        if !was_in_service && self.in_service() {
+            self.returned.store(Instant::now());
+        }
+    }
+
+    /// Starts the slow-start clock now: a backend added while ALB runs (a reload, discovery).
+    pub fn joined(&self) {
+        self.returned.store(Instant::now());
+    }
+
+    /// When it last came back into service, while its slow start may still run.
+    pub fn returned_at(&self) -> Option<Instant> {
+        self.returned.load()
+    }
+
+    /// Whether a slow-start clock runs (one atomic load).
+    pub fn is_returning(&self) -> bool {
+        self.returned.is_set()
+    }
+
+    /// Ends the slow-start clock that started at `at` (its window has passed), so picks
+    /// stop reading the time; a return noted since then keeps its clock.
+    pub fn settled(&self, at: Instant) {
+        self.returned.clear_if(at);
     }
 
     fn note(&self, up: bool, source: &'static str, cause: String) {

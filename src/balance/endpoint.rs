@@ -16,9 +16,11 @@ use std::{
 
 use super::{
     adaptive::AdaptiveConfig,
+    atomic_instant::AtomicInstant,
     availability::Availability,
     backend::{Backend, BackendId},
     ewma::{PeakEwma, Reading},
+    slow_start::{SlowStart, Thinning},
 };
 use crate::telemetry::EndpointMetrics;
 
@@ -41,6 +43,10 @@ pub struct Endpoint {
     pub availability: Availability,
     /// The backend's last load report, from a `prequal` probe.
     pub probe: ProbeSlot,
+    /// The ramp a returning backend's share follows, if configured.
+    slow_start: Option<SlowStart>,
+    /// Round robin's thinning of this backend's turns while it warms up.
+    pub thinning: Thinning,
 }
 
 /// The last load report a probe brought back (requests in flight and latency, as the backend
@@ -51,8 +57,8 @@ pub struct Endpoint {
 pub struct ProbeSlot {
     rif: AtomicU32,
     latency_us: AtomicU64,
-    /// When the report arrived, in nanoseconds after [`epoch`]; 0: never.
-    received: AtomicU64,
+    /// When the report arrived; unset: never.
+    received: AtomicInstant,
     /// Picks that used this report (each adds one to its `rif`).
     uses: AtomicU32,
     /// A probe is on its way (one at a time per backend).
@@ -72,37 +78,22 @@ pub struct ProbeReading {
     pub uses: u32,
 }
 
-/// The time base of probe timestamps.
-fn epoch() -> Instant {
-    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
-fn since_epoch(at: Instant) -> u64 {
-    // +1: 0 stays "never", even for a report stored at the epoch itself.
-    u64::try_from(at.saturating_duration_since(epoch()).as_nanos()).unwrap_or(u64::MAX) + 1
-}
-
 impl ProbeSlot {
     /// Stores a report that arrived at `at`.
     pub fn store(&self, rif: u32, latency_us: u64, at: Instant) {
         self.rif.store(rif, Ordering::Relaxed);
         self.latency_us.store(latency_us, Ordering::Relaxed);
         self.uses.store(0, Ordering::Relaxed);
-        self.received.store(since_epoch(at), Ordering::Release);
+        self.received.store(at);
     }
 
     /// The report as of `now`, `None` if none ever arrived.
     pub fn read(&self, now: Instant) -> Option<ProbeReading> {
-        let received = self.received.load(Ordering::Acquire);
-        if received == 0 {
-            return None;
-        }
-        let age_nanos = since_epoch(now).saturating_sub(received);
+        let received = self.received.load()?;
         Some(ProbeReading {
             rif: self.rif.load(Ordering::Relaxed),
             latency: self.latency_us.load(Ordering::Relaxed) as f64 / 1e6,
-            age: Duration::from_nanos(age_nanos),
+            age: now.saturating_duration_since(received),
             uses: self.uses.load(Ordering::Relaxed),
         })
     }
@@ -143,7 +134,49 @@ impl Endpoint {
             tuning: tuning.clone(),
             availability: Availability::default(),
             probe: ProbeSlot::default(),
+            slow_start: None,
+            thinning: Thinning::default(),
         }
+    }
+
+    /// The same endpoint with a slow-start ramp for when it returns to service.
+    pub fn with_slow_start(mut self, slow_start: Option<SlowStart>) -> Self {
+        self.slow_start = slow_start;
+        self
+    }
+
+    /// Its weight factor now: below 1.0 while it warms up after returning to service (see
+    /// [`slow_start`](super::slow_start)). Reads the clock only while a ramp runs.
+    pub fn slow_start_factor(&self) -> f64 {
+        match self.slow_start {
+            Some(_) if self.availability.is_returning() => {
+                self.slow_start_factor_at(Instant::now())
+            }
+            _ => 1.0,
+        }
+    }
+
+    /// [`Endpoint::slow_start_factor`] at a given time (tests drive the clock).
+    pub fn slow_start_factor_at(&self, now: Instant) -> f64 {
+        let (Some(ramp), Some(returned)) = (self.slow_start, self.availability.returned_at())
+        else {
+            return 1.0;
+        };
+        let factor = ramp.factor(now.saturating_duration_since(returned));
+        if factor >= 1.0 {
+            self.availability.settled(returned);
+        }
+        factor
+    }
+
+    /// Whether a slow-start ramp may be running (no clock read).
+    pub fn is_warming(&self) -> bool {
+        self.slow_start.is_some() && self.availability.is_returning()
+    }
+
+    /// Its weight times its slow-start factor: what weighted strategies divide load by.
+    pub fn effective_weight(&self) -> f64 {
+        f64::from(self.weight()) * self.slow_start_factor()
     }
 
     /// `host:port`.

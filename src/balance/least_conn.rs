@@ -2,7 +2,9 @@
 //!
 //! A request counts until its response body ends, so a backend streaming a long download is
 //! busy. The scan starts at a rotating offset so that ties (all idle, as with sequential
-//! requests) are shared evenly instead of always falling on the first backend.
+//! requests) are shared evenly instead of always falling on the first backend. The weight is
+//! the effective one: a backend in [slow start](super::slow_start) counts as busier, and
+//! passes some of its wins (see [`LeastConn::pick`]).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -15,28 +17,43 @@ pub struct LeastConn {
 }
 
 impl LeastConn {
-    /// The index of the least-loaded backend; `in_flight / weight` compared exactly by
-    /// cross-multiplying.
+    /// The index of the least-loaded backend by `in_flight / effective weight`. IEEE division
+    /// is correctly rounded, so equal ratios (1/3 and 2/6) compare equal and ties stay ties.
+    /// A warming winner (slow start) also passes `1 - factor` of its wins to the next best, so
+    /// its share is cut when every backend is idle too (sequential traffic, where the
+    /// division alone compares zeros).
     pub fn pick(&self, set: &BackendSet, trace: &mut PickTrace) -> usize {
         let eps = &set.endpoints;
-        let n = eps.len();
-        let start = self.offset.fetch_add(1, Ordering::Relaxed) % n;
-        let mut best = start;
-        let mut best_load = (
-            eps[start].in_flight() as u64,
-            u64::from(eps[start].weight()),
-        );
-        for k in 1..n {
-            let i = (start + k) % n;
-            let load = (eps[i].in_flight() as u64, u64::from(eps[i].weight()));
-            if load.0 * best_load.1 < best_load.0 * load.1 {
-                best = i;
-                best_load = load;
-            }
-        }
-        trace.sample(best, best_load.0 as f64 / best_load.1 as f64);
+        let start = self.offset.fetch_add(1, Ordering::Relaxed) % eps.len();
+        let (best, load) = least_loaded(set, start, None);
+        let ep = &eps[best];
+        let (best, load) =
+            if eps.len() > 1 && ep.is_warming() && !ep.thinning.take(ep.slow_start_factor()) {
+                least_loaded(set, start, Some(best))
+            } else {
+                (best, load)
+            };
+        trace.sample(best, load);
         best
     }
+}
+
+/// The least-loaded backend other than `skip`, scanning from `start`, and its load.
+fn least_loaded(set: &BackendSet, start: usize, skip: Option<usize>) -> (usize, f64) {
+    let eps = &set.endpoints;
+    let n = eps.len();
+    let mut best: Option<(usize, f64)> = None;
+    for k in 0..n {
+        let i = (start + k) % n;
+        if Some(i) == skip {
+            continue;
+        }
+        let load = eps[i].in_flight() as f64 / eps[i].effective_weight();
+        if best.is_none_or(|(_, l)| load < l) {
+            best = Some((i, load));
+        }
+    }
+    best.expect("a set with a backend besides the skipped one")
 }
 
 #[cfg(test)]

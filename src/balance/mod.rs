@@ -15,6 +15,7 @@
 //! none of them.
 
 pub mod adaptive;
+pub mod atomic_instant;
 pub mod availability;
 pub mod backend;
 pub mod discover;
@@ -26,6 +27,7 @@ pub mod prequal;
 pub mod round_robin;
 pub mod set;
 pub mod shadow;
+pub mod slow_start;
 pub mod sticky;
 pub mod strategy;
 
@@ -111,6 +113,10 @@ impl Balancer {
         }
         let mut trace = PickTrace::default();
         let index = self.strategy.pick(set, client, &mut trace);
+        let chosen = &set.endpoints[index];
+        if chosen.is_warming() {
+            trace.slow_start = Some(chosen.slow_start_factor()).filter(|f| *f < 1.0);
+        }
         Some((index, trace))
     }
 
@@ -225,6 +231,20 @@ pub(crate) mod test_support {
                 };
                 let backend = Backend::new(ids.id_of(&spec.authority), &spec);
                 Arc::new(Endpoint::new(backend, tuning))
+            })
+            .collect()
+    }
+
+    /// [`endpoints`] with a slow-start ramp.
+    pub fn endpoints_ramped(
+        weights: &[u32],
+        ramp: super::slow_start::SlowStart,
+    ) -> Vec<Arc<Endpoint>> {
+        endpoints(weights)
+            .into_iter()
+            .map(|ep| {
+                let ep = Arc::into_inner(ep).expect("a fresh endpoint has one owner");
+                Arc::new(ep.with_slow_start(Some(ramp)))
             })
             .collect()
     }

@@ -193,6 +193,15 @@ impl Prequal {
     /// this replica got from it was a failure, its latency counts as at least the failure
     /// penalty: a backend failing fast reports itself fast (its errors are quick).
     fn candidate(&self, ep: &Endpoint, index: usize, now: Instant) -> Candidate {
+        let mut candidate = self.measured(ep, index, now);
+        // Slow start: a warming backend looks slower in proportion to the share it may take.
+        if ep.is_warming() {
+            candidate.latency /= ep.slow_start_factor_at(now);
+        }
+        candidate
+    }
+
+    fn measured(&self, ep: &Endpoint, index: usize, now: Instant) -> Candidate {
         match ep.probe.read(now) {
             Some(r) if r.age <= self.config.max_age && r.uses < self.config.max_uses => {
                 let latency = if ep.failure_streak() > 0 {

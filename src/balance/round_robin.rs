@@ -7,6 +7,10 @@
 //! Running that algorithm per request would need a lock over all backends. Instead the whole
 //! cycle (sum of weights, reduced by their gcd) is computed once per backend-set change, and
 //! requests walk it with one atomic counter: exact shares, no lock.
+//!
+//! A backend in [slow start](super::slow_start) takes only `factor` of the turns the cycle
+//! offers it (its [`Thinning`](super::slow_start::Thinning)); a turn it passes goes to the
+//! next backend in the cycle.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -23,8 +27,20 @@ impl RoundRobin {
     pub fn pick(&self, set: &BackendSet, trace: &mut PickTrace) -> usize {
         let cycle = &set.cycle;
         let n = self.cursor.fetch_add(1, Ordering::Relaxed);
-        let chosen = cycle[n % cycle.len()] as usize;
-        trace.sample(chosen, (n % cycle.len()) as f64);
+        let len = cycle.len();
+        // Almost always the first turn is taken; a warming backend passes some of its own.
+        for j in 0..len {
+            let position = (n + j) % len;
+            let candidate = cycle[position] as usize;
+            let ep = &set.endpoints[candidate];
+            if !ep.is_warming() || ep.thinning.take(ep.slow_start_factor()) {
+                trace.sample(candidate, position as f64);
+                return candidate;
+            }
+        }
+        // Every backend passed (all warming, all at low factors): take the turn as it fell.
+        let chosen = cycle[n % len] as usize;
+        trace.sample(chosen, (n % len) as f64);
         chosen
     }
 }

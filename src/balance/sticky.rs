@@ -24,7 +24,7 @@ impl Sticky {
         let score = rendezvous_score(
             key,
             set.endpoints[best].backend.hash_seed,
-            set.endpoints[best].weight(),
+            set.endpoints[best].effective_weight(),
         );
         trace.sample(best, score);
         // With every known backend in service, the home is the winner: skip the second scan.
@@ -39,9 +39,11 @@ impl Sticky {
 }
 
 /// Index of the highest-scoring endpoint (the list is never empty). With equal weights
-/// the score is monotonic in the hash, so hashes are compared directly (no logarithm).
+/// the score is monotonic in the hash, so hashes are compared directly (no logarithm). A
+/// backend in slow start scores with its effective weight, so its clients return to it
+/// gradually.
 fn winner(key: u64, endpoints: &[std::sync::Arc<Endpoint>], uniform_weights: bool) -> usize {
-    if uniform_weights {
+    if uniform_weights && !endpoints.iter().any(|e| e.is_warming()) {
         let mut best = 0;
         let mut best_hash = 0u64;
         for (i, ep) in endpoints.iter().enumerate() {
@@ -56,7 +58,7 @@ fn winner(key: u64, endpoints: &[std::sync::Arc<Endpoint>], uniform_weights: boo
     let mut best = 0;
     let mut best_score = f64::MIN;
     for (i, ep) in endpoints.iter().enumerate() {
-        let score = rendezvous_score(key, ep.backend.hash_seed, ep.weight());
+        let score = rendezvous_score(key, ep.backend.hash_seed, ep.effective_weight());
         if score > best_score {
             best = i;
             best_score = score;
@@ -77,12 +79,12 @@ fn ip_key(ip: IpAddr) -> u64 {
 }
 
 /// The weighted rendezvous score of one (client, backend) pair.
-pub fn rendezvous_score(client_key: u64, backend_seed: u64, weight: u32) -> f64 {
+pub fn rendezvous_score(client_key: u64, backend_seed: u64, weight: f64) -> f64 {
     let h = mix64(client_key ^ backend_seed);
     // The top 53 bits; with equal weights, ordering by `h` orders by score.
     // 53 random bits into (0, 1): never 0, so the logarithm is finite.
     let u = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-    f64::from(weight) / -u.ln()
+    weight / -u.ln()
 }
 
 #[cfg(test)]

@@ -90,6 +90,8 @@ pub struct PickTrace {
     pub rule: Option<adaptive::Rule>,
     /// Prequal: the numbers that decided.
     pub prequal: Option<prequal::PrequalPick>,
+    /// The chosen backend's slow-start factor, when it was warming up (below 1.0).
+    pub slow_start: Option<f64>,
 }
 
 impl PickTrace {
@@ -183,7 +185,7 @@ impl Strategy {
         match self {
             Strategy::Adaptive(_) => adaptive::cost(ep, now),
             Strategy::Prequal(p) => prequal::score(ep, now, p.config().max_age),
-            Strategy::LeastConn(_) => ep.in_flight() as f64 / f64::from(ep.weight()),
+            Strategy::LeastConn(_) => ep.in_flight() as f64 / ep.effective_weight(),
             Strategy::RoundRobin(_) | Strategy::Sticky(_) => ep.in_flight() as f64,
         }
     }
