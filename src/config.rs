@@ -29,6 +29,7 @@ use crate::{
     layer::{
         access_log::{AccessLogConfig, LogFormat, Target},
         rate_limit::{RateLimitConfig, RateLimitKey},
+        record::RecordConfig,
     },
     outlier::OutlierConfig,
     retry::RetryConfig,
@@ -98,6 +99,12 @@ impl Defaults {
     pub const ACCESS_LOG_SAMPLE: f64 = 1.0;
     /// Share of new traces that are recorded (a caller's decision is followed).
     pub const TRACE_SAMPLE: f64 = 1.0;
+    /// Share of requests recorded with `record`, percent.
+    pub const RECORD_PERCENT: f64 = 100.0;
+    /// Size past which the recording is rotated to `PATH.1`: 100 MiB.
+    pub const RECORD_MAX_BYTES: u64 = 100 * 1024 * 1024;
+    /// Smallest `record.max_bytes`: room for a line with a whole recorded body.
+    pub const RECORD_MIN_BYTES: u64 = 128 * 1024;
     /// `service.name` of exported spans.
     pub const SERVICE_NAME: &'static str = "alb";
 }
@@ -170,6 +177,8 @@ pub struct Config {
     pub request_id: bool,
     /// The access log; `None` when off.
     pub access_log: Option<AccessLogConfig>,
+    /// Traffic recording for `alb replay` (`record`); off when absent.
+    pub record: Option<RecordConfig>,
     /// Trace context and span export; `None` when off.
     pub tracing: Option<TraceConfig>,
 }
@@ -435,6 +444,7 @@ pub struct RawConfig {
     max_request_body: Option<usize>,
     request_id: Option<bool>,
     access_log: Option<RawAccessLog>,
+    record: Option<RawRecord>,
     tracing: Option<RawTracing>,
 }
 
@@ -884,6 +894,7 @@ impl RawConfig {
                 .request_id
                 .unwrap_or(self.access_log.is_some() || self.tracing.is_some()),
             access_log: self.access_log.map(access_log).transpose()?,
+            record: self.record.map(record).transpose()?,
             tracing: self.tracing.map(tracing).transpose()?,
         })
     }
@@ -897,6 +908,45 @@ fn fraction(key: &str, value: Option<f64>, default: f64) -> Result<f64, ConfigEr
     } else {
         Err(ConfigError::invalid(key, value, "a fraction from 0 to 1"))
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "an object such as {\"path\": \"traffic.jsonl\", \"percent\": 100, \"bodies\": false}"
+)]
+struct RawRecord {
+    path: String,
+    percent: Option<f64>,
+    bodies: Option<bool>,
+    max_bytes: Option<u64>,
+}
+
+/// Checks the `record` keys.
+fn record(raw: RawRecord) -> Result<RecordConfig, ConfigError> {
+    let path = non_empty_path("record.path", &raw.path)?;
+    let percent = raw.percent.unwrap_or(Defaults::RECORD_PERCENT);
+    if !(0.0..=100.0).contains(&percent) {
+        return Err(ConfigError::invalid(
+            "record.percent",
+            percent,
+            "a percentage from 0 to 100",
+        ));
+    }
+    let max_bytes = raw.max_bytes.unwrap_or(Defaults::RECORD_MAX_BYTES);
+    if max_bytes < Defaults::RECORD_MIN_BYTES {
+        return Err(ConfigError::invalid(
+            "record.max_bytes",
+            max_bytes,
+            format!("at least {} bytes", Defaults::RECORD_MIN_BYTES),
+        ));
+    }
+    Ok(RecordConfig {
+        path,
+        percent,
+        bodies: raw.bodies.unwrap_or(false),
+        max_bytes,
+    })
 }
 
 fn access_log(raw: RawAccessLog) -> Result<AccessLogConfig, ConfigError> {

@@ -2,7 +2,15 @@
 
 #![forbid(unsafe_code)]
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{
+    path::PathBuf,
+    process::ExitCode,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use clap::{Parser, Subcommand};
 use mimalloc::MiMalloc;
@@ -113,6 +121,24 @@ enum Command {
         #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
         timeout: Duration,
     },
+    /// Replay a recording (`record` in the config) against a target, on its recorded
+    /// schedule (open loop); report latency and, with --compare, status differences.
+    Replay {
+        /// The recording (JSON lines).
+        file: PathBuf,
+        /// Where to send the requests (scheme and authority), e.g. http://127.0.0.1:8080.
+        #[arg(long)]
+        target: String,
+        /// Schedule compression: 2.0 replays twice as fast as recorded.
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        /// Count answers whose status differs from the recorded one (exit status 1 if any).
+        #[arg(long)]
+        compare: bool,
+        /// Time after which a request counts as unanswered.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+        timeout: Duration,
+    },
     /// Validate a config file and print the effective settings, defaults included.
     CheckConfig {
         /// Config file.
@@ -177,6 +203,63 @@ fn main() -> ExitCode {
                 alb::loadgen::print_summary(&result);
                 Ok(())
             })
+        }
+        Command::Replay {
+            file,
+            target,
+            speed,
+            compare,
+            timeout,
+        } => {
+            let target = match target.parse::<http::Uri>() {
+                Ok(uri) if uri.scheme_str() == Some("http") && uri.authority().is_some() => uri,
+                _ => {
+                    return fail(format!(
+                        "--target: expected a URL such as http://127.0.0.1:8080, got {target:?}"
+                    ))
+                }
+            };
+            if !(speed > 0.0 && speed.is_finite()) {
+                return fail(format!("--speed must be positive, got {speed}"));
+            }
+            let records = match alb::replay::read(&file) {
+                Ok(records) => records,
+                Err(e) => return fail(e),
+            };
+            let plan = alb::replay::ReplayPlan { speed, timeout };
+            let differences = Arc::new(AtomicUsize::new(0));
+            let counted = differences.clone();
+            let code = block_on(None, async move {
+                let report = alb::replay::replay(&records, &target, plan).await;
+                alb::loadgen::print_summary(&report.run);
+                println!(
+                    "pacing: {} requests scheduled over {:.3} s (speed {speed}), sent over {:.3} s: {:+.2}%",
+                    records.len(),
+                    report.scheduled_span.as_secs_f64(),
+                    report.replayed_span.as_secs_f64(),
+                    report.pacing_error() * 100.0
+                );
+                if compare {
+                    println!(
+                        "compare: {} of {} statuses differ from the recording",
+                        report.differences,
+                        records.len()
+                    );
+                    for m in &report.mismatches {
+                        println!(
+                            "  {} {}: recorded {}, replayed {}",
+                            m.method, m.path, m.recorded, m.replayed
+                        );
+                    }
+                    counted.store(report.differences, Ordering::Relaxed);
+                }
+                Ok(())
+            });
+            if differences.load(Ordering::Relaxed) > 0 {
+                ExitCode::FAILURE
+            } else {
+                code
+            }
         }
         Command::GenCert { dir } => match gen_cert(&dir) {
             Ok(()) => ExitCode::SUCCESS,

@@ -38,9 +38,10 @@ use crate::{
     layer::{
         access_log::AccessLogConfig,
         rate_limit::{spawn_pruning, Limiter},
+        record::RecordConfig,
         AccessLog, AccessLogLayer, Backpressure, BackpressureLayer, BodyLimit, BodyLimitLayer,
-        Metrics, MetricsLayer, Normalize, NormalizeLayer, RateLimit, RateLimitLayer, RequestId,
-        RequestIdLayer,
+        Metrics, MetricsLayer, Normalize, NormalizeLayer, RateLimit, RateLimitLayer, Record,
+        RecordLayer, RequestId, RequestIdLayer,
     },
     outlier::OutlierDetector,
     probe,
@@ -53,7 +54,9 @@ use crate::{
 /// The whole request path: request id, trace context, access log, metrics, rate limit,
 /// backpressure, body limit, route, forward.
 pub type ProxyService = RequestId<
-    Trace<AccessLog<Metrics<Normalize<RateLimit<Backpressure<BodyLimit<Route<Forward>>>>>>>>,
+    Trace<
+        AccessLog<Record<Metrics<Normalize<RateLimit<Backpressure<BodyLimit<Route<Forward>>>>>>>>,
+    >,
 >;
 
 /// Why a data plane could not be built from a valid config.
@@ -62,6 +65,15 @@ pub enum BuildError {
     /// The access log file cannot be opened for writing.
     #[error("access_log.path: cannot open {path} for writing: {source}")]
     AccessLog {
+        /// The file.
+        path: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The traffic recording file cannot be opened for writing.
+    #[error("record.path: cannot open {path} for writing: {source}")]
+    Record {
         /// The file.
         path: String,
         /// The OS error.
@@ -113,6 +125,7 @@ pub struct Proxy {
     /// The access log resolves clients with these (a change needs a new layer).
     trusted_proxies: Vec<ipnet::IpNet>,
     access_log: (Option<AccessLogConfig>, AccessLogLayer),
+    record: (Option<RecordConfig>, RecordLayer),
     trace: (Option<TraceConfig>, TraceLayer),
     /// The stack, built once per listener protocol, indexed by `ClientProto as usize`.
     stacks: Vec<ProxyService>,
@@ -145,6 +158,17 @@ impl Proxy {
                         source,
                     },
                 )?,
+            },
+        };
+        // The recording file carries over a reload that does not change it, as the log does.
+        let record = match previous.filter(|p| p.record.0 == config.record) {
+            Some(p) => p.record.1.clone(),
+            None => match &config.record {
+                None => RecordLayer::off(),
+                Some(c) => RecordLayer::new(c).map_err(|source| BuildError::Record {
+                    path: c.path.display().to_string(),
+                    source,
+                })?,
             },
         };
         let trace = match previous.filter(|p| p.trace.0 == config.tracing) {
@@ -217,7 +241,9 @@ impl Proxy {
                     .clone()
                     .map(|r| Arc::new(RetryBudget::new(r))),
                 decisions: previous.map(|p| p.routing.decisions().clone()),
-                outcomes: config.access_log.is_some() || config.tracing.is_some(),
+                outcomes: config.access_log.is_some()
+                    || config.tracing.is_some()
+                    || config.record.is_some(),
                 // Only exported spans show the strategy's reason.
                 outcome_why: config
                     .tracing
@@ -246,6 +272,7 @@ impl Proxy {
             request_id: RequestIdLayer::new(config.request_id),
             trusted_proxies: config.trusted_proxies.clone(),
             access_log: (config.access_log.clone(), access_log),
+            record: (config.record.clone(), record),
             trace: (config.tracing.clone(), trace),
             stacks: Vec::new(),
             tasks,
@@ -286,9 +313,11 @@ impl Proxy {
         };
         self.request_id.layer(
             self.trace.1.for_scheme(scheme).layer(
-                self.access_log
-                    .1
-                    .layer(self.metrics.layer(NormalizeLayer.layer(limited))),
+                self.access_log.1.layer(
+                    self.record
+                        .1
+                        .layer(self.metrics.layer(NormalizeLayer.layer(limited))),
+                ),
             ),
         )
     }
@@ -302,6 +331,7 @@ impl Proxy {
     /// most a few seconds: for shutdown).
     pub fn flush_logs_and_spans(&self) {
         self.access_log.1.flush(Duration::from_secs(2));
+        self.record.1.flush(Duration::from_secs(2));
         self.trace.1.flush();
     }
 

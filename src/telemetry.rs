@@ -45,6 +45,8 @@ pub const RETRIES_TOTAL: &str = "lb_retries_total";
 pub const RETRY_BUDGET_EXHAUSTED_TOTAL: &str = "lb_retry_budget_exhausted_total";
 /// Access-log lines dropped because the writer could not keep up.
 pub const ACCESS_LOG_DROPPED_TOTAL: &str = "lb_access_log_dropped_total";
+/// Recorded-traffic lines dropped because the writer could not keep up.
+pub const RECORD_DROPPED_TOTAL: &str = "lb_record_dropped_total";
 /// Shadow strategies' decisions, by strategy and agreement with the active one.
 pub const SHADOW_DECISIONS_TOTAL: &str = "lb_shadow_decisions_total";
 /// Load probes sent by `prequal`, by result (`ok`, `timeout`, `error`, `invalid`).
@@ -108,6 +110,10 @@ pub fn describe() {
     describe_counter!(
         ACCESS_LOG_DROPPED_TOTAL,
         "Access-log lines dropped because the writer could not keep up."
+    );
+    describe_counter!(
+        RECORD_DROPPED_TOTAL,
+        "Recorded-traffic lines dropped because the writer could not keep up."
     );
     describe_counter!(
         PROBES_TOTAL,

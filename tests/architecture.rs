@@ -37,7 +37,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     ("composition of one request", &["route"]),
     ("config file", &["config"]),
-    ("assembly", &["proxy", "loadgen"]),
+    ("assembly", &["proxy", "loadgen", "replay"]),
     ("surfaces", &["admin", "lab"]),
     ("entry points", &["builder", "server"]),
     ("the demo", &["demo"]),

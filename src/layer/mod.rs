@@ -1,13 +1,14 @@
 //! The edge layers, outermost first: [`request_id`] (`x-request-id` kept or made), the
 //! trace context (the `trace` module, beside this one), [`access_log`] (a line per request, ALB's
-//! own refusals included), [`metrics`] (counts every answer, 429s and 503s included),
+//! own refusals included), [`record`] (sampled requests as JSON lines for `alb replay`),
+//! [`metrics`] (counts every answer, 429s and 503s included),
 //! [`normalize`] (one reading of each request's host and framing: `400`, `405`),
 //! [`rate_limit`] (token buckets, `429`), [`backpressure`] (a global in-flight cap, fast
 //! `503`), [`body_limit`] (`413` for oversized bodies). Each is a `Layer` + `Service` pair
 //! that any axum or tower app can stack:
 //!
 //! ```text
-//! RequestId ─► Trace ─► AccessLog ─► Metrics ─► Normalize ─► RateLimit ─► Backpressure
+//! RequestId ─► Trace ─► AccessLog ─► Record ─► Metrics ─► Normalize ─► RateLimit ─► Backpressure
 //!           ─► BodyLimit ─► Route ─► Forward
 //! ```
 
@@ -17,6 +18,7 @@ pub mod body_limit;
 pub mod metrics;
 pub mod normalize;
 pub mod rate_limit;
+pub mod record;
 pub mod request_id;
 
 pub use access_log::{AccessLog, AccessLogLayer};
@@ -25,6 +27,7 @@ pub use body_limit::{BodyLimit, BodyLimitLayer};
 pub use metrics::{Metrics, MetricsLayer};
 pub use normalize::{Normalize, NormalizeLayer};
 pub use rate_limit::{RateLimit, RateLimitLayer};
+pub use record::{Record, RecordLayer};
 pub use request_id::{RequestId, RequestIdLayer};
 
 /// The boxed future of a layer that does work after its inner service answers.

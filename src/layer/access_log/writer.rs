@@ -1,4 +1,5 @@
-//! The access log's writer: a bounded queue in front of a thread that owns the file.
+//! The access log's writer (and the traffic recorder's): a bounded queue in front of a
+//! thread that owns the file.
 //!
 //! Requests never wait for the disk: a finished line is handed over with a non-blocking
 //! `try_send` into a queue of [`QUEUE_LINES`]; when the queue is full (the disk cannot keep
@@ -8,7 +9,9 @@
 //! [`FLUSH_INTERVAL`], takes every waiting line and writes them in one go, as nginx's
 //! `access_log ... buffer= flush=` does. A line reaches the file within that interval. [`LogWriter::reopen`] (SIGUSR1, as nginx) makes
 //! the thread flush, close and open the path again: after logrotate's `mv`, new lines go to
-//! a new file and none is lost, since lines queue up while the file changes.
+//! a new file and none is lost, since lines queue up while the file changes. A writer opened
+//! with a size cap ([`LogWriter::open_rotating`]) rotates by itself: past the cap it renames
+//! the file to `PATH.1` (replacing the previous one) and starts a new one.
 
 use std::{
     fs::{File, OpenOptions},
@@ -56,13 +59,32 @@ pub struct LogWriter {
 impl LogWriter {
     /// Opens `target` (so a bad path fails before the proxy starts) and starts the thread.
     pub fn open(target: &Target) -> io::Result<Self> {
-        let out = Output::open(target)?;
+        Self::start(
+            Output::open(target, None)?,
+            "alb-access-log",
+            metrics::counter!(ACCESS_LOG_DROPPED_TOTAL),
+        )
+    }
+
+    /// Opens the file at `path` for appending, rotated past `max_bytes`; a line the queue
+    /// has no room for is counted in `dropped`.
+    pub fn open_rotating(
+        path: &Path,
+        max_bytes: u64,
+        thread_name: &str,
+        dropped: Counter,
+    ) -> io::Result<Self> {
+        let out = Output::open(&Target::File(path.to_owned()), Some(max_bytes))?;
+        Self::start(out, thread_name, dropped)
+    }
+
+    fn start(out: Output, thread_name: &str, dropped: Counter) -> io::Result<Self> {
         let (lines, queue) = sync_channel(QUEUE_LINES);
         let (flushes, flush_requests) = sync_channel(4);
         let reopen = Arc::new(AtomicBool::new(false));
         let flag = reopen.clone();
         let thread = std::thread::Builder::new()
-            .name("alb-access-log".to_owned())
+            .name(thread_name.to_owned())
             .spawn(move || write_lines(out, &queue, &flush_requests, &flag))?
             .thread()
             .clone();
@@ -71,7 +93,7 @@ impl LogWriter {
             reopen,
             flushes,
             thread,
-            dropped: metrics::counter!(ACCESS_LOG_DROPPED_TOTAL),
+            dropped,
         })
     }
 
@@ -102,22 +124,67 @@ impl LogWriter {
 /// The open destination.
 enum Output {
     Stdout(BufWriter<io::Stdout>),
-    File(PathBuf, BufWriter<File>),
+    File(OpenFile),
+}
+
+/// A file being appended to, with its size for rotation.
+struct OpenFile {
+    path: PathBuf,
+    writer: BufWriter<File>,
+    size: u64,
+    rotate_at: Option<u64>,
 }
 
 impl Output {
-    fn open(target: &Target) -> io::Result<Output> {
+    fn open(target: &Target, rotate_at: Option<u64>) -> io::Result<Output> {
         Ok(match target {
             Target::Stdout => Output::Stdout(BufWriter::new(io::stdout())),
-            Target::File(path) => Output::File(path.clone(), BufWriter::new(append(path)?)),
+            Target::File(path) => {
+                let file = append(path)?;
+                Output::File(OpenFile {
+                    path: path.clone(),
+                    size: file.metadata().map_or(0, |m| m.len()),
+                    writer: BufWriter::new(file),
+                    rotate_at,
+                })
+            }
         })
     }
 
     fn writer(&mut self) -> &mut dyn Write {
         match self {
             Output::Stdout(w) => w,
-            Output::File(_, w) => w,
+            Output::File(f) => &mut f.writer,
         }
+    }
+
+    /// Writes one line, rotating first if it would take the file past its cap.
+    fn write_line(&mut self, line: &[u8]) {
+        if let Output::File(f) = self {
+            if f.rotate_at
+                .is_some_and(|cap| f.size > 0 && f.size + line.len() as u64 > cap)
+            {
+                rotate(f);
+            }
+            f.size += line.len() as u64;
+        }
+        let _ = self.writer().write_all(line);
+    }
+}
+
+/// Moves the full file to `PATH.1` and starts a new one.
+fn rotate(f: &mut OpenFile) {
+    let _ = f.writer.flush();
+    let mut rotated = f.path.clone().into_os_string();
+    rotated.push(".1");
+    let reopened = std::fs::rename(&f.path, &rotated).and_then(|()| append(&f.path));
+    match reopened {
+        Ok(file) => {
+            f.writer = BufWriter::new(file);
+            f.size = 0;
+        }
+        Err(e) => tracing::error!(path = %f.path.display(), error = %e,
+            "cannot rotate; still writing to the old file"),
     }
 }
 
@@ -140,12 +207,11 @@ fn write_lines(
         if reopen.swap(false, Ordering::Relaxed) {
             reopen_file(&mut out);
         }
-        let writer = out.writer();
         let mut wrote = false;
         let ended = loop {
             match queue.try_recv() {
                 Ok(line) => {
-                    let _ = writer.write_all(&line);
+                    out.write_line(&line);
                     wrote = true;
                 }
                 Err(TryRecvError::Empty) => break false,
@@ -153,7 +219,7 @@ fn write_lines(
             }
         };
         if wrote {
-            if let Err(e) = writer.flush() {
+            if let Err(e) = out.writer().flush() {
                 tracing::warn!(error = %e, "access log write failed");
             }
         }
@@ -169,10 +235,13 @@ fn write_lines(
 /// Flushes the old file and opens the path again (a new file after a rotation).
 fn reopen_file(out: &mut Output) {
     let _ = out.writer().flush();
-    if let Output::File(path, writer) = out {
-        match append(path) {
-            Ok(file) => *writer = BufWriter::new(file),
-            Err(e) => tracing::error!(path = %path.display(), error = %e,
+    if let Output::File(f) = out {
+        match append(&f.path) {
+            Ok(file) => {
+                f.size = file.metadata().map_or(0, |m| m.len());
+                f.writer = BufWriter::new(file);
+            }
+            Err(e) => tracing::error!(path = %f.path.display(), error = %e,
                 "cannot reopen the access log; still writing to the old file"),
         }
     }
