@@ -37,8 +37,8 @@
 //! [`tls`]) → [`local_reply`], [`prometheus`] → the core, [`balance`] (identity, state,
 //! selection, discovery) → [`decision`], [`outlier`], [`retry`], [`upstream`] → [`forward`],
 //! [`health`], [`layer`], [`redirect`] → [`route`] → [`config`] (parses the file into the
-//! types below it) → [`proxy`], [`loadgen`] → [`replay`] → [`admin`], [`lab`] → [`builder`], [`server`] →
-//! [`demo`].
+//! types below it) → [`proxy`], [`loadgen`] → [`replay`] → [`admin`], [`lab`] →
+//! [`builder`], [`server`] → [`demo`].
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
