@@ -28,6 +28,7 @@ use crate::{
     humantime_serde,
     layer::{
         access_log::{AccessLogConfig, LogFormat, Target},
+        fault::{AbortFault, DelayFault, FaultConfig},
         rate_limit::{RateLimitConfig, RateLimitKey},
         record::RecordConfig,
     },
@@ -177,6 +178,8 @@ pub struct Config {
     pub request_id: bool,
     /// The access log; `None` when off.
     pub access_log: Option<AccessLogConfig>,
+    /// Fault injection on the catch-all route (`fault`); off when absent.
+    pub fault: Option<FaultConfig>,
     /// Traffic recording for `alb replay` (`record`); off when absent.
     pub record: Option<RecordConfig>,
     /// Trace context and span export; `None` when off.
@@ -445,6 +448,7 @@ pub struct RawConfig {
     request_id: Option<bool>,
     access_log: Option<RawAccessLog>,
     record: Option<RawRecord>,
+    fault: Option<RawFault>,
     tracing: Option<RawTracing>,
 }
 
@@ -895,6 +899,7 @@ impl RawConfig {
                 .unwrap_or(self.access_log.is_some() || self.tracing.is_some()),
             access_log: self.access_log.map(access_log).transpose()?,
             record: self.record.map(record).transpose()?,
+            fault: self.fault.map(|f| fault("fault", f)).transpose()?,
             tracing: self.tracing.map(tracing).transpose()?,
         })
     }
@@ -908,6 +913,77 @@ fn fraction(key: &str, value: Option<f64>, default: f64) -> Result<f64, ConfigEr
     } else {
         Err(ConfigError::invalid(key, value, "a fraction from 0 to 1"))
     }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFault {
+    delay: Option<RawDelayFault>,
+    abort: Option<RawAbortFault>,
+    allow_header: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "an object such as {\"percent\": 10, \"duration\": \"100ms\"}"
+)]
+struct RawDelayFault {
+    percent: f64,
+    duration: DurationValue,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "an object such as {\"percent\": 5, \"status\": 503}"
+)]
+struct RawAbortFault {
+    percent: f64,
+    status: u16,
+}
+
+/// Checks a `fault` block; `key` is where it sits (`fault`, later `routes[i].fault`).
+fn fault(key: &str, raw: RawFault) -> Result<FaultConfig, ConfigError> {
+    let percent = |k: String, p: f64| {
+        if (0.0..=100.0).contains(&p) {
+            Ok(p)
+        } else {
+            Err(ConfigError::invalid(k, p, "a percentage from 0 to 100"))
+        }
+    };
+    let delay = match raw.delay {
+        Some(d) => Some(DelayFault {
+            percent: percent(format!("{key}.delay.percent"), d.percent)?,
+            duration: duration(
+                &format!("{key}.delay.duration"),
+                Some(d.duration),
+                Duration::ZERO,
+            )?,
+        }),
+        None => None,
+    };
+    let abort = match raw.abort {
+        Some(a) => Some(AbortFault {
+            percent: percent(format!("{key}.abort.percent"), a.percent)?,
+            status: http::StatusCode::from_u16(a.status)
+                .ok()
+                .filter(|s| s.is_client_error() || s.is_server_error())
+                .ok_or_else(|| {
+                    ConfigError::invalid(
+                        format!("{key}.abort.status"),
+                        a.status,
+                        "an error status from 400 to 599",
+                    )
+                })?,
+        }),
+        None => None,
+    };
+    Ok(FaultConfig {
+        delay,
+        abort,
+        allow_header: raw.allow_header.unwrap_or(false),
+    })
 }
 
 #[derive(Debug, Deserialize)]

@@ -27,7 +27,7 @@ use std::{
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
-use http::HeaderValue;
+use http::{HeaderValue, StatusCode};
 use serde::Serialize;
 
 use crate::balance::{
@@ -54,6 +54,34 @@ pub struct Outcome {
     /// The strategy's reason, in the words of `x-alb-decision`'s `why=` (only when tracing
     /// asks for it: building the text costs an allocation).
     pub why: Option<String>,
+}
+
+/// A fault injected into one request, noted in its decision record (injected by
+/// `layer::fault`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InjectedFault {
+    /// Held back this long before routing.
+    Delay(std::time::Duration),
+    /// Answered with this status without routing.
+    Abort(StatusCode),
+}
+
+impl InjectedFault {
+    /// The metric label.
+    pub fn kind(self) -> &'static str {
+        match self {
+            InjectedFault::Delay(_) => "delay",
+            InjectedFault::Abort(_) => "abort",
+        }
+    }
+
+    /// As the `x-alb-fault` header writes it: `delay=100ms` or `abort=503`.
+    pub fn header_text(self) -> String {
+        match self {
+            InjectedFault::Delay(d) => format!("delay={}ms", d.as_millis()),
+            InjectedFault::Abort(s) => format!("abort={}", s.as_u16()),
+        }
+    }
 }
 
 /// A backend compared in a pick, with the load value the strategy compared.
@@ -94,6 +122,8 @@ pub struct DecisionRecord {
     pub prequal: Option<PrequalPick>,
     /// The chosen backend's slow-start factor, while it was warming up.
     pub slow_start: Option<f64>,
+    /// A fault injected into the request before routing (a delay; aborts are not routed).
+    pub fault: Option<InjectedFault>,
     /// Shadow strategies' choices, by `StrategyKind::ALL` order (`None`: not evaluated).
     pub shadow: [Option<BackendId>; StrategyKind::ALL.len()],
     /// The backend a failed first attempt went to, if the request was retried.
@@ -127,6 +157,7 @@ impl DecisionRecord {
             rule: None,
             prequal: None,
             slow_start: None,
+            fault: None,
             shadow: [None; StrategyKind::ALL.len()],
             retried_from: None,
             request_id: None,
@@ -261,6 +292,9 @@ pub struct DecisionView {
     /// The chosen backend's slow-start factor (its weight's share), while it warmed up.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub slow_start: Option<f64>,
+    /// A fault injected before routing, as `x-alb-fault` writes it (`delay=100ms`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fault: Option<String>,
     /// Shadow strategies' choices.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub shadow: Vec<ShadowView>,
@@ -373,6 +407,7 @@ impl DecisionView {
                 }
             }),
             slow_start: r.slow_start,
+            fault: r.fault.map(InjectedFault::header_text),
             shadow,
             retried_from: r.retried_from.map(|id| r.name(id)),
             request_id: r

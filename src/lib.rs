@@ -6,7 +6,8 @@
 //!   strategy; [`LoadBalancer::service`] is a `tower::Service` to put behind a route.
 //! - [`layer`]: the edge layers, usable one by one ([`layer::RequestIdLayer`],
 //!   [`layer::AccessLogLayer`], [`layer::MetricsLayer`], [`layer::NormalizeLayer`],
-//!   [`layer::RateLimitLayer`], [`layer::BackpressureLayer`], [`layer::BodyLimitLayer`]),
+//!   [`layer::RateLimitLayer`], [`layer::BackpressureLayer`], [`layer::BodyLimitLayer`],
+//!   [`layer::RecordLayer`], [`layer::FaultLayer`]),
 //!   and [`trace::TraceLayer`].
 //! - [`load_report::LoadReportLayer`]: for a backend app, its own load on `/_alb/load`, which
 //!   the `prequal` strategy probes.
@@ -19,8 +20,8 @@
 //!
 //! ```text
 //!  client ─► listener (axum-server: HTTP/1.1, h2c, TLS)
-//!            └─► RequestId ─► Trace ─► AccessLog ─► Metrics ─► Normalize ─► RateLimit
-//!                 ─► Backpressure ─► BodyLimit                   (layer/, trace/)
+//!            └─► RequestId ─► Trace ─► AccessLog ─► Record ─► Metrics ─► Normalize
+//!                 ─► RateLimit ─► Backpressure ─► BodyLimit ─► Fault   (layer/, trace/)
 //!                 └─► Route: pick ─► overflow ─► shadows ─► attempt ─► retry ─► decision
 //!                      │     (balance/)  (balance/)   (balance/)        (retry)   (decision)
 //!                      └─► Forward ─┬─ no body: upstream, ALB's own pooled HTTP/1.1 ─► backend

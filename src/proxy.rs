@@ -40,8 +40,8 @@ use crate::{
         rate_limit::{spawn_pruning, Limiter},
         record::RecordConfig,
         AccessLog, AccessLogLayer, Backpressure, BackpressureLayer, BodyLimit, BodyLimitLayer,
-        Metrics, MetricsLayer, Normalize, NormalizeLayer, RateLimit, RateLimitLayer, Record,
-        RecordLayer, RequestId, RequestIdLayer,
+        Fault, FaultLayer, Metrics, MetricsLayer, Normalize, NormalizeLayer, RateLimit,
+        RateLimitLayer, Record, RecordLayer, RequestId, RequestIdLayer, DEFAULT_ROUTE,
     },
     outlier::OutlierDetector,
     probe,
@@ -55,7 +55,9 @@ use crate::{
 /// backpressure, body limit, route, forward.
 pub type ProxyService = RequestId<
     Trace<
-        AccessLog<Record<Metrics<Normalize<RateLimit<Backpressure<BodyLimit<Route<Forward>>>>>>>>,
+        AccessLog<
+            Record<Metrics<Normalize<RateLimit<Backpressure<BodyLimit<Fault<Route<Forward>>>>>>>>,
+        >,
     >,
 >;
 
@@ -121,6 +123,7 @@ pub struct Proxy {
     rate_limit: RateLimitLayer,
     backpressure: BackpressureLayer,
     body_limit: BodyLimitLayer,
+    fault: FaultLayer,
     request_id: RequestIdLayer,
     /// The access log resolves clients with these (a change needs a new layer).
     trusted_proxies: Vec<ipnet::IpNet>,
@@ -269,6 +272,7 @@ impl Proxy {
             rate_limit: RateLimitLayer::new(limiter),
             backpressure: BackpressureLayer::new(config.max_in_flight),
             body_limit: BodyLimitLayer::new(config.max_request_body),
+            fault: FaultLayer::new(config.fault.clone(), DEFAULT_ROUTE),
             request_id: RequestIdLayer::new(config.request_id),
             trusted_proxies: config.trusted_proxies.clone(),
             access_log: (config.access_log.clone(), access_log),
@@ -304,9 +308,10 @@ impl Proxy {
 
     fn build_stack(&self, proto: ClientProto) -> ProxyService {
         let route = self.route(proto);
-        let limited = self
-            .rate_limit
-            .layer(self.backpressure.layer(self.body_limit.layer(route)));
+        let limited = self.rate_limit.layer(
+            self.backpressure
+                .layer(self.body_limit.layer(self.fault.layer(route))),
+        );
         let scheme = match proto {
             ClientProto::Http => "http",
             ClientProto::Https => "https",

@@ -34,7 +34,7 @@ use crate::{
         PickTrace, Routed,
     },
     client_ip::ClientIp,
-    decision::{self, CandidateState, DecisionLog, DecisionRecord},
+    decision::{self, CandidateState, DecisionLog, DecisionRecord, InjectedFault},
     forward::ForwardError,
     guarded_body::GuardedBody,
     headers::{X_ALB_BACKEND, X_ALB_DECISION, X_ALB_EXPLAIN, X_REQUEST_ID},
@@ -408,6 +408,7 @@ where
                 .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok());
         }
         record.shadow = shadow;
+        record.fault = request.extensions().get::<InjectedFault>().copied();
         let index = match choice {
             Choice::NoBackend => {
                 let reply = local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy backend");

@@ -45,6 +45,8 @@ pub const RETRIES_TOTAL: &str = "lb_retries_total";
 pub const RETRY_BUDGET_EXHAUSTED_TOTAL: &str = "lb_retry_budget_exhausted_total";
 /// Access-log lines dropped because the writer could not keep up.
 pub const ACCESS_LOG_DROPPED_TOTAL: &str = "lb_access_log_dropped_total";
+/// Faults injected, by route and kind (`delay`, `abort`).
+pub const FAULTS_INJECTED_TOTAL: &str = "lb_faults_injected_total";
 /// Recorded-traffic lines dropped because the writer could not keep up.
 pub const RECORD_DROPPED_TOTAL: &str = "lb_record_dropped_total";
 /// Shadow strategies' decisions, by strategy and agreement with the active one.
@@ -110,6 +112,10 @@ pub fn describe() {
     describe_counter!(
         ACCESS_LOG_DROPPED_TOTAL,
         "Access-log lines dropped because the writer could not keep up."
+    );
+    describe_counter!(
+        FAULTS_INJECTED_TOTAL,
+        "Faults injected into requests, by route and kind (delay, abort)."
     );
     describe_counter!(
         RECORD_DROPPED_TOTAL,

@@ -4,17 +4,19 @@
 //! [`metrics`] (counts every answer, 429s and 503s included),
 //! [`normalize`] (one reading of each request's host and framing: `400`, `405`),
 //! [`rate_limit`] (token buckets, `429`), [`backpressure`] (a global in-flight cap, fast
-//! `503`), [`body_limit`] (`413` for oversized bodies). Each is a `Layer` + `Service` pair
+//! `503`), [`body_limit`] (`413` for oversized bodies), [`fault`] (injected delays and
+//! aborts, chaos testing). Each is a `Layer` + `Service` pair
 //! that any axum or tower app can stack:
 //!
 //! ```text
 //! RequestId ─► Trace ─► AccessLog ─► Record ─► Metrics ─► Normalize ─► RateLimit ─► Backpressure
-//!           ─► BodyLimit ─► Route ─► Forward
+//!           ─► BodyLimit ─► Fault ─► Route ─► Forward
 //! ```
 
 pub mod access_log;
 pub mod backpressure;
 pub mod body_limit;
+pub mod fault;
 pub mod metrics;
 pub mod normalize;
 pub mod rate_limit;
@@ -24,11 +26,16 @@ pub mod request_id;
 pub use access_log::{AccessLog, AccessLogLayer};
 pub use backpressure::{Backpressure, BackpressureLayer};
 pub use body_limit::{BodyLimit, BodyLimitLayer};
+pub use fault::{Fault, FaultLayer};
 pub use metrics::{Metrics, MetricsLayer};
 pub use normalize::{Normalize, NormalizeLayer};
 pub use rate_limit::{RateLimit, RateLimitLayer};
 pub use record::{Record, RecordLayer};
 pub use request_id::{RequestId, RequestIdLayer};
+
+/// The route and pool every request takes in the flat config: one pool named `default`
+/// behind one catch-all route of the same name (what `record` and `fault` name them).
+pub const DEFAULT_ROUTE: &str = "default";
 
 /// The boxed future of a layer that does work after its inner service answers.
 pub type LayerFuture = std::pin::Pin<

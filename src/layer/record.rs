@@ -33,7 +33,7 @@ use http_body::{Body as _, Frame, SizeHint};
 use serde::{Deserialize, Serialize};
 use tower::{Layer, Service};
 
-use super::access_log::LogWriter;
+use super::{access_log::LogWriter, DEFAULT_ROUTE};
 use crate::{decision::Outcome, telemetry::RECORD_DROPPED_TOTAL};
 
 /// Request headers whose values never reach a recording: they carry credentials.
@@ -49,10 +49,6 @@ pub const REDACTED: &str = "<redacted>";
 
 /// Largest request body recorded (with `bodies` on); a larger one is recorded without it.
 pub const MAX_RECORDED_BODY: usize = 64 * 1024;
-
-/// The route and pool every request takes until routes and pools are configured: the flat
-/// config is one pool named `default` behind one catch-all route of the same name.
-pub const DEFAULT_ROUTE: &str = "default";
 
 /// Recording settings (`record`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
