@@ -160,3 +160,72 @@ async fn dashboard_lists_backends_and_counts_rise_under_load() {
     std::fs::write(&path, png).unwrap();
     println!("screenshot: {}", path.display());
 }
+
+/// `/history` as JSON.
+async fn history(lb: &Proc) -> Value {
+    client()
+        .get(format!("{}/history", lb.admin_url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn alb_keeps_per_second_samples_of_every_backend() {
+    let bs: Vec<Proc> = (0..2).map(|_| backend(&[])).collect();
+    let lb = alb(json!({"backends": urls(&bs.iter().collect::<Vec<_>>())}));
+    let answers = load(&lb.url(), 40, 2).await;
+    assert!(answers.iter().all(|a| a.status == 200));
+    wait_until(
+        "two samples, the last one counting every request",
+        Duration::from_secs(30),
+        || async {
+            let h = history(&lb).await;
+            let samples = h["samples"].as_array().unwrap();
+            let counted: u64 = samples.last().map_or(0, |s| {
+                bs.iter()
+                    .map(|b| s["b"][name(b)]["requests"].as_u64().unwrap_or(0))
+                    .sum()
+            });
+            samples.len() >= 2 && counted == 40
+        },
+    )
+    .await;
+    let h = history(&lb).await;
+    assert_eq!(h["interval_ms"], 1000);
+    let t: Vec<u64> = h["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["t"].as_u64().unwrap())
+        .collect();
+    assert!(t.windows(2).all(|w| w[0] < w[1]), "oldest first: {t:?}");
+}
+
+#[tokio::test]
+async fn a_page_opened_later_starts_from_what_alb_kept() {
+    let bs: Vec<Proc> = (0..2).map(|_| backend(&[])).collect();
+    let lb = alb(json!({"backends": urls(&bs.iter().collect::<Vec<_>>())}));
+    load(&lb.url(), 40, 2).await;
+    wait_until("ALB has samples", Duration::from_secs(30), || async {
+        history(&lb).await["samples"].as_array().unwrap().len() >= 2
+    })
+    .await;
+    let browser = Browser::start().await;
+    browser.open(&format!("{}/", lb.admin_url())).await;
+    // A sample taken before the page was opened can only come from ALB's history.
+    wait_until(
+        "the page's charts start before the page did",
+        Duration::from_secs(30),
+        || async {
+            browser
+                .run("return history.length > 0 && history[0].t < performance.timeOrigin;")
+                .await
+                == Value::Bool(true)
+        },
+    )
+    .await;
+}

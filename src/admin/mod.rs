@@ -1,5 +1,5 @@
 //! The admin routes: `/` (a live dashboard), `/metrics`, `/health`, `/backends`,
-//! `/backends/{id}`, `/decisions` and `/decisions/stream`.
+//! `/backends/{id}`, `/history`, `/decisions` and `/decisions/stream`.
 //!
 //! An axum `Router` the library exports, so an embedding app can mount it wherever it likes;
 //! the binary serves it on `admin_addr` (loopback by default: backend state is not for the
@@ -8,6 +8,7 @@
 //! [`auth`] guards the routes: state-changing ones need the admin token when one is set.
 
 pub mod auth;
+pub mod history;
 
 use std::{convert::Infallible, sync::Arc, time::Duration, time::Instant};
 
@@ -28,6 +29,8 @@ use serde::Deserialize;
 use serde::Serialize;
 
 use metrics::{counter, gauge};
+
+use history::{History, Point};
 
 use crate::{
     balance::{availability::Transition, BackendId, Balancer, Endpoint},
@@ -51,6 +54,7 @@ const DEFAULT_DECISIONS: usize = 1000;
 pub struct AdminState {
     source: Source,
     prometheus: PrometheusHandle,
+    history: Arc<History>,
 }
 
 #[derive(Clone, Debug)]
@@ -79,6 +83,7 @@ impl AdminState {
         AdminState {
             source: Source::Fixed(Snapshot { routing, endpoints }),
             prometheus,
+            history: Arc::default(),
         }
     }
 
@@ -87,6 +92,7 @@ impl AdminState {
         AdminState {
             source: Source::Live(live),
             prometheus,
+            history: Arc::default(),
         }
     }
 
@@ -101,7 +107,13 @@ impl AdminState {
     }
 
     fn snapshot(&self) -> Snapshot {
-        match &self.source {
+        self.source.snapshot()
+    }
+}
+
+impl Source {
+    fn snapshot(&self) -> Snapshot {
+        match self {
             Source::Fixed(s) => s.clone(),
             Source::Live(live) => {
                 let proxy = live.current();
@@ -117,6 +129,15 @@ impl AdminState {
 /// The admin router. Routes that change state need the admin token whenever one is set;
 /// with `admin_auth: "all"`, every route does ([`auth`]).
 pub fn router(state: AdminState) -> Router {
+    // The source only: holding the state would hold the history and keep the task alive.
+    let sampled = state.source.clone();
+    History::spawn_sampler(&state.history, move |now| {
+        let s = sampled.snapshot();
+        s.endpoints
+            .iter()
+            .map(|ep| (ep.name().to_owned(), s.point(ep, now)))
+            .collect()
+    });
     let changes = Router::new()
         .route("/backends/{id}/drain", post(drain))
         .route("/backends/{id}/enable", post(enable))
@@ -130,6 +151,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/health", get(health))
         .route("/backends", get(backends))
         .route("/backends/{id}", get(backend_detail))
+        .route("/history", get(history))
         .route("/decisions", get(decisions))
         .route("/decisions/stream", get(decision_stream))
         .route("/", get(dashboard))
@@ -247,6 +269,17 @@ impl Snapshot {
         }
     }
 
+    /// A backend's numbers for the dashboard's history.
+    fn point(&self, ep: &Endpoint, now: Instant) -> Point {
+        Point {
+            requests: ep.requests(),
+            in_flight: ep.in_flight(),
+            ewma_ms: ep.ewma_secs(now) * 1e3,
+            score: self.routing.balancer().strategy().score(ep, now),
+            up: ep.is_up(),
+        }
+    }
+
     fn log(&self) -> &Arc<DecisionLog> {
         self.routing.decisions()
     }
@@ -257,6 +290,20 @@ impl Snapshot {
             .iter()
             .find(|ep| ep.name() == id || id.parse::<BackendId>() == Ok(ep.id()))
     }
+}
+
+#[derive(Serialize)]
+struct HistoryView {
+    interval_ms: u64,
+    samples: Vec<history::Sample>,
+}
+
+/// The last minutes of per-second samples (the dashboard starts its charts from them).
+async fn history(State(state): State<AdminState>) -> Json<HistoryView> {
+    Json(HistoryView {
+        interval_ms: history::SAMPLE_INTERVAL.as_millis() as u64,
+        samples: state.history.samples(),
+    })
 }
 
 async fn backends(State(state): State<AdminState>) -> Json<Backends> {
