@@ -31,8 +31,9 @@ use crate::{
         discover, discover::DiscoverSender, Backend, BackendIds, Balancer, Endpoint, Strategy,
         StrategyKind,
     },
+    capacity::PoolCapacity,
     client_ip::ClientIp,
-    config::Config,
+    config::{Config, Defaults},
     forward::{BackendPools, ClientProto, Forward},
     health::HealthChecker,
     layer::{
@@ -99,6 +100,8 @@ pub struct Proxy {
     pub routing: Arc<Routing>,
     /// Every configured backend, in service or not, in config order.
     pub endpoints: Vec<Arc<Endpoint>>,
+    /// The pool's capacity signal (`autoscale`), if configured.
+    capacity: Option<Arc<PoolCapacity>>,
     /// Stable backend ids, handed from each proxy to the next on reload.
     ids: Arc<BackendIds>,
     changes: DiscoverSender,
@@ -220,6 +223,10 @@ impl Proxy {
                 request_ids: config.request_id,
             },
         );
+        let capacity = pool_capacity(config, previous);
+        if let Some(capacity) = &capacity {
+            tasks.add(capacity.spawn(routing.balancer()));
+        }
         let limiter = config.rate_limit.as_ref().map(|r| {
             let limiter = Arc::new(Limiter::new(r, client_ip));
             tasks.add(spawn_pruning(limiter.clone()));
@@ -228,6 +235,7 @@ impl Proxy {
         let mut proxy = Proxy {
             routing,
             endpoints,
+            capacity,
             ids,
             changes,
             client,
@@ -310,6 +318,11 @@ impl Proxy {
         );
     }
 
+    /// The pool's capacity signal, when `autoscale` is configured.
+    pub fn capacity(&self) -> Option<&Arc<PoolCapacity>> {
+        self.capacity.as_ref()
+    }
+
     /// The balancer.
     pub fn balancer(&self) -> &Arc<Balancer> {
         self.routing.balancer()
@@ -318,6 +331,16 @@ impl Proxy {
     /// Stops the background tasks (health checks, pruning).
     pub(crate) fn stop(&self) {
         self.tasks.stop();
+    }
+}
+
+/// The pool's capacity signal: the previous proxy's (its window and stabilization history)
+/// when a reload keeps the `autoscale` settings, else a fresh one.
+fn pool_capacity(config: &Config, previous: Option<&Proxy>) -> Option<Arc<PoolCapacity>> {
+    let wanted = config.autoscale.as_ref()?;
+    match previous.and_then(|p| p.capacity.as_ref()) {
+        Some(old) if old.config() == *wanted => Some(old.clone()),
+        _ => Some(PoolCapacity::new(Defaults::POOL, wanted.clone())),
     }
 }
 
