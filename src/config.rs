@@ -912,7 +912,7 @@ fn autoscale(
     }
     let scale_down_delay = match raw.scale_down_delay {
         // 0 is a valid delay here: no smoothing.
-        Some(DurationValue::Seconds(s)) if s == 0.0 => Duration::ZERO,
+        Some(DurationValue::Seconds(0.0)) => Duration::ZERO,
         Some(DurationValue::Text(t))
             if humantime::parse_duration(t.trim()) == Ok(Duration::ZERO) =>
         {

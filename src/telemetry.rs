@@ -133,7 +133,7 @@ pub fn describe() {
     counter!(TLS_INVALID_SNI_TOTAL).absolute(0);
 }
 
-/// Describes the capacity signal's gauges (`crate::capacity`).
+/// Describes the gauges of the pools' capacity signal.
 fn describe_capacity() {
     describe_gauge!(
         POOL_UTILIZATION,
