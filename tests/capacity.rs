@@ -160,3 +160,37 @@ async fn capacity_is_404_without_autoscale_and_a_bad_block_is_refused() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn a_reload_keeps_the_signal_unless_its_settings_change() {
+    let b = backend(&[]);
+    let mut config = json!({
+        "backends": urls(&[&b]),
+        "autoscale": {"backend_concurrency": 4, "window": "1s"},
+    });
+    let lb = alb(config.clone());
+    let reload = || async {
+        let r = client()
+            .post(format!("{}/reload", lb.admin_url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    };
+    wait_until(
+        "the average covers its 1 s window",
+        std::time::Duration::from_secs(30),
+        || async { capacity(&lb).await["covered_secs"].as_f64().unwrap() >= 1.0 },
+    )
+    .await;
+    // Same settings: the window carries over (a fresh one would start empty).
+    reload().await;
+    let view = capacity(&lb).await;
+    assert!(view["covered_secs"].as_f64().unwrap() >= 1.0, "{view}");
+    // New settings: a new signal with them.
+    config["autoscale"]["target_utilization"] = json!(0.5);
+    std::fs::write(lb.config_path(), config.to_string()).unwrap();
+    reload().await;
+    let view = capacity(&lb).await;
+    assert_eq!(view["target_utilization"], 0.5, "{view}");
+}
