@@ -24,6 +24,7 @@ use crate::{
         adaptive::AdaptiveConfig, prequal::PrequalConfig, slow_start::SlowStart, BackendSpec,
         StrategyKind,
     },
+    capacity::{AutoscaleConfig, ConcurrencySource},
     health::HealthConfig,
     humantime_serde,
     layer::{
@@ -108,6 +109,23 @@ impl Defaults {
     pub const RECORD_MIN_BYTES: u64 = 128 * 1024;
     /// `service.name` of exported spans.
     pub const SERVICE_NAME: &'static str = "alb";
+    /// The one pool of today's config (its top-level keys are the pool's keys).
+    pub const POOL: &'static str = "default";
+    /// The one route of today's config: a catch-all to the pool `default` (what `record`
+    /// and `fault` name it).
+    pub const ROUTE: &'static str = "default";
+    /// Capacity signal: the utilization the recommendation aims at (the example of the
+    /// Kubernetes HPA walkthrough uses 50% CPU; 70% leaves room for bursts of requests).
+    pub const AUTOSCALE_TARGET_UTILIZATION: f64 = 0.7;
+    /// Capacity signal: fewest backends recommended.
+    pub const AUTOSCALE_MIN: u32 = 1;
+    /// Capacity signal: most backends recommended.
+    pub const AUTOSCALE_MAX: u32 = 100;
+    /// Capacity signal: how long a lower recommendation must hold (the Kubernetes HPA's
+    /// default scale-down stabilization window).
+    pub const AUTOSCALE_SCALE_DOWN_DELAY: Duration = Duration::from_secs(300);
+    /// Capacity signal: the window of the requests-in-flight average.
+    pub const AUTOSCALE_WINDOW: Duration = Duration::from_secs(30);
 }
 
 /// The validated configuration.
@@ -184,6 +202,8 @@ pub struct Config {
     pub record: Option<RecordConfig>,
     /// Trace context and span export; `None` when off.
     pub tracing: Option<TraceConfig>,
+    /// The capacity signal for autoscalers; `None` when `autoscale` is absent.
+    pub autoscale: Option<AutoscaleConfig>,
 }
 
 /// TLS termination settings.
@@ -450,6 +470,7 @@ pub struct RawConfig {
     record: Option<RawRecord>,
     fault: Option<RawFault>,
     tracing: Option<RawTracing>,
+    autoscale: Option<RawAutoscale>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -901,8 +922,112 @@ impl RawConfig {
             record: self.record.map(record).transpose()?,
             fault: self.fault.map(|f| fault("fault", f)).transpose()?,
             tracing: self.tracing.map(tracing).transpose()?,
+            autoscale: self
+                .autoscale
+                .map(|raw| autoscale(raw, self.max_connections))
+                .transpose()?,
         })
     }
+}
+
+// === autoscale ===
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "an object such as {\"target_utilization\": 0.7, \"backend_concurrency\": 4}"
+)]
+struct RawAutoscale {
+    target_utilization: Option<f64>,
+    backend_concurrency: Option<usize>,
+    min: Option<u32>,
+    max: Option<u32>,
+    scale_down_delay: Option<DurationValue>,
+    window: Option<DurationValue>,
+}
+
+/// Checks the `autoscale` keys; the concurrency comes from `autoscale.backend_concurrency`,
+/// else from `max_connections`.
+fn autoscale(
+    raw: RawAutoscale,
+    max_connections: Option<usize>,
+) -> Result<AutoscaleConfig, ConfigError> {
+    let target_utilization = raw
+        .target_utilization
+        .unwrap_or(Defaults::AUTOSCALE_TARGET_UTILIZATION);
+    if !(target_utilization > 0.0 && target_utilization <= 1.0) {
+        return Err(ConfigError::invalid(
+            "autoscale.target_utilization",
+            target_utilization,
+            "a fraction above 0, at most 1",
+        ));
+    }
+    let (backend_concurrency, concurrency_from) = match (raw.backend_concurrency, max_connections) {
+        (Some(0), _) => {
+            return Err(ConfigError::invalid(
+                "autoscale.backend_concurrency",
+                0,
+                "at least 1 request served at once per backend",
+            ))
+        }
+        (Some(n), _) => (n, ConcurrencySource::BackendConcurrency),
+        (None, Some(n)) => (n, ConcurrencySource::MaxConnections),
+        (None, None) => {
+            return Err(ConfigError::invalid(
+                "autoscale.backend_concurrency",
+                "nothing",
+                "the requests one backend serves at once (or set max_connections)",
+            ))
+        }
+    };
+    let min = raw.min.unwrap_or(Defaults::AUTOSCALE_MIN);
+    if min == 0 {
+        return Err(ConfigError::invalid(
+            "autoscale.min",
+            0,
+            "at least 1 (a pool of no backend sees no load, so it could never grow again)",
+        ));
+    }
+    let max = raw.max.unwrap_or(Defaults::AUTOSCALE_MAX);
+    if max < min {
+        return Err(ConfigError::invalid(
+            "autoscale.max",
+            max,
+            format!("at least autoscale.min ({min})"),
+        ));
+    }
+    let scale_down_delay = match raw.scale_down_delay {
+        // 0 is a valid delay here: no smoothing.
+        Some(DurationValue::Seconds(0.0)) => Duration::ZERO,
+        Some(DurationValue::Text(t))
+            if humantime::parse_duration(t.trim()) == Ok(Duration::ZERO) =>
+        {
+            Duration::ZERO
+        }
+        other => duration(
+            "autoscale.scale_down_delay",
+            other,
+            Defaults::AUTOSCALE_SCALE_DOWN_DELAY,
+        )?,
+    };
+    let window = duration("autoscale.window", raw.window, Defaults::AUTOSCALE_WINDOW)?;
+    let (shortest, longest) = (crate::capacity::SAMPLE_INTERVAL, Duration::from_secs(900));
+    if window < shortest || window > longest {
+        return Err(ConfigError::invalid(
+            "autoscale.window",
+            format!("{window:?}"),
+            format!("from {shortest:?} (the sampling interval) to 15m"),
+        ));
+    }
+    Ok(AutoscaleConfig {
+        target_utilization,
+        backend_concurrency,
+        concurrency_from,
+        min,
+        max,
+        scale_down_delay,
+        window,
+    })
 }
 
 /// A probability from 0 to 1, named `key` in messages.
@@ -1356,5 +1481,87 @@ mod tests {
     fn syntax_error_has_line_and_column() {
         let e = parse("{\n  \"port\": ,\n}").unwrap_err();
         assert!(matches!(e, ConfigError::Syntax { line: 2, .. }), "{e}");
+    }
+
+    #[test]
+    fn autoscale_defaults_concurrency_source_and_errors() {
+        let c = parse(r#"{"backends": ["http://a:1"], "autoscale": {"backend_concurrency": 4}}"#)
+            .unwrap();
+        let a = c.autoscale.unwrap();
+        assert_eq!(a.backend_concurrency, 4);
+        assert_eq!(a.concurrency_from, ConcurrencySource::BackendConcurrency);
+        assert_eq!(a.target_utilization, Defaults::AUTOSCALE_TARGET_UTILIZATION);
+        assert_eq!(
+            (a.min, a.max),
+            (Defaults::AUTOSCALE_MIN, Defaults::AUTOSCALE_MAX)
+        );
+        assert_eq!(a.scale_down_delay, Defaults::AUTOSCALE_SCALE_DOWN_DELAY);
+        assert_eq!(a.window, Defaults::AUTOSCALE_WINDOW);
+        // Without backend_concurrency, max_connections gives it.
+        let c = parse(r#"{"backends": ["http://a:1"], "max_connections": 8, "autoscale": {"scale_down_delay": 0}}"#)
+            .unwrap();
+        let a = c.autoscale.unwrap();
+        assert_eq!(
+            (a.backend_concurrency, a.concurrency_from),
+            (8, ConcurrencySource::MaxConnections)
+        );
+        assert_eq!(a.scale_down_delay, Duration::ZERO);
+        assert!(parse(r#"{"backends": ["http://a:1"]}"#)
+            .unwrap()
+            .autoscale
+            .is_none());
+        let cases = [
+            (
+                r#"{"autoscale": {}}"#,
+                "autoscale.backend_concurrency",
+                "max_connections",
+            ),
+            (
+                r#"{"autoscale": {"backend_concurrency": 0}}"#,
+                "autoscale.backend_concurrency",
+                "at least 1",
+            ),
+            (
+                r#"{"autoscale": {"backend_concurrency": 4, "target_utilization": 1.5}}"#,
+                "autoscale.target_utilization",
+                "1.5",
+            ),
+            (
+                r#"{"autoscale": {"backend_concurrency": 4, "target_utilization": 0}}"#,
+                "autoscale.target_utilization",
+                "above 0",
+            ),
+            (
+                r#"{"autoscale": {"backend_concurrency": 4, "min": 0}}"#,
+                "autoscale.min",
+                "at least 1",
+            ),
+            (
+                r#"{"autoscale": {"backend_concurrency": 4, "min": 5, "max": 2}}"#,
+                "autoscale.max",
+                "autoscale.min (5)",
+            ),
+            (
+                r#"{"autoscale": {"backend_concurrency": 4, "scale_down_delay": "soon"}}"#,
+                "autoscale.scale_down_delay",
+                "soon",
+            ),
+            (
+                r#"{"autoscale": {"backend_concurrency": 4, "window": "1ms"}}"#,
+                "autoscale.window",
+                "15m",
+            ),
+            (
+                r#"{"autoscale": {"backend_concurrency": 4, "targt": 1}}"#,
+                "targt",
+                "target_utilization",
+            ),
+            (r#"{"autoscale": 3}"#, "autoscale", "target_utilization"),
+        ];
+        for (text, key, detail) in cases {
+            let text = text.replacen('{', r#"{"backends": ["http://a:1"], "#, 1);
+            let e = parse(&text).unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains(detail), "{text}: {e}");
+        }
     }
 }

@@ -36,7 +36,7 @@
 //! Imports point from the edge down to the core, never back (`tests/architecture.rs` checks
 //! it): leaves ([`semantics`], [`telemetry`], [`client_ip`], [`guarded_body`], [`sim`],
 //! [`tls`]) → [`local_reply`], [`prometheus`] → the core, [`balance`] (identity, state,
-//! selection, discovery) → [`decision`], [`outlier`], [`retry`], [`upstream`] → [`forward`],
+//! selection, discovery) → [`decision`], [`outlier`], [`retry`], [`upstream`], [`capacity`] → [`forward`],
 //! [`health`], [`layer`], [`redirect`] → [`route`] → [`config`] (parses the file into the
 //! types below it) → [`proxy`], [`loadgen`] → [`replay`] → [`admin`], [`lab`] →
 //! [`builder`], [`server`] → [`demo`].
@@ -47,6 +47,7 @@
 pub mod admin;
 pub mod balance;
 pub mod builder;
+pub mod capacity;
 pub mod client_ip;
 pub mod config;
 pub mod decision;

@@ -58,6 +58,10 @@ pub struct LoadPlan {
     pub rate: f64,
     /// Requests per second at its end (a linear ramp; equal to `rate` for a flat load).
     pub rate_end: f64,
+    /// If not empty, the rates (req/s) at evenly spaced moments from the start to the end
+    /// of the measured part, joined by straight lines (load rising then falling, say);
+    /// it replaces the ramp from `rate` to `rate_end`.
+    pub profile: Vec<f64>,
     /// Length of the measured part.
     pub duration: Duration,
     /// Load sent before measuring (at `rate`), not counted.
@@ -71,19 +75,37 @@ pub struct LoadPlan {
 }
 
 impl LoadPlan {
+    /// The offered rate (req/s) `t` seconds after the start of the warm-up.
+    pub fn rate_at(&self, t: f64) -> f64 {
+        let warmup = self.warmup.as_secs_f64();
+        if t < warmup {
+            return self.rate;
+        }
+        let f = ((t - warmup) / self.duration.as_secs_f64().max(1e-9)).clamp(0.0, 1.0);
+        match self.profile.as_slice() {
+            [] => self.rate + (self.rate_end - self.rate) * f,
+            [only] => *only,
+            points => {
+                let x = f * (points.len() - 1) as f64;
+                let i = (x.floor() as usize).min(points.len() - 2);
+                points[i] + (points[i + 1] - points[i]) * (x - i as f64)
+            }
+        }
+    }
+
+    /// The highest rate of the plan.
+    fn peak_rate(&self) -> f64 {
+        self.profile
+            .iter()
+            .copied()
+            .fold(self.rate.max(self.rate_end), f64::max)
+    }
+
     /// The intended send times, from the start of the warm-up.
     pub fn schedule<R: Rng>(&self, rng: &mut R) -> Vec<Duration> {
         let total = (self.warmup + self.duration).as_secs_f64();
-        let warmup = self.warmup.as_secs_f64();
-        let rate_at = |t: f64| {
-            if t < warmup {
-                self.rate
-            } else {
-                let f = ((t - warmup) / self.duration.as_secs_f64().max(1e-9)).min(1.0);
-                self.rate + (self.rate_end - self.rate) * f
-            }
-        };
-        let mut times = Vec::with_capacity((total * self.rate.max(self.rate_end)) as usize + 16);
+        let rate_at = |t: f64| self.rate_at(t);
+        let mut times = Vec::with_capacity((total * self.peak_rate()) as usize + 16);
         let mut t = 0.0;
         while t < total {
             times.push(Duration::from_secs_f64(t));

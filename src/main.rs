@@ -189,6 +189,7 @@ fn main() -> ExitCode {
             let plan = alb::loadgen::LoadPlan {
                 rate,
                 rate_end: rate,
+                profile: Vec::new(),
                 duration,
                 warmup,
                 arrival,

@@ -31,8 +31,9 @@ use crate::{
         discover, discover::DiscoverSender, Backend, BackendIds, Balancer, Endpoint, Strategy,
         StrategyKind,
     },
+    capacity::PoolCapacity,
     client_ip::ClientIp,
-    config::Config,
+    config::{Config, Defaults},
     forward::{BackendPools, ClientProto, Forward},
     health::HealthChecker,
     layer::{
@@ -41,7 +42,7 @@ use crate::{
         record::RecordConfig,
         AccessLog, AccessLogLayer, Backpressure, BackpressureLayer, BodyLimit, BodyLimitLayer,
         Fault, FaultLayer, Metrics, MetricsLayer, Normalize, NormalizeLayer, RateLimit,
-        RateLimitLayer, Record, RecordLayer, RequestId, RequestIdLayer, DEFAULT_ROUTE,
+        RateLimitLayer, Record, RecordLayer, RequestId, RequestIdLayer,
     },
     outlier::OutlierDetector,
     probe,
@@ -113,6 +114,8 @@ pub struct Proxy {
     pub routing: Arc<Routing>,
     /// Every configured backend, in service or not, in config order.
     pub endpoints: Vec<Arc<Endpoint>>,
+    /// The pool's capacity signal (`autoscale`), if configured.
+    capacity: Option<Arc<PoolCapacity>>,
     /// Stable backend ids, handed from each proxy to the next on reload.
     ids: Arc<BackendIds>,
     changes: DiscoverSender,
@@ -168,10 +171,14 @@ impl Proxy {
             Some(p) => p.record.1.clone(),
             None => match &config.record {
                 None => RecordLayer::off(),
-                Some(c) => RecordLayer::new(c).map_err(|source| BuildError::Record {
-                    path: c.path.display().to_string(),
-                    source,
-                })?,
+                Some(c) => {
+                    RecordLayer::new(c, Defaults::ROUTE, Defaults::POOL).map_err(|source| {
+                        BuildError::Record {
+                            path: c.path.display().to_string(),
+                            source,
+                        }
+                    })?
+                }
             },
         };
         let trace = match previous.filter(|p| p.trace.0 == config.tracing) {
@@ -255,6 +262,10 @@ impl Proxy {
                 request_ids: config.request_id,
             },
         );
+        let capacity = pool_capacity(config, previous);
+        if let Some(capacity) = &capacity {
+            tasks.add(capacity.spawn(routing.balancer()));
+        }
         let limiter = config.rate_limit.as_ref().map(|r| {
             let limiter = Arc::new(Limiter::new(r, client_ip));
             tasks.add(spawn_pruning(limiter.clone()));
@@ -263,6 +274,7 @@ impl Proxy {
         let mut proxy = Proxy {
             routing,
             endpoints,
+            capacity,
             ids,
             changes,
             client,
@@ -272,7 +284,7 @@ impl Proxy {
             rate_limit: RateLimitLayer::new(limiter),
             backpressure: BackpressureLayer::new(config.max_in_flight),
             body_limit: BodyLimitLayer::new(config.max_request_body),
-            fault: FaultLayer::new(config.fault.clone(), DEFAULT_ROUTE),
+            fault: FaultLayer::new(config.fault.clone(), Defaults::ROUTE),
             request_id: RequestIdLayer::new(config.request_id),
             trusted_proxies: config.trusted_proxies.clone(),
             access_log: (config.access_log.clone(), access_log),
@@ -351,6 +363,11 @@ impl Proxy {
         );
     }
 
+    /// The pool's capacity signal, when `autoscale` is configured.
+    pub fn capacity(&self) -> Option<&Arc<PoolCapacity>> {
+        self.capacity.as_ref()
+    }
+
     /// The balancer.
     pub fn balancer(&self) -> &Arc<Balancer> {
         self.routing.balancer()
@@ -359,6 +376,16 @@ impl Proxy {
     /// Stops the background tasks (health checks, pruning).
     pub(crate) fn stop(&self) {
         self.tasks.stop();
+    }
+}
+
+/// The pool's capacity signal: the previous proxy's (its window and stabilization history)
+/// when a reload keeps the `autoscale` settings, else a fresh one.
+fn pool_capacity(config: &Config, previous: Option<&Proxy>) -> Option<Arc<PoolCapacity>> {
+    let wanted = config.autoscale.as_ref()?;
+    match previous.and_then(|p| p.capacity.as_ref()) {
+        Some(old) if old.config() == *wanted => Some(old.clone()),
+        _ => Some(PoolCapacity::new(Defaults::POOL, wanted.clone())),
     }
 }
 

@@ -56,6 +56,13 @@ pub const PROBES_TOTAL: &str = "lb_probes_total";
 /// TLS handshakes whose SNI was not a valid host name and was treated as absent.
 pub const TLS_INVALID_SNI_TOTAL: &str = "lb_tls_invalid_sni_total";
 
+/// Utilization of a pool's backends: time-averaged requests in flight / (backends in
+/// service × per-backend concurrency), by pool.
+pub const POOL_UTILIZATION: &str = "lb_pool_utilization";
+/// Backends a pool needs at its target utilization, smoothed (the autoscaler's signal), by
+/// pool.
+pub const POOL_RECOMMENDED_BACKENDS: &str = "lb_pool_recommended_backends";
+
 /// Failure kinds counted in [`BACKEND_ERRORS_TOTAL`].
 pub const ERROR_KINDS: [&str; 4] = ["connect", "timeout", "upstream", "status_5xx"];
 
@@ -129,12 +136,25 @@ pub fn describe() {
         TLS_INVALID_SNI_TOTAL,
         "TLS handshakes whose SNI was not a valid host name (e.g. `localhost:8443`), served as if no SNI was sent."
     );
+    describe_capacity();
     // Series that exist from the start, so dashboards and alerts see 0 rather than nothing.
     counter!(RATE_LIMITED_REQUESTS_TOTAL).absolute(0);
     counter!(LOAD_SHED_TOTAL).absolute(0);
     counter!(RETRY_BUDGET_EXHAUSTED_TOTAL).absolute(0);
     counter!(ACCESS_LOG_DROPPED_TOTAL).absolute(0);
     counter!(TLS_INVALID_SNI_TOTAL).absolute(0);
+}
+
+/// Describes the gauges of the pools' capacity signal.
+fn describe_capacity() {
+    describe_gauge!(
+        POOL_UTILIZATION,
+        "Time-averaged requests in flight / (backends in service x per-backend concurrency), by pool."
+    );
+    describe_gauge!(
+        POOL_RECOMMENDED_BACKENDS,
+        "Backends the pool needs at its target utilization, smoothed against flapping, by pool."
+    );
 }
 
 /// Cached counter handles of one backend, so the request path never builds a label set.

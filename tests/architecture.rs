@@ -29,7 +29,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("the balancer core", &["balance"]),
     (
         "around the core",
-        &["decision", "outlier", "retry", "upstream"],
+        &["decision", "outlier", "retry", "upstream", "capacity"],
     ),
     (
         "request path",

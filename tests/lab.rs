@@ -18,6 +18,7 @@ fn plan(rate: f64, duration: Duration) -> LoadPlan {
     LoadPlan {
         rate,
         rate_end: rate,
+        profile: Vec::new(),
         duration,
         warmup: Duration::ZERO,
         arrival: Arrival::Constant,
@@ -142,6 +143,7 @@ fn shipped_scenarios_load() {
         "overload",
         "replicas-3",
         "antagonist",
+        "ramp",
     ] {
         let path = format!("load/scenarios/{name}.toml");
         let s = Scenario::load(std::path::Path::new(&path)).unwrap_or_else(|e| panic!("{e}"));
@@ -167,6 +169,10 @@ fn scenario_errors_name_the_field() {
         (format!("{base}[antagonist]\nbackends = [0]\nload = 0\n{backend}"), "antagonist.load"),
         (format!("{base}[antagonist]\nbackends = [0]\nload = -0.5\n{backend}"), "antagonist.load"),
         (format!("{base}[antagonist]\nbackends = [0]\n{backend}"), "antagonist"),
+        (format!("{base}load_profile = [0.5]\n{backend}"), "load_profile"),
+        (format!("{base}load_profile = [0.5, -1.0]\n{backend}"), "load_profile[1]"),
+        (format!("{base}load_end = 0.9\nload_profile = [0.5, 0.9]\n{backend}"), "load_profile"),
+        (format!("{base}strategies = [\"fastest\"]\n{backend}"), "strategies[0]"),
     ];
     let dir = tempfile::tempdir().unwrap();
     for (i, (text, field)) in cases.iter().enumerate() {
@@ -306,6 +312,48 @@ fn lab_run_with_replicas_and_an_antagonist_reports_both() {
     assert!(report.contains("| prequal |"), "{report}");
     let raw = std::fs::read_to_string(out.join("raw/tiny/adaptive-r1-antagonist.csv")).unwrap();
     assert!(raw.lines().count() > 100);
+}
+
+#[test]
+fn ramp_shows_the_recommendation_rising_with_the_load_and_falling_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = write_config(
+        dir.path(),
+        "tiny.toml",
+        "description = \"load up and down\"\nduration = \"6s\"\nwarmup = \"1s\"\nload = 0.05\nclients = 8\n\
+         load_profile = [0.05, 0.8, 0.05, 0.05]\nstrategies = [\"least_conn\"]\n\
+         [balancer]\nautoscale = { backend_concurrency = 4, target_utilization = 0.7, \
+         window = \"500ms\", scale_down_delay = \"500ms\" }\n\
+         [[backends]]\ncount = 2\nslots = 4\nservice = { dist = \"constant\", value = \"20ms\" }\n",
+    );
+    let (out, summary) = run_once(dir.path(), &scenario);
+    // Only the named contender ran.
+    let ran: Vec<&String> = summary["scenarios"]["tiny"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .collect();
+    assert_eq!(ran, ["least_conn"]);
+    // 2 backends x 4 slots / 20 ms = 400 req/s; at 80% about 6.4 requests are in flight,
+    // ceil(6.4 / (4 x 0.7)) = 3 backends; at 5%, 0.4 in flight: 1.
+    let signal = &summary["capacity"]["tiny"]["least_conn"];
+    let (start, peak, end) = (
+        signal["start"].as_u64().unwrap(),
+        signal["peak"].as_u64().unwrap(),
+        signal["end"].as_u64().unwrap(),
+    );
+    assert!(peak >= 3 && peak > start, "{signal}");
+    assert!(end <= 2 && end < peak, "{signal}");
+    let peak_at = signal["peak_at_secs"].as_f64().unwrap();
+    assert!((0.5..5.0).contains(&peak_at), "{signal}");
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("Capacity signal"), "{report}");
+    assert!(
+        report.contains("follows the profile 20 → 320 → 20 → 20 req/s"),
+        "{report}"
+    );
+    let svg = std::fs::read_to_string(out.join("tiny-capacity.svg")).unwrap();
+    assert!(svg.contains("recommended backends") && svg.contains("<polyline"));
 }
 
 #[tokio::test]

@@ -1,5 +1,5 @@
 //! The admin routes: `/` (a live dashboard), `/metrics`, `/health`, `/backends`,
-//! `/backends/{id}`, `/history`, `/decisions` and `/decisions/stream`.
+//! `/backends/{id}`, `/history`, `/decisions`, `/decisions/stream` and `/capacity`.
 //!
 //! An axum `Router` the library exports, so an embedding app can mount it wherever it likes;
 //! the binary serves it on `admin_addr` (loopback by default: backend state is not for the
@@ -34,6 +34,7 @@ use history::{History, Point};
 
 use crate::{
     balance::{availability::Transition, BackendId, Balancer, Endpoint},
+    capacity::CapacityView,
     config::AdminAuthConfig,
     decision::{DecisionLog, DecisionRecord, DecisionView},
     proxy::LiveProxy,
@@ -154,6 +155,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/history", get(history))
         .route("/decisions", get(decisions))
         .route("/decisions/stream", get(decision_stream))
+        .route("/capacity", get(capacity))
         .route("/", get(dashboard))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
@@ -466,6 +468,28 @@ fn not_here(what: &str) -> Response {
         format!("{what} is only available on alb's own admin listener\n"),
     )
         .into_response()
+}
+
+/// `GET /capacity`: each pool's capacity signal with its inputs.
+#[derive(Serialize)]
+struct Capacity {
+    pools: Vec<CapacityView>,
+}
+
+async fn capacity(State(state): State<AdminState>) -> Response {
+    let view = match &state.source {
+        Source::Live(live) => live.current().capacity().map(|c| c.view()),
+        Source::Fixed(_) => None,
+    };
+    match view {
+        Some(view) => Json(Capacity { pools: vec![view] }).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            "no capacity signal: add an \"autoscale\" block to the config \
+             (e.g. {\"backend_concurrency\": 4})\n",
+        )
+            .into_response(),
+    }
 }
 
 async fn dashboard() -> impl IntoResponse {

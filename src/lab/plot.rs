@@ -3,7 +3,10 @@
 //! - `cdf`: latency CDF per contender (x logarithmic), all repetitions pooled;
 //! - `p99`: p99 latency in 1 s windows over the run, per contender (first repetition);
 //! - `share`: each backend's share of traffic in 1 s windows, one panel per contender
-//!   (first repetition).
+//!   (first repetition);
+//! - `capacity` (only when the balancer has an `autoscale` block): the capacity signal over
+//!   the run, per contender (first repetition, first replica): utilization above, the
+//!   recommended backends below, each with the offered load for reference.
 
 use std::path::Path;
 
@@ -193,6 +196,119 @@ fn share_over_time(sr: &ScenarioRuns, path: &Path) -> PlotResult {
             .collect();
         draw_lines(&mut chart, lines, SeriesLabelPosition::UpperRight)?;
     }
+    root.present()?;
+    Ok(())
+}
+
+/// Draws the capacity signal of a scenario's runs into `path`.
+pub fn capacity(sr: &ScenarioRuns, path: &Path) -> std::io::Result<()> {
+    capacity_over_time(sr, path).map_err(|e| std::io::Error::other(e.to_string()))
+}
+
+fn capacity_over_time(sr: &ScenarioRuns, path: &Path) -> PlotResult {
+    let series: Vec<_> = sr
+        .runs
+        .iter()
+        .zip(&sr.capacity)
+        .filter(|(_, points)| !points.is_empty())
+        .map(|((contender, _), points)| (contender.name(), points))
+        .collect();
+    let Some((_, first)) = series.first() else {
+        return Ok(());
+    };
+    let capacity = sr.scenario.capacity().max(1e-9);
+    let slots = sr.scenario.total_slots() as f64;
+    let (c, target) = (
+        first[0].view.backend_concurrency as f64,
+        first[0].view.target_utilization,
+    );
+    let t_max = series
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|p| p.t))
+        .fold(1.0, f64::max);
+    // Offered load as a fraction of capacity; its in-flight equivalent (Little's law with
+    // the nominal service time) in backends at the target.
+    let offered: Vec<(f64, f64)> = first.iter().map(|p| (p.t, p.offered / capacity)).collect();
+    let needed: Vec<(f64, f64)> = offered
+        .iter()
+        .map(|&(t, f)| (t, f * slots / (c * target)))
+        .collect();
+    let top_max = series
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|p| p.view.utilization))
+        .chain(offered.iter().map(|p| p.1))
+        .fold(1.0, f64::max)
+        * 1.1;
+    let bottom_max = series
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|p| f64::from(p.view.recommended)))
+        .chain(needed.iter().map(|p| p.1))
+        .fold(2.0, f64::max)
+        * 1.15;
+    let root = SVGBackend::new(path, (SIZE.0, 2 * 300)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (upper, lower) = root.split_vertically(300);
+    let grey = RGBColor(150, 150, 150);
+
+    let mut chart = ChartBuilder::on(&upper)
+        .caption(
+            format!("{}: pool utilization", sr.scenario.name),
+            ("sans-serif", 18),
+        )
+        .margin(10)
+        .x_label_area_size(35)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0f64..t_max, 0f64..top_max)?;
+    chart
+        .configure_mesh()
+        .x_desc("time since the end of warm-up (s)")
+        .y_desc("utilization")
+        .draw()?;
+    chart
+        .draw_series(LineSeries::new(offered, grey.stroke_width(1)))?
+        .label("offered load / capacity")
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], grey.stroke_width(1)));
+    let lines = series
+        .iter()
+        .map(|(name, p)| {
+            let points = p.iter().map(|p| (p.t, p.view.utilization)).collect();
+            (*name, points)
+        })
+        .collect();
+    draw_lines(&mut chart, lines, SeriesLabelPosition::UpperRight)?;
+
+    let mut chart = ChartBuilder::on(&lower)
+        .caption(
+            format!(
+                "{}: recommended backends (target {target}, concurrency {c})",
+                sr.scenario.name
+            ),
+            ("sans-serif", 18),
+        )
+        .margin(10)
+        .x_label_area_size(35)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0f64..t_max, 0f64..bottom_max)?;
+    chart
+        .configure_mesh()
+        .x_desc("time since the end of warm-up (s)")
+        .y_desc("backends")
+        .draw()?;
+    chart
+        .draw_series(LineSeries::new(needed, grey.stroke_width(1)))?
+        .label("offered x service time / (concurrency x target)")
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], grey.stroke_width(1)));
+    let lines = series
+        .iter()
+        .map(|(name, p)| {
+            let points = p
+                .iter()
+                .map(|p| (p.t, f64::from(p.view.recommended)))
+                .collect();
+            (*name, points)
+        })
+        .collect();
+    draw_lines(&mut chart, lines, SeriesLabelPosition::UpperRight)?;
     root.present()?;
     Ok(())
 }

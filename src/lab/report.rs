@@ -9,7 +9,10 @@ use std::{collections::BTreeMap, fmt::Write as _, io::Write as _, path::Path, ti
 use serde::Serialize;
 
 use crate::{
-    lab::{plot, runner::ScenarioRuns},
+    lab::{
+        plot,
+        runner::{CapacityPoint, ScenarioRuns},
+    },
     loadgen::{summarize, RunResult, Sample, Summary},
 };
 
@@ -25,6 +28,53 @@ pub struct SummaryFile {
     pub scenarios: BTreeMap<String, BTreeMap<String, ContenderSummary>>,
     /// Scenario name → how it was run (replicas, antagonist).
     pub setups: BTreeMap<String, ScenarioSetup>,
+    /// Scenario name → contender name → its capacity signal over the run (scenarios whose
+    /// balancer has an `autoscale` block only).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub capacity: BTreeMap<String, BTreeMap<String, CapacitySummary>>,
+}
+
+/// The capacity signal of one contender's first run: where the recommendation started,
+/// peaked and ended.
+#[derive(Debug, Clone, Serialize)]
+pub struct CapacitySummary {
+    /// Recommended backends at the first reading after the warm-up.
+    pub start: u32,
+    /// The highest recommendation.
+    pub peak: u32,
+    /// When it was first reached, seconds since the end of the warm-up.
+    pub peak_at_secs: f64,
+    /// Recommended backends at the last reading.
+    pub end: u32,
+    /// The highest utilization read.
+    pub peak_utilization: f64,
+    /// Readings.
+    pub readings: usize,
+}
+
+impl CapacitySummary {
+    /// The summary of a run's readings; `None` without any.
+    pub fn of(points: &[CapacityPoint]) -> Option<Self> {
+        let (first, last) = (points.first()?, points.last()?);
+        let peak = points.iter().fold(first, |best, p| {
+            if p.view.recommended > best.view.recommended {
+                p
+            } else {
+                best
+            }
+        });
+        Some(CapacitySummary {
+            start: first.view.recommended,
+            peak: peak.view.recommended,
+            peak_at_secs: peak.t,
+            end: last.view.recommended,
+            peak_utilization: points
+                .iter()
+                .map(|p| p.view.utilization)
+                .fold(0.0, f64::max),
+            readings: points.len(),
+        })
+    }
 }
 
 /// How a scenario was run, beyond its backends.
@@ -186,6 +236,7 @@ pub fn write_all(
     let mut summary = SummaryFile {
         scenarios: BTreeMap::new(),
         setups: BTreeMap::new(),
+        capacity: BTreeMap::new(),
     };
     let mut md = String::new();
     let _ = writeln!(md, "# ALB lab report\n");
@@ -217,6 +268,16 @@ pub fn write_all(
                 crate::loadgen::Arrival::Constant => "evenly spaced",
             },
         );
+        let profile = sr.scenario.profile_rates();
+        if !profile.is_empty() {
+            let rates: Vec<String> = profile.iter().map(|r| format!("{r:.0}")).collect();
+            let _ = writeln!(
+                md,
+                "The measured part's load follows the profile {} req/s (evenly spaced points, \
+                 straight lines between; the warm-up runs at the first rate above).\n",
+                rates.join(" → ")
+            );
+        }
         let setup = setup_of(sr);
         if setup.replicas > 1 {
             let _ = writeln!(
@@ -358,6 +419,10 @@ pub fn write_all(
             plot::draw(kind, sr, &out.join(&file))?;
             let _ = writeln!(md, "![{name} {kind}]({file})\n");
         }
+        let signal = capacity_section(sr, &mut md, out)?;
+        if !signal.is_empty() {
+            summary.capacity.insert(name.clone(), signal);
+        }
         write_raw(sr, &out.join("raw"))?;
         summary.scenarios.insert(name.clone(), per_contender);
         summary.setups.insert(name.clone(), setup);
@@ -368,6 +433,52 @@ pub fn write_all(
         serde_json::to_string_pretty(&summary).map_err(std::io::Error::other)?,
     )?;
     Ok(summary)
+}
+
+/// The capacity signal's table and plot, when the runs have one; returns the summaries.
+fn capacity_section(
+    sr: &ScenarioRuns,
+    md: &mut String,
+    out: &Path,
+) -> std::io::Result<BTreeMap<String, CapacitySummary>> {
+    let summaries: BTreeMap<String, CapacitySummary> = sr
+        .runs
+        .iter()
+        .zip(&sr.capacity)
+        .filter_map(|((c, _), points)| Some((c.name().to_owned(), CapacitySummary::of(points)?)))
+        .collect();
+    let Some(view) = sr.capacity.iter().flatten().next().map(|p| &p.view) else {
+        return Ok(summaries);
+    };
+    let _ = writeln!(
+        md,
+        "Capacity signal (`GET /capacity` of the first replica every {} ms, first \
+         repetition): time-averaged requests in flight over {} s, concurrency {} per backend, \
+         target utilization {}, scale-down delay {} s, bounds {}–{}.\n",
+        crate::lab::runner::CAPACITY_POLL.as_millis(),
+        view.window_secs,
+        view.backend_concurrency,
+        view.target_utilization,
+        view.scale_down_delay_secs,
+        view.min,
+        view.max,
+    );
+    let _ = writeln!(
+        md,
+        "| strategy | recommended at start | peak | peak at | at end | peak utilization |\n\
+         |---|---|---|---|---|---|"
+    );
+    for (name, s) in &summaries {
+        let _ = writeln!(
+            md,
+            "| {name} | {} | {} | {:.1} s | {} | {:.2} |",
+            s.start, s.peak, s.peak_at_secs, s.end, s.peak_utilization
+        );
+    }
+    let file = format!("{}-capacity.svg", sr.scenario.name);
+    plot::capacity(sr, &out.join(&file))?;
+    let _ = writeln!(md, "\n![{} capacity]({file})\n", sr.scenario.name);
+    Ok(summaries)
 }
 
 /// The scenario's replicas and antagonist, with the rates of this run.

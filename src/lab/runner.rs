@@ -24,8 +24,14 @@ use std::{
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::time::Instant;
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use serde::Serialize;
+
 use crate::{
     balance::StrategyKind,
+    capacity::CapacityView,
     lab::scenario::Scenario,
     loadgen::{self, LoadPlan, RunResult, Target},
     sim::{self, Schedule, SimHandle, SimSettings},
@@ -33,6 +39,9 @@ use crate::{
 
 /// Client addresses of the antagonist (it goes straight to backends, so few are enough).
 const ANTAGONIST_CLIENTS: usize = 8;
+
+/// How often the runner reads a balancer's `GET /capacity` during a run.
+pub const CAPACITY_POLL: Duration = Duration::from_millis(250);
 
 /// Time a request may take before it counts as unanswered (and `alb`'s `request_timeout`).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -92,6 +101,20 @@ pub struct ScenarioRuns {
     /// The antagonist's requests during each run, parallel to `runs` (empty lists when the
     /// scenario has no antagonist).
     pub antagonist: Vec<Vec<RunResult>>,
+    /// The first replica's capacity signal during the first repetition, parallel to `runs`
+    /// (empty when the balancer has no `autoscale` block, and for the oracle).
+    pub capacity: Vec<Vec<CapacityPoint>>,
+}
+
+/// One reading of a balancer's capacity signal during a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct CapacityPoint {
+    /// Seconds since the end of the warm-up.
+    pub t: f64,
+    /// Requests per second offered at that moment.
+    pub offered: f64,
+    /// What `GET /capacity` said.
+    pub view: CapacityView,
 }
 
 /// Runs every scenario with every contender.
@@ -100,7 +123,10 @@ pub async fn run_lab(
     contenders: &[Contender],
     options: &LabOptions,
 ) -> Result<Vec<ScenarioRuns>, Box<dyn std::error::Error + Send + Sync>> {
-    let total = scenarios.len() * contenders.len() * options.repetitions;
+    let total: usize = scenarios
+        .iter()
+        .map(|s| contenders.iter().filter(|c| s.runs(c.name())).count() * options.repetitions)
+        .sum();
     let progress = ProgressBar::new(total as u64);
     progress.set_style(
         ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
@@ -109,6 +135,11 @@ pub async fn run_lab(
     );
     let mut all = Vec::new();
     for scenario in scenarios {
+        let contenders: Vec<Contender> = contenders
+            .iter()
+            .copied()
+            .filter(|c| scenario.runs(c.name()))
+            .collect();
         let specs = scenario.expanded_backends();
         let mut ports = vec![0u16; specs.len()];
         let mut backends = Vec::new();
@@ -117,6 +148,7 @@ pub async fn run_lab(
         let plan = LoadPlan {
             rate: scenario.load * capacity,
             rate_end: scenario.load_end.unwrap_or(scenario.load) * capacity,
+            profile: scenario.profile_rates(),
             duration,
             warmup,
             arrival: scenario.arrival,
@@ -128,6 +160,7 @@ pub async fn run_lab(
             let plan = LoadPlan {
                 rate,
                 rate_end: rate,
+                profile: Vec::new(),
                 clients: ANTAGONIST_CLIENTS,
                 ..plan.clone()
             };
@@ -136,6 +169,7 @@ pub async fn run_lab(
         let mut runs: Vec<(Contender, Vec<RunResult>)> =
             contenders.iter().map(|c| (*c, Vec::new())).collect();
         let mut antagonist = vec![Vec::new(); contenders.len()];
+        let mut signal = vec![Vec::new(); contenders.len()];
         for rep in 0..options.repetitions {
             for k in 0..contenders.len() {
                 let index = (k + rep) % contenders.len();
@@ -160,9 +194,12 @@ pub async fn run_lab(
                 for s in &sims {
                     s.shutdown();
                 }
-                let (result, outside_result) = result?;
+                let (result, outside_result, points) = result?;
                 runs[index].1.push(result);
                 antagonist[index].extend(outside_result);
+                if rep == 0 {
+                    signal[index] = points;
+                }
                 progress.inc(1);
             }
         }
@@ -172,6 +209,7 @@ pub async fn run_lab(
             backends,
             runs,
             antagonist,
+            capacity: signal,
         });
     }
     progress.finish_with_message("done");
@@ -210,8 +248,12 @@ async fn start_backends(
     Ok(sims)
 }
 
+/// What one run produced: the measured requests, the antagonist's, the capacity signal.
+type RunOutput = (RunResult, Option<RunResult>, Vec<CapacityPoint>);
+
 /// One run: the measured load (through the balancer replicas, or the oracle) and, if the
-/// scenario has one, the antagonist's load (its plan and backend indices) alongside.
+/// scenario has one, the antagonist's load (its plan and backend indices) alongside; the
+/// first replica's capacity signal is read while it runs.
 async fn run_once(
     scenario: &Scenario,
     contender: Contender,
@@ -219,7 +261,7 @@ async fn run_once(
     backends: &[String],
     (plan, outside): (&LoadPlan, Option<&(LoadPlan, Vec<usize>)>),
     options: &LabOptions,
-) -> Result<(RunResult, Option<RunResult>), Box<dyn std::error::Error + Send + Sync>> {
+) -> Result<RunOutput, Box<dyn std::error::Error + Send + Sync>> {
     let mut balancers = Vec::new();
     if let Contender::Alb(kind) = contender {
         for _ in 0..scenario.replicas {
@@ -252,19 +294,72 @@ async fn run_once(
         let (outside_plan, names) = (outside_plan.clone(), backends.to_vec());
         tokio::spawn(async move { loadgen::run(target, &outside_plan, names, start).await })
     });
+    let signal = balancers
+        .first()
+        .map(|b| tokio::spawn(poll_capacity(b.admin_port, plan.clone(), start)));
     let result = loadgen::run(target, plan, backends.to_vec(), start).await;
     let antagonist = match antagonist {
         Some(task) => Some(task.await?),
         None => None,
     };
+    let points = match signal {
+        Some(task) => task.await?,
+        None => Vec::new(),
+    };
     drop(balancers);
-    Ok((result, antagonist))
+    Ok((result, antagonist, points))
+}
+
+/// Reads `GET /capacity` on the admin port every [`CAPACITY_POLL`] over the measured part
+/// of `plan` (from `start`, the beginning of the warm-up); nothing if the balancer has no
+/// capacity signal (404) or stops answering.
+async fn poll_capacity(admin_port: u16, plan: LoadPlan, start: Instant) -> Vec<CapacityPoint> {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        pools: Vec<CapacityView>,
+    }
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let Ok(uri) = format!("http://127.0.0.1:{admin_port}/capacity").parse::<http::Uri>() else {
+        return Vec::new();
+    };
+    let measured = start + plan.warmup;
+    let end = measured + plan.duration;
+    let mut ticks = tokio::time::interval_at(measured, CAPACITY_POLL);
+    let mut points = Vec::new();
+    loop {
+        let at = ticks.tick().await;
+        if at > end {
+            return points;
+        }
+        let Ok(response) = client.get(uri.clone()).await else {
+            continue; // a busy balancer: try at the next tick
+        };
+        if response.status() == http::StatusCode::NOT_FOUND {
+            return points; // no `autoscale` block: no signal to read
+        }
+        let Ok(body) = response.into_body().collect().await else {
+            continue;
+        };
+        let Ok(mut answer) = serde_json::from_slice::<Answer>(&body.to_bytes()) else {
+            continue;
+        };
+        if answer.pools.is_empty() {
+            return points;
+        }
+        let t = at.saturating_duration_since(measured).as_secs_f64();
+        points.push(CapacityPoint {
+            t,
+            offered: plan.rate_at(plan.warmup.as_secs_f64() + t),
+            view: answer.pools.swap_remove(0),
+        });
+    }
 }
 
 /// An `alb run` child process, stopped on drop.
 struct Balancer {
     child: Child,
     port: u16,
+    admin_port: u16,
     _dir: tempfile::TempDir,
 }
 
@@ -276,10 +371,11 @@ impl Balancer {
         options: &LabOptions,
     ) -> Result<Balancer, Box<dyn std::error::Error + Send + Sync>> {
         let port = free_port()?;
+        let admin_port = free_port()?;
         let mut config = serde_json::json!({
             "port": port,
             "bind_address": "127.0.0.1",
-            "admin_addr": format!("127.0.0.1:{}", free_port()?),
+            "admin_addr": format!("127.0.0.1:{admin_port}"),
             "strategy": kind.as_str(),
             "backends": backends.iter().map(|b| format!("http://{b}")).collect::<Vec<_>>(),
             "health_check_interval": 1,
@@ -314,6 +410,7 @@ impl Balancer {
         Ok(Balancer {
             child,
             port,
+            admin_port,
             _dir: dir,
         })
     }

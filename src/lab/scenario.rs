@@ -45,6 +45,12 @@ pub struct Scenario {
     pub load: f64,
     /// If set, the load ramps linearly from `load` to this over the measured part.
     pub load_end: Option<f64>,
+    /// If set, the load (fractions of capacity) at evenly spaced moments of the measured
+    /// part, joined by straight lines: `[0.1, 0.9, 0.1]` rises then falls. The warm-up runs
+    /// at `load`. Excludes `load_end`.
+    pub load_profile: Option<Vec<f64>>,
+    /// If set, only these contenders run (strategy names, `oracle`); default: all.
+    pub strategies: Option<Vec<String>>,
     /// Request spacing.
     #[serde(default = "default_arrival")]
     pub arrival: Arrival,
@@ -192,6 +198,39 @@ impl Scenario {
         if let Some(end) = self.load_end {
             positive("load_end", end)?;
         }
+        if let Some(profile) = &self.load_profile {
+            if self.load_end.is_some() {
+                return Err((
+                    "load_profile".into(),
+                    "give either load_end (a straight ramp) or load_profile, not both".into(),
+                ));
+            }
+            if profile.len() < 2 {
+                return Err((
+                    "load_profile".into(),
+                    format!("needs at least 2 points, got {}", profile.len()),
+                ));
+            }
+            for (i, v) in profile.iter().enumerate() {
+                positive(&format!("load_profile[{i}]"), *v)?;
+            }
+        }
+        if let Some(strategies) = &self.strategies {
+            if strategies.is_empty() {
+                return Err(("strategies".into(), "name at least one contender".into()));
+            }
+            for (i, name) in strategies.iter().enumerate() {
+                if name != "oracle" && name.parse::<crate::balance::StrategyKind>().is_err() {
+                    return Err((
+                        format!("strategies[{i}]"),
+                        format!(
+                            "unknown contender {name:?}: expected {} or \"oracle\"",
+                            crate::balance::StrategyKind::EXPECTED
+                        ),
+                    ));
+                }
+            }
+        }
         if self.duration.is_zero() {
             return Err(("duration".into(), "must be longer than 0".into()));
         }
@@ -248,6 +287,28 @@ impl Scenario {
             }
         }
         Ok(())
+    }
+
+    /// Whether the contender named `name` runs in this scenario.
+    pub fn runs(&self, name: &str) -> bool {
+        self.strategies
+            .as_ref()
+            .is_none_or(|names| names.iter().any(|n| n == name))
+    }
+
+    /// The load profile in requests per second (empty without `load_profile`).
+    pub fn profile_rates(&self) -> Vec<f64> {
+        let capacity = self.capacity();
+        self.load_profile
+            .iter()
+            .flatten()
+            .map(|f| f * capacity)
+            .collect()
+    }
+
+    /// Worker slots of all backends together.
+    pub fn total_slots(&self) -> usize {
+        self.backends.iter().map(|g| g.count * g.slots).sum()
     }
 
     /// The backends one by one.

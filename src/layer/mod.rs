@@ -33,10 +33,6 @@ pub use rate_limit::{RateLimit, RateLimitLayer};
 pub use record::{Record, RecordLayer};
 pub use request_id::{RequestId, RequestIdLayer};
 
-/// The route and pool every request takes in the flat config: one pool named `default`
-/// behind one catch-all route of the same name (what `record` and `fault` name them).
-pub const DEFAULT_ROUTE: &str = "default";
-
 /// The boxed future of a layer that does work after its inner service answers.
 pub type LayerFuture = std::pin::Pin<
     Box<

@@ -33,7 +33,7 @@ use http_body::{Body as _, Frame, SizeHint};
 use serde::{Deserialize, Serialize};
 use tower::{Layer, Service};
 
-use super::{access_log::LogWriter, DEFAULT_ROUTE};
+use super::access_log::LogWriter;
 use crate::{decision::Outcome, telemetry::RECORD_DROPPED_TOTAL};
 
 /// Request headers whose values never reach a recording: they carry credentials.
@@ -100,14 +100,16 @@ struct Shared {
     writer: LogWriter,
     percent: f64,
     bodies: bool,
+    route: &'static str,
+    pool: &'static str,
 }
 
 // === impl RecordLayer ===
 
 impl RecordLayer {
-    /// Records as `config` says. Opens the file now, so a path that cannot be written fails
-    /// before the proxy starts.
-    pub fn new(config: &RecordConfig) -> io::Result<Self> {
+    /// Records as `config` says, naming the route and pool the requests take. Opens the
+    /// file now, so a path that cannot be written fails before the proxy starts.
+    pub fn new(config: &RecordConfig, route: &'static str, pool: &'static str) -> io::Result<Self> {
         let writer = LogWriter::open_rotating(
             &config.path,
             config.max_bytes,
@@ -119,6 +121,8 @@ impl RecordLayer {
                 writer,
                 percent: config.percent,
                 bodies: config.bodies,
+                route,
+                pool,
             })),
         })
     }
@@ -253,8 +257,8 @@ where
             let outcome = response.extensions().get::<Outcome>();
             let line = Recorded {
                 at_us: p.at_us,
-                route: DEFAULT_ROUTE.to_owned(),
-                pool: DEFAULT_ROUTE.to_owned(),
+                route: p.shared.route.to_owned(),
+                pool: p.shared.pool.to_owned(),
                 backend: outcome
                     .and_then(|o| o.backend.as_deref())
                     .map(|b| b.name().to_owned()),
