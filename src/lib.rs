@@ -50,6 +50,7 @@ pub mod client_ip;
 pub mod config;
 pub mod decision;
 pub mod demo;
+pub mod dns;
 pub mod forward;
 pub mod guarded_body;
 pub mod headers;

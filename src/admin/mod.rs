@@ -33,6 +33,7 @@ use crate::{
     balance::{availability::Transition, BackendId, Balancer, Endpoint},
     config::AdminAuthConfig,
     decision::{DecisionLog, DecisionRecord, DecisionView},
+    dns::SourceStatus,
     proxy::LiveProxy,
     route::Routing,
     telemetry::{
@@ -202,6 +203,9 @@ pub struct BackendView {
     pub url: String,
     /// `host:port`.
     pub backend: String,
+    /// The DNS name it was found under; absent for a configured URL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns_name: Option<String>,
     /// Relative share.
     pub weight: u32,
     /// In service or not.
@@ -224,6 +228,9 @@ pub struct BackendView {
 struct Backends {
     strategy: &'static str,
     backends: Vec<BackendView>,
+    /// DNS backend entries: name, last good addresses, last error, next lookup.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    discovery: Vec<SourceStatus>,
 }
 
 impl Snapshot {
@@ -232,6 +239,7 @@ impl Snapshot {
             id: ep.id(),
             url: ep.backend.url.clone(),
             backend: ep.name().to_owned(),
+            dns_name: ep.backend.dns_name.as_deref().map(str::to_owned),
             weight: ep.weight(),
             up: ep.is_up(),
             in_flight: ep.in_flight(),
@@ -256,6 +264,10 @@ impl Snapshot {
 }
 
 async fn backends(State(state): State<AdminState>) -> Json<Backends> {
+    let discovery = match &state.source {
+        Source::Fixed(_) => Vec::new(),
+        Source::Live(live) => live.discovery(),
+    };
     let state = state.snapshot();
     let now = Instant::now();
     Json(Backends {
@@ -265,6 +277,7 @@ async fn backends(State(state): State<AdminState>) -> Json<Backends> {
             .iter()
             .map(|ep| state.view(ep, now))
             .collect(),
+        discovery,
     })
 }
 

@@ -58,6 +58,9 @@ pub struct BackendSpec {
     pub authority: Authority,
     /// Relative share of traffic (1 to 10 000).
     pub weight: u32,
+    /// The DNS name it was found under (DNS discovery); `None` for a configured URL.
+    #[serde(skip)]
+    pub dns_name: Option<Arc<str>>,
 }
 
 /// The id registry: one per process, handed from each data plane to the next on reload.
@@ -95,6 +98,8 @@ pub struct Backend {
     pub weight: u32,
     /// Seed for rendezvous hashing, derived from the name so it is stable across restarts.
     pub hash_seed: u64,
+    /// The DNS name it was found under; `None` for a configured URL.
+    pub dns_name: Option<Arc<str>>,
 }
 
 impl Backend {
@@ -108,6 +113,7 @@ impl Backend {
             header_value: HeaderValue::from_str(name).expect("an authority is a valid header"),
             weight: spec.weight.max(1),
             hash_seed: stable_hash(name.as_bytes()),
+            dns_name: spec.dns_name.clone(),
         }
     }
 
