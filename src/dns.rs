@@ -4,7 +4,9 @@
 //! address the name has (A and AAAA); `{"dns_srv": "_http._tcp.backends.internal"}` for one
 //! per SRV target and port, each target resolved to its addresses. A resolved backend *is*
 //! its `ip:port` (the same identity rule as a configured URL, [`crate::balance::backend`]);
-//! the name it came from travels with it ([`BackendSpec::dns_name`]) into `/backends`.
+//! the name that resolved to it (the `dns` name, or the SRV target) travels with it
+//! ([`BackendSpec::dns_name`]) into `/backends`, and is the `Host` of a request that names
+//! none (`crate::forward`).
 //!
 //! One task per entry asks the servers, compares the answer with the last one and, when the
 //! set of addresses changed, wakes the owner ([`DnsDiscovery::start`]'s `changed`), which
@@ -150,6 +152,9 @@ pub struct SourceStatus {
     pub query: DnsQuery,
     /// The last good answer, `ip:port`, sorted; kept while lookups fail.
     pub addresses: Vec<SocketAddr>,
+    /// The name that resolved to each address (the SRV target for SRV).
+    #[serde(skip)]
+    pub names: Vec<Arc<str>>,
     /// When the last good answer came (seconds since the Unix epoch); `None`: never.
     pub resolved_at_unix: Option<f64>,
     /// The shortest TTL of the last good answer, seconds.
@@ -206,6 +211,7 @@ impl DnsDiscovery {
                     key: source.key.clone(),
                     query: source.query.clone(),
                     addresses: Vec::new(),
+                    names: Vec::new(),
                     resolved_at_unix: None,
                     ttl_s: None,
                     last_error: None,
@@ -235,7 +241,8 @@ impl DnsDiscovery {
     pub fn backends(&self) -> Vec<BackendSpec> {
         let mut out: Vec<BackendSpec> = Vec::new();
         for w in &self.watched {
-            for addr in w.status().addresses.iter() {
+            let status = w.status();
+            for (addr, name) in status.addresses.iter().zip(&status.names) {
                 let authority = addr
                     .to_string()
                     .parse()
@@ -247,7 +254,7 @@ impl DnsDiscovery {
                     url: format!("http://{addr}"),
                     authority,
                     weight: w.source.weight,
-                    dns_name: Some(w.source.query.name().into()),
+                    dns_name: Some(name.clone()),
                 });
             }
         }
@@ -293,7 +300,8 @@ async fn watch(
         let wait = {
             let mut status = watched.status();
             match outcome {
-                Ok((addresses, ttl)) => {
+                Ok((found, ttl)) => {
+                    let (addresses, names): (Vec<_>, Vec<_>) = found.into_iter().unzip();
                     if status.last_error.take().is_some() {
                         tracing::info!(source = %source.key, name,
                             "DNS resolution works again after {} failures", status.failures);
@@ -314,6 +322,7 @@ async fn watch(
                         tracing::info!(source = %source.key, name, ?added, ?removed,
                             "DNS: backends changed");
                         status.addresses = addresses;
+                        status.names = names;
                         changed.notify_one();
                     }
                     next_refresh(ttl, refresh)
@@ -335,11 +344,12 @@ async fn watch(
     }
 }
 
-/// The sorted addresses an entry stands for, and the shortest TTL of the answer.
+/// The sorted addresses an entry stands for, each with the name that resolved to it, and
+/// the shortest TTL of the answer.
 async fn resolve(
     resolver: &TokioResolver,
     query: &DnsQuery,
-) -> Result<(Vec<SocketAddr>, Option<u32>), String> {
+) -> Result<(Vec<(SocketAddr, Arc<str>)>, Option<u32>), String> {
     let mut addresses = Vec::new();
     let mut ttl: Option<u32> = None;
     let mut shortest = |t: u32| ttl = Some(ttl.map_or(t, |m| m.min(t)));
@@ -349,7 +359,8 @@ async fn resolve(
                 .lookup_ip(name.as_str())
                 .await
                 .map_err(|e| e.to_string())?;
-            ip_answer(&lookup, *port, &mut addresses, &mut shortest);
+            let found: Arc<str> = name.as_str().into();
+            ip_answer(&lookup, *port, &found, &mut addresses, &mut shortest);
         }
         DnsQuery::Srv { name } => {
             let lookup = resolver
@@ -366,12 +377,13 @@ async fn resolve(
                     .lookup_ip(target.clone())
                     .await
                     .map_err(|e| format!("SRV target {target}: {e}"))?;
-                ip_answer(&ips, srv.port(), &mut addresses, &mut shortest);
+                let found: Arc<str> = target.to_utf8().trim_end_matches('.').into();
+                ip_answer(&ips, srv.port(), &found, &mut addresses, &mut shortest);
             }
         }
     }
     addresses.sort();
-    addresses.dedup();
+    addresses.dedup_by(|a, b| a.0 == b.0);
     if addresses.is_empty() {
         // Treated as a failure: an empty answer keeps the last set rather than leaving the
         // pool without backends (HAProxy holds the last set too, `hold nx`).
@@ -383,14 +395,19 @@ async fn resolve(
 fn ip_answer(
     lookup: &LookupIp,
     port: u16,
-    addresses: &mut Vec<SocketAddr>,
+    name: &Arc<str>,
+    addresses: &mut Vec<(SocketAddr, Arc<str>)>,
     shortest: &mut impl FnMut(u32),
 ) {
     lookup
         .as_lookup()
         .record_iter()
         .for_each(|r| shortest(r.ttl()));
-    addresses.extend(lookup.iter().map(|ip| SocketAddr::new(ip, port)));
+    addresses.extend(
+        lookup
+            .iter()
+            .map(|ip| (SocketAddr::new(ip, port), name.clone())),
+    );
 }
 
 #[cfg(test)]

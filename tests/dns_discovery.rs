@@ -349,6 +349,13 @@ async fn srv_records_give_targets_and_ports() {
     })
     .await;
     let discovery = &admin_json(&alb, "/backends").await["discovery"][0];
+    assert_eq!(
+        discovery["addresses"],
+        json!([named(11, p1), named(12, p2)])
+    );
+    // A backend from SRV is named by its address and shows the target it came from.
+    let target = listed(&alb, &named(12, p2)).await.unwrap();
+    assert_eq!(target["dns_name"], "web2.test");
     assert_eq!(discovery["record"], "srv");
     assert_eq!(discovery["name"], "_http._tcp.svc.test");
 }

@@ -100,6 +100,9 @@ pub struct Backend {
     pub hash_seed: u64,
     /// The DNS name it was found under; `None` for a configured URL.
     pub dns_name: Option<Arc<str>>,
+    /// `Host` for a request that names none, when not `authority`: `dns_name:port` for a
+    /// backend found by DNS (the name the config used, as nginx's `$proxy_host`).
+    pub host: Option<HeaderValue>,
 }
 
 impl Backend {
@@ -114,6 +117,10 @@ impl Backend {
             weight: spec.weight.max(1),
             hash_seed: stable_hash(name.as_bytes()),
             dns_name: spec.dns_name.clone(),
+            host: spec.dns_name.as_ref().and_then(|dns| {
+                let port = spec.authority.port_u16().unwrap_or(80);
+                HeaderValue::from_str(&format!("{dns}:{port}")).ok()
+            }),
         }
     }
 
