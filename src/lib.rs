@@ -27,6 +27,8 @@
 //!                                   └─ body or upgrade: hyper-util's client ─────────► backend
 //!
 //!  HealthChecker, OutlierDetector ── Change::Insert / Remove ─► Discover ─► Balancer snapshot
+//!  DnsDiscovery ── addresses changed ─► LiveProxy rebuilds as a reload would (new ones wait
+//!                  for a passing health check, removed ones finish what is in flight)
 //!  probe (prequal) ── GET /_alb/load ─► each backend's ProbeSlot (its RIF and latency)
 //! ```
 //!
@@ -35,8 +37,8 @@
 //! Imports point from the edge down to the core, never back (`tests/architecture.rs` checks
 //! it): leaves ([`semantics`], [`telemetry`], [`client_ip`], [`guarded_body`], [`sim`],
 //! [`tls`]) → [`local_reply`], [`prometheus`] → the core, [`balance`] (identity, state,
-//! selection, discovery) → [`decision`], [`outlier`], [`retry`], [`upstream`] → [`forward`],
-//! [`health`], [`layer`], [`redirect`] → [`route`] → [`config`] (parses the file into the
+//! selection, discovery) → [`decision`], [`outlier`], [`retry`], [`upstream`] → [`dns`],
+//! [`forward`], [`health`], [`layer`], [`redirect`] → [`route`] → [`config`] (parses the file into the
 //! types below it) → [`proxy`], [`loadgen`] → [`admin`], [`lab`] → [`builder`], [`server`] →
 //! [`demo`].
 
