@@ -286,7 +286,12 @@ async fn a_removed_address_gets_no_new_requests_and_its_requests_in_flight_finis
         from_slow > 0,
         "some requests were in flight on the removed address"
     );
-    assert!(alb.log_text().contains("removed"));
+    let log = alb.log_text();
+    assert!(
+        log.lines().any(|l| l.contains("DNS: backends changed")
+            && l.split("removed").nth(1).is_some_and(|r| r.contains(&slow))),
+        "the removal is logged:\n{log}"
+    );
 }
 
 #[tokio::test]
@@ -436,4 +441,33 @@ fn config_errors_name_the_key() {
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("127.0.0.1:53"), "{stdout}");
     assert!(stdout.contains("a.test"), "{stdout}");
+}
+
+#[tokio::test]
+async fn a_reload_keeps_the_backends_found_by_dns() {
+    let port = free_port();
+    let _b11 = backend_at(ip(11), port, &[]);
+    let _b12 = backend_at(ip(12), port, &[]);
+    let dns = Dnsmasq::start(&hosts("kept.test", &[11, 12]), &[]);
+    let alb = alb_with(&dns, json!([{"dns": "kept.test", "port": port}]));
+    let both: HashSet<String> = [named(11, port), named(12, port)].into();
+    wait_until("both addresses serve", WAIT, || async {
+        answering(&alb, 12).await == both
+    })
+    .await;
+
+    let reload = client()
+        .post(format!("{}/reload", alb.admin_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reload.status(), 200);
+    // Right after the swap, with no new lookup needed: the addresses are still there, in
+    // service, their state carried over like any backend's.
+    for last in [11, 12] {
+        let view = listed(&alb, &named(last, port)).await.unwrap();
+        assert_eq!(view["up"], true, "{view}");
+        assert_eq!(view["last_transition"]["source"], "reload", "{view}");
+    }
+    assert_eq!(served_by(&alb, 12).await, both);
 }
