@@ -38,7 +38,10 @@ use hickory_resolver::{
 use serde::Serialize;
 use tokio::{sync::Notify, task::AbortHandle};
 
-use crate::balance::BackendSpec;
+use crate::{
+    balance::BackendSpec,
+    telemetry::{DNS_ADDRESSES, DNS_LOOKUPS_TOTAL},
+};
 
 /// Never ask again sooner than this, whatever the TTL (a TTL of 0 or 1 would otherwise make
 /// every refresh a query storm against the DNS server).
@@ -297,6 +300,9 @@ async fn watch(
         // Only the servers' answer counts: a cached one could outlive `refresh`.
         resolver.clear_cache();
         let outcome = resolve(&resolver, &source.query).await;
+        let result = if outcome.is_ok() { "ok" } else { "error" };
+        metrics::counter!(DNS_LOOKUPS_TOTAL, "name" => name.to_owned(), "result" => result)
+            .increment(1);
         let wait = {
             let mut status = watched.status();
             match outcome {
@@ -321,6 +327,8 @@ async fn watch(
                             .collect();
                         tracing::info!(source = %source.key, name, ?added, ?removed,
                             "DNS: backends changed");
+                        metrics::gauge!(DNS_ADDRESSES, "name" => name.to_owned())
+                            .set(addresses.len() as f64);
                         status.addresses = addresses;
                         status.names = names;
                         changed.notify_one();

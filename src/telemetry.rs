@@ -52,6 +52,13 @@ pub const PROBES_TOTAL: &str = "lb_probes_total";
 /// TLS handshakes whose SNI was not a valid host name and was treated as absent.
 pub const TLS_INVALID_SNI_TOTAL: &str = "lb_tls_invalid_sni_total";
 
+// === DNS discovery ===
+
+/// DNS lookups of a backend name, by result (`ok`, `error`).
+pub const DNS_LOOKUPS_TOTAL: &str = "lb_dns_lookups_total";
+/// Addresses of a backend name's last good answer (kept while lookups fail).
+pub const DNS_ADDRESSES: &str = "lb_dns_addresses";
+
 /// Failure kinds counted in [`BACKEND_ERRORS_TOTAL`].
 pub const ERROR_KINDS: [&str; 4] = ["connect", "timeout", "upstream", "status_5xx"];
 
@@ -123,6 +130,14 @@ pub fn describe() {
     counter!(RETRY_BUDGET_EXHAUSTED_TOTAL).absolute(0);
     counter!(ACCESS_LOG_DROPPED_TOTAL).absolute(0);
     counter!(TLS_INVALID_SNI_TOTAL).absolute(0);
+    describe_counter!(
+        DNS_LOOKUPS_TOTAL,
+        "DNS lookups of a backend name, by result (ok, error)."
+    );
+    describe_gauge!(
+        DNS_ADDRESSES,
+        "Addresses of a backend name's last good answer."
+    );
 }
 
 /// Cached counter handles of one backend, so the request path never builds a label set.

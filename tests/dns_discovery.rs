@@ -327,6 +327,16 @@ async fn a_dns_outage_keeps_the_last_set_and_says_so() {
         both,
         "the last set keeps serving"
     );
+    let metrics = scrape(&alb).await;
+    let errors = sample(
+        &metrics,
+        r#"lb_dns_lookups_total{name="down.test",result="error"}"#,
+    );
+    assert!(errors.is_some_and(|n| n >= 3.0), "{metrics}");
+    assert_eq!(
+        sample(&metrics, r#"lb_dns_addresses{name="down.test"}"#),
+        Some(2.0)
+    );
     assert_eq!(
         alb.log_text().matches("DNS resolution failed").count(),
         1,
