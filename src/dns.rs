@@ -6,7 +6,7 @@
 //! its `ip:port` (the same identity rule as a configured URL, [`crate::balance::backend`]);
 //! the name that resolved to it (the `dns` name, or the SRV target) travels with it
 //! ([`BackendSpec::dns_name`]) into `/backends`, and is the `Host` of a request that names
-//! none (`crate::forward`).
+//! none (see the forwarder).
 //!
 //! One task per entry asks the servers, compares the answer with the last one and, when the
 //! set of addresses changed, wakes the owner ([`DnsDiscovery::start`]'s `changed`), which
