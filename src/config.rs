@@ -1342,6 +1342,51 @@ mod tests {
     }
 
     #[test]
+    fn dns_entries_mix_with_urls() {
+        let c = parse(
+            r#"{"backends": ["http://a:1", {"dns": "b.test", "port": "81", "weight": 2},
+                {"dns_srv": "_http._tcp.c.test"}],
+                "dns": {"servers": ["127.0.0.1", "[::1]:5353"], "refresh": 3}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.backends.len(),
+            1,
+            "only the URL is a backend before lookups"
+        );
+        let dns = c.dns.unwrap();
+        assert_eq!(
+            dns.servers.unwrap(),
+            [
+                "127.0.0.1:53".parse().unwrap(),
+                "[::1]:5353".parse().unwrap()
+            ]
+        );
+        assert_eq!(dns.refresh, Duration::from_secs(3));
+        assert_eq!(dns.sources[0].key, "backends[1]");
+        assert_eq!(dns.sources[0].weight, 2);
+        assert_eq!(
+            dns.sources[0].query,
+            DnsQuery::Address {
+                name: "b.test".into(),
+                port: 81
+            }
+        );
+        assert_eq!(dns.sources[1].key, "backends[2]");
+        assert_eq!(
+            dns.sources[1].query,
+            DnsQuery::Srv {
+                name: "_http._tcp.c.test".into()
+            }
+        );
+        // Without DNS entries the `dns` key is checked, and there is nothing to resolve.
+        let c = parse(r#"{"backends": ["http://a:1"], "dns": {"refresh": "2s"}}"#).unwrap();
+        assert!(c.dns.is_none());
+        let e = parse(r#"{"backends": ["http://a:1"], "dns": {"servers": ["x"]}}"#);
+        assert!(e.unwrap_err().to_string().contains("dns.servers[0]"));
+    }
+
+    #[test]
     fn syntax_error_has_line_and_column() {
         let e = parse("{\n  \"port\": ,\n}").unwrap_err();
         assert!(matches!(e, ConfigError::Syntax { line: 2, .. }), "{e}");
