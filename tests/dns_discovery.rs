@@ -144,6 +144,7 @@ fn alb_with(dns: &Dnsmasq, backends: Value) -> Proc {
         "dns": {"servers": [dns.server()], "refresh": "1s"},
         "health_check_interval": 1,
         "strategy": "round_robin",
+        "explain": true,
     }))
 }
 
@@ -221,6 +222,20 @@ async fn an_added_address_takes_traffic_once_its_health_check_passes() {
     .await;
     let pending = listed(&alb, &named(14, port)).await.unwrap();
     assert_eq!(pending["last_transition"]["source"], "dns", "{pending}");
+    let explained = client()
+        .get(alb.url())
+        .header("x-alb-explain", "1")
+        .send()
+        .await
+        .unwrap();
+    let decision = explained.headers()["x-alb-decision"].to_str().unwrap();
+    assert!(
+        decision.contains(&format!(
+            "{}(new, no health check passed yet",
+            named(14, port)
+        )),
+        "{decision}"
+    );
     assert!(
         !served_by(&alb, 40).await.contains(&named(14, port)),
         "a found address gets nothing before a health check passes"
