@@ -25,6 +25,7 @@ fn ip(last: u8) -> IpAddr {
 /// A `dnsmasq` answering from a hosts file (and SRV records), killed on drop.
 struct Dnsmasq {
     child: Option<Child>,
+    args: Vec<String>,
     port: u16,
     hosts: PathBuf,
     log: PathBuf,
@@ -59,22 +60,29 @@ impl Dnsmasq {
         args.extend(srv.iter().map(|s| format!("--srv-host={s}")));
         let mut dns = Dnsmasq {
             child: None,
+            args,
             port,
             hosts: hosts_path,
             log,
             _dir: dir,
         };
         dns.write_hosts(hosts);
-        dns.child = Some(
+        dns.spawn();
+        dns
+    }
+
+    /// Starts (or starts again) the process, and waits until it has read the hosts file.
+    fn spawn(&mut self) {
+        let reads = self.log_text().matches("read ").count();
+        self.child = Some(
             Command::new("dnsmasq")
-                .args(&args)
+                .args(&self.args)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("dnsmasq is installed (Debian package dnsmasq)"),
         );
-        dns.wait_for_log("read ", 1);
-        dns
+        self.wait_for_log("read ", reads + 1);
     }
 
     fn write_hosts(&self, text: &str) {
@@ -358,6 +366,18 @@ async fn a_dns_outage_keeps_the_last_set_and_says_so() {
         "one log line for the failure, not one per lookup:\n{}",
         alb.log_text()
     );
+
+    // The server comes back (same port): lookups work again, and that is logged once.
+    dns.spawn();
+    wait_until("lookups work again", WAIT, || async {
+        admin_json(&alb, "/backends").await["discovery"][0]["last_error"].is_null()
+    })
+    .await;
+    assert_eq!(
+        alb.log_text().matches("DNS resolution works again").count(),
+        1
+    );
+    assert_eq!(served_by(&alb, 12).await, both);
 }
 
 #[tokio::test]
