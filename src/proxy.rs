@@ -84,6 +84,15 @@ pub enum BuildError {
     Dns(#[from] hickory_resolver::ResolveError),
 }
 
+/// Why a proxy is built from a previous one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rebuild {
+    /// The config file was read (at start or on reload).
+    Reload,
+    /// DNS discovery changed the backend list; the config is the same.
+    Discovery,
+}
+
 /// Background tasks of one `Proxy` (health checks, pruning), stopped with it.
 #[derive(Debug, Default)]
 struct Tasks(Mutex<Vec<AbortHandle>>);
@@ -118,6 +127,8 @@ pub struct Proxy {
     request_timeout: Duration,
     metrics: MetricsLayer,
     rate_limit: RateLimitLayer,
+    /// The rate limiter's buckets, kept through DNS changes.
+    limiter: Option<Arc<Limiter>>,
     backpressure: BackpressureLayer,
     body_limit: BodyLimitLayer,
     request_id: RequestIdLayer,
@@ -135,15 +146,16 @@ impl Proxy {
     /// pruning. Needs a Tokio runtime; install the metrics recorder first
     /// ([`crate::prometheus::install`]) if metrics are wanted, since handles are resolved here.
     pub fn build(config: &Config) -> Result<Proxy, BuildError> {
-        Proxy::build_from(config, None, None)
+        Proxy::build_from(config, None, Rebuild::Reload)
     }
 
-    /// Builds a proxy for `config`; backends also in `previous` keep their state (and get
-    /// `note` in their history), and the metric handles and pooled connections are reused.
+    /// Builds a proxy for `config`; backends also in `previous` keep their state, and the
+    /// metric handles and pooled connections are reused. After a DNS change (`why`), the
+    /// rate-limit buckets are kept too: nothing but the backend list changed.
     fn build_from(
         config: &Config,
         previous: Option<&Proxy>,
-        note: Option<&str>,
+        why: Rebuild,
     ) -> Result<Proxy, BuildError> {
         // The log file and the exporter carry over a reload that does not change them, so
         // the writer thread, its queue and the exporter's batch are not restarted.
@@ -180,8 +192,8 @@ impl Proxy {
                 match (old, &spec.dns_name) {
                     (Some(old), _) => {
                         ep.inherit(old);
-                        if let Some(note) = note {
-                            ep.availability.note_reload(note.to_owned());
+                        if why == Rebuild::Reload {
+                            ep.availability.note_reload("config reloaded".to_owned());
                         }
                     }
                     (None, Some(name)) => ep.availability.await_first_check(format!(
@@ -243,11 +255,16 @@ impl Proxy {
                 request_ids: config.request_id,
             },
         );
-        let limiter = config.rate_limit.as_ref().map(|r| {
-            let limiter = Arc::new(Limiter::new(r, client_ip));
+        let limiter = match previous.filter(|_| why == Rebuild::Discovery) {
+            Some(p) => p.limiter.clone(),
+            None => config
+                .rate_limit
+                .as_ref()
+                .map(|r| Arc::new(Limiter::new(r, client_ip))),
+        };
+        if let Some(limiter) = &limiter {
             tasks.add(spawn_pruning(limiter.clone()));
-            limiter
-        });
+        }
         let mut proxy = Proxy {
             routing,
             endpoints,
@@ -257,7 +274,8 @@ impl Proxy {
             pools,
             request_timeout: config.request_timeout,
             metrics: previous.map_or_else(MetricsLayer::new, |p| p.metrics.clone()),
-            rate_limit: RateLimitLayer::new(limiter),
+            rate_limit: RateLimitLayer::new(limiter.clone()),
+            limiter,
             backpressure: BackpressureLayer::new(config.max_in_flight),
             body_limit: BodyLimitLayer::new(config.max_request_body),
             request_id: RequestIdLayer::new(config.request_id),
@@ -441,7 +459,7 @@ impl LiveProxy {
         if same {
             return;
         }
-        match Proxy::build_from(&effective, Some(&old), None) {
+        match Proxy::build_from(&effective, Some(&old), Rebuild::Discovery) {
             Ok(proxy) => {
                 self.current.store(Arc::new(proxy));
                 old.stop();
@@ -516,7 +534,7 @@ impl LiveProxy {
             .transpose()
             .map_err(BuildError::from)?;
         let effective = with_discovered(&new, new_dns.as_ref());
-        let proxy = Proxy::build_from(&effective, Some(&old), Some("config reloaded"))?;
+        let proxy = Proxy::build_from(&effective, Some(&old), Rebuild::Reload)?;
         self.current.store(Arc::new(proxy));
         old.stop();
         *dns = new_dns;

@@ -516,3 +516,39 @@ async fn a_reload_keeps_the_backends_found_by_dns() {
     }
     assert_eq!(served_by(&alb, 12).await, both);
 }
+
+#[tokio::test]
+async fn a_dns_change_keeps_the_rate_limit_buckets() {
+    let port = free_port();
+    let _b11 = backend_at(ip(11), port, &[]);
+    let _b12 = backend_at(ip(12), port, &[]);
+    let dns = Dnsmasq::start(&hosts("limited.test", &[11]), &[]);
+    // One token a second, 100 at most: the bucket cannot refill in the time a DNS change
+    // takes (at most `WAIT`, 60 s), but a fresh bucket would let 100 requests through.
+    let alb = alb(json!({
+        "backends": [{"dns": "limited.test", "port": port}],
+        "dns": {"servers": [dns.server()], "refresh": "1s"},
+        "health_check_interval": 1,
+        "rate_limit": {"requests_per_second": 1, "burst": 100, "key": "global"},
+    }));
+    wait_until("the first address is in service", WAIT, || async {
+        listed(&alb, &named(11, port))
+            .await
+            .is_some_and(|b| b["up"] == true)
+    })
+    .await;
+    let spent = load(&alb.url(), 150, 4).await;
+    assert!(spent.iter().any(|a| a.status == 429), "the bucket is empty");
+
+    dns.set_hosts(&hosts("limited.test", &[11, 12]));
+    wait_until("the new address is listed", WAIT, || async {
+        listed(&alb, &named(12, port)).await.is_some()
+    })
+    .await;
+    let after = load(&alb.url(), 100, 4).await;
+    let limited = after.iter().filter(|a| a.status == 429).count();
+    assert!(
+        limited > 0,
+        "the DNS change refilled the rate-limit bucket: {limited} of 100 limited"
+    );
+}
