@@ -22,6 +22,21 @@ fn ip(last: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
 }
 
+/// `dnsmasq` from PATH, else Debian's `/usr/sbin` (not on an unprivileged user's PATH).
+fn dnsmasq_bin() -> &'static str {
+    let in_path = Command::new("dnsmasq")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if in_path {
+        "dnsmasq"
+    } else {
+        "/usr/sbin/dnsmasq"
+    }
+}
+
 /// A `dnsmasq` answering from a hosts file (and SRV records), killed on drop.
 struct Dnsmasq {
     child: Option<Child>,
@@ -75,7 +90,7 @@ impl Dnsmasq {
     fn spawn(&mut self) {
         let reads = self.log_text().matches("read ").count();
         self.child = Some(
-            Command::new("dnsmasq")
+            Command::new(dnsmasq_bin())
                 .args(&self.args)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
