@@ -145,6 +145,7 @@ impl Proxy {
     /// Builds endpoints and starts health checks, the balancer and the rate limiter's
     /// pruning. Needs a Tokio runtime; install the metrics recorder first
     /// ([`crate::prometheus::install`]) if metrics are wanted, since handles are resolved here.
+    /// Only `config.backends` are served: DNS entries are looked up by [`LiveProxy`].
     pub fn build(config: &Config) -> Result<Proxy, BuildError> {
         Proxy::build_from(config, None, Rebuild::Reload)
     }
