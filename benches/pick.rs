@@ -18,6 +18,7 @@ fn set(n: usize) -> BackendSet {
                     .parse()
                     .unwrap(),
                 weight: 1 + (i % 3) as u32,
+                dns_name: None,
             };
             let backend = Backend::new(ids.id_of(&spec.authority), &spec);
             Arc::new(Endpoint::new(backend, &AdaptiveConfig::DEFAULT))

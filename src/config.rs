@@ -25,6 +25,7 @@ use crate::{
         StrategyKind,
     },
     capacity::{AutoscaleConfig, ConcurrencySource},
+    dns::{DnsConfig, DnsQuery, DnsSource},
     health::HealthConfig,
     humantime_serde,
     layer::{
@@ -126,6 +127,8 @@ impl Defaults {
     pub const AUTOSCALE_SCALE_DOWN_DELAY: Duration = Duration::from_secs(300);
     /// Capacity signal: the window of the requests-in-flight average.
     pub const AUTOSCALE_WINDOW: Duration = Duration::from_secs(30);
+    /// Longest time between two lookups of a DNS backend name (kept with the resolver).
+    pub const DNS_REFRESH: Duration = crate::dns::DEFAULT_REFRESH;
 }
 
 /// The validated configuration.
@@ -204,6 +207,9 @@ pub struct Config {
     pub tracing: Option<TraceConfig>,
     /// The capacity signal for autoscalers; `None` when `autoscale` is absent.
     pub autoscale: Option<AutoscaleConfig>,
+    /// Backends found by DNS names, and how to resolve them; `None` when no backend entry
+    /// is a DNS name.
+    pub dns: Option<DnsConfig>,
 }
 
 /// TLS termination settings.
@@ -471,6 +477,7 @@ pub struct RawConfig {
     fault: Option<RawFault>,
     tracing: Option<RawTracing>,
     autoscale: Option<RawAutoscale>,
+    dns: Option<RawDns>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -744,7 +751,8 @@ impl RawConfig {
             })?,
             None => Defaults::STRATEGY,
         };
-        let backends = backends(self.backends.as_deref())?;
+        let (backends, dns_sources) = backends(self.backends.as_deref())?;
+        let dns = dns_config(self.dns, dns_sources)?;
         let path = self
             .health_check_path
             .unwrap_or_else(|| Defaults::HEALTH_CHECK_PATH.to_owned());
@@ -926,6 +934,7 @@ impl RawConfig {
                 .autoscale
                 .map(|raw| autoscale(raw, self.max_connections))
                 .transpose()?,
+            dns,
         })
     }
 }
@@ -1329,7 +1338,10 @@ fn cidr(key: &str, text: &str) -> Result<IpNet, ConfigError> {
         })
 }
 
-fn backends(values: Option<&[serde_json::Value]>) -> Result<Vec<BackendConfig>, ConfigError> {
+/// The static backends, and the entries given by DNS names.
+fn backends(
+    values: Option<&[serde_json::Value]>,
+) -> Result<(Vec<BackendConfig>, Vec<DnsSource>), ConfigError> {
     let values = match values {
         Some(v) if !v.is_empty() => v,
         Some(_) => {
@@ -1348,10 +1360,17 @@ fn backends(values: Option<&[serde_json::Value]>) -> Result<Vec<BackendConfig>, 
         }
     };
     let mut out: Vec<BackendConfig> = Vec::with_capacity(values.len());
+    let mut dns = Vec::new();
     for (i, value) in values.iter().enumerate() {
         let key = format!("backends[{i}]");
         let (url, weight) = match value {
             serde_json::Value::String(url) => (url.clone(), Defaults::WEIGHT as i64),
+            serde_json::Value::Object(map)
+                if map.contains_key("dns") || map.contains_key("dns_srv") =>
+            {
+                dns.push(dns_source(key, value)?);
+                continue;
+            }
             serde_json::Value::Object(_) => {
                 let raw: RawBackend =
                     serde_path_to_error::deserialize(value.clone()).map_err(|e| {
@@ -1366,7 +1385,8 @@ fn backends(values: Option<&[serde_json::Value]>) -> Result<Vec<BackendConfig>, 
                 return Err(ConfigError::invalid(
                     key,
                     other,
-                    "a URL string or {\"url\": \"...\", \"weight\": N}",
+                    "a URL string, {\"url\": \"...\", \"weight\": N}, \
+                     {\"dns\": \"name\", \"port\": N} or {\"dns_srv\": \"_http._tcp.name\"}",
                 ))
             }
         };
@@ -1395,9 +1415,10 @@ fn backends(values: Option<&[serde_json::Value]>) -> Result<Vec<BackendConfig>, 
             url,
             authority,
             weight: weight as u32,
+            dns_name: None,
         });
     }
-    Ok(out)
+    Ok((out, dns))
 }
 
 /// `http://host[:port][/]` to `host:port`; anything else (other schemes, paths, queries,
@@ -1419,6 +1440,167 @@ fn backend_authority(url: &str) -> Option<Authority> {
         return None;
     }
     format!("{}:{port}", authority.host()).parse().ok()
+}
+
+// === DNS discovery ===
+
+/// `{"dns": ..., "port": ...}` or `{"dns_srv": ...}` in `backends`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDnsBackend {
+    dns: Option<String>,
+    dns_srv: Option<String>,
+    port: Option<PortValue>,
+    weight: Option<i64>,
+}
+
+/// The top-level `dns` key.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDns {
+    servers: Option<Vec<String>>,
+    refresh: Option<DurationValue>,
+}
+
+/// A backend entry given by a DNS name; `key` is `backends[i]`.
+fn dns_source(key: String, value: &serde_json::Value) -> Result<DnsSource, ConfigError> {
+    let raw: RawDnsBackend =
+        serde_path_to_error::deserialize(value.clone()).map_err(|e| ConfigError::Shape {
+            key: format!("{key}.{}", e.path()),
+            message: e.into_inner().to_string(),
+        })?;
+    let weight = raw.weight.unwrap_or(Defaults::WEIGHT as i64);
+    if !(1..=10_000).contains(&weight) {
+        return Err(ConfigError::invalid(
+            format!("{key}.weight"),
+            weight,
+            "a weight from 1 to 10000",
+        ));
+    }
+    let query = match (raw.dns, raw.dns_srv, &raw.port) {
+        (Some(_), Some(_), _) => {
+            return Err(ConfigError::invalid(
+                format!("{key}.dns_srv"),
+                "a name as well as `dns`",
+                "one of `dns` (A/AAAA, with `port`) and `dns_srv` (SRV), not both",
+            ))
+        }
+        (Some(name), None, Some(port)) => DnsQuery::Address {
+            name: dns_name(&format!("{key}.dns"), name)?,
+            port: port_value(&format!("{key}.port"), port)?,
+        },
+        (Some(_), None, None) => {
+            return Err(ConfigError::invalid(
+                format!("{key}.port"),
+                "nothing",
+                "the backends' port, which A/AAAA records do not carry",
+            ))
+        }
+        (None, Some(name), None) => DnsQuery::Srv {
+            name: dns_name(&format!("{key}.dns_srv"), name)?,
+        },
+        (None, Some(_), Some(_)) => {
+            return Err(ConfigError::invalid(
+                format!("{key}.port"),
+                "a port with `dns_srv`",
+                "no port: SRV records carry each target's port",
+            ))
+        }
+        (None, None, _) => unreachable!("only called for objects with `dns` or `dns_srv`"),
+    };
+    Ok(DnsSource {
+        key,
+        query,
+        weight: weight as u32,
+    })
+}
+
+/// A name to look up: a valid DNS name, not an address (that is what `url` is for).
+fn dns_name(key: &str, name: String) -> Result<String, ConfigError> {
+    let trimmed = name.trim();
+    let valid = !trimmed.is_empty()
+        && trimmed.parse::<IpAddr>().is_err()
+        && trimmed.len() <= 253
+        && trimmed.trim_end_matches('.').split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if !valid {
+        return Err(ConfigError::invalid(
+            key,
+            format!("{name:?}"),
+            "a DNS name such as \"backends.internal\" (an IP address goes in `url`)",
+        ));
+    }
+    Ok(trimmed.to_owned())
+}
+
+/// The `dns` key, checked with the entries that use it; `None` when no entry does.
+fn dns_config(
+    raw: Option<RawDns>,
+    sources: Vec<DnsSource>,
+) -> Result<Option<DnsConfig>, ConfigError> {
+    let raw = raw.unwrap_or_default();
+    let servers = match raw.servers {
+        None => None,
+        Some(list) if list.is_empty() => {
+            return Err(ConfigError::invalid(
+                "dns.servers",
+                "[]",
+                "at least one server such as \"127.0.0.1:53\", or no `servers` key to use \
+                 /etc/resolv.conf",
+            ))
+        }
+        Some(list) => Some(
+            list.iter()
+                .enumerate()
+                .map(|(i, text)| {
+                    text.parse::<SocketAddr>()
+                        .or_else(|_| {
+                            text.parse::<IpAddr>()
+                                .map(|ip| SocketAddr::new(ip, crate::dns::DNS_PORT))
+                        })
+                        .map_err(|_| {
+                            ConfigError::invalid(
+                                format!("dns.servers[{i}]"),
+                                format!("{text:?}"),
+                                "an IP address with an optional port, such as \"127.0.0.1:53\"",
+                            )
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+    };
+    let refresh = duration("dns.refresh", raw.refresh, Defaults::DNS_REFRESH)?;
+    if refresh < crate::dns::REFRESH_FLOOR {
+        return Err(ConfigError::invalid(
+            "dns.refresh",
+            humantime::format_duration(refresh),
+            format!(
+                "at least {}",
+                humantime::format_duration(crate::dns::REFRESH_FLOOR)
+            ),
+        ));
+    }
+    if sources.is_empty() {
+        return Ok(None);
+    }
+    if servers.is_none() {
+        if let Err(e) = hickory_resolver::system_conf::read_system_conf() {
+            return Err(ConfigError::invalid(
+                "dns.servers",
+                format!("nothing, and /etc/resolv.conf cannot be used ({e})"),
+                "a list of DNS servers such as [\"127.0.0.1:53\"]",
+            ));
+        }
+    }
+    Ok(Some(DnsConfig {
+        servers,
+        refresh,
+        sources,
+    }))
 }
 
 #[cfg(test)]
@@ -1475,6 +1657,51 @@ mod tests {
             let e = parse(text).unwrap_err().to_string();
             assert!(e.contains(key), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn dns_entries_mix_with_urls() {
+        let c = parse(
+            r#"{"backends": ["http://a:1", {"dns": "b.test", "port": "81", "weight": 2},
+                {"dns_srv": "_http._tcp.c.test"}],
+                "dns": {"servers": ["127.0.0.1", "[::1]:5353"], "refresh": 3}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.backends.len(),
+            1,
+            "only the URL is a backend before lookups"
+        );
+        let dns = c.dns.unwrap();
+        assert_eq!(
+            dns.servers.unwrap(),
+            [
+                "127.0.0.1:53".parse().unwrap(),
+                "[::1]:5353".parse().unwrap()
+            ]
+        );
+        assert_eq!(dns.refresh, Duration::from_secs(3));
+        assert_eq!(dns.sources[0].key, "backends[1]");
+        assert_eq!(dns.sources[0].weight, 2);
+        assert_eq!(
+            dns.sources[0].query,
+            DnsQuery::Address {
+                name: "b.test".into(),
+                port: 81
+            }
+        );
+        assert_eq!(dns.sources[1].key, "backends[2]");
+        assert_eq!(
+            dns.sources[1].query,
+            DnsQuery::Srv {
+                name: "_http._tcp.c.test".into()
+            }
+        );
+        // Without DNS entries the `dns` key is checked, and there is nothing to resolve.
+        let c = parse(r#"{"backends": ["http://a:1"], "dns": {"refresh": "2s"}}"#).unwrap();
+        assert!(c.dns.is_none());
+        let e = parse(r#"{"backends": ["http://a:1"], "dns": {"servers": ["x"]}}"#);
+        assert!(e.unwrap_err().to_string().contains("dns.servers[0]"));
     }
 
     #[test]

@@ -350,6 +350,8 @@ fn exclusion_reason(ep: &Endpoint) -> String {
         "drained".to_owned()
     } else if ep.availability.is_ejected() {
         format!("ejected: {last}")
+    } else if ep.availability.is_pending() {
+        format!("new, no health check passed yet: {last}")
     } else if !ep.is_up() {
         format!("unhealthy: {last}")
     } else {

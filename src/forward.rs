@@ -6,7 +6,9 @@
 //!   fail with `UserUnsupportedVersion`);
 //! - `Host` is kept (the `normalize` layer already made it the one the request is for); an
 //!   HTTP/2 request has none (it has `:authority`), so it is set from the URI authority, and
-//!   an HTTP/1.0 request without one gets the backend's;
+//!   an HTTP/1.0 request without one gets the backend's name as the config gave it (its
+//!   `host:port`, or for a backend found by DNS the name and port it was found under, as
+//!   nginx sends `$proxy_host`);
 //! - a body of unknown length is sent chunked, whatever the method;
 //! - hop-by-hop headers (RFC 9110 §7.6.1, plus every name listed in `Connection`) are
 //!   removed, except the `Upgrade` pair of a WebSocket handshake;
@@ -300,9 +302,10 @@ impl Service<Routed<Body>> for Forward {
             .is_some()
             .then(|| ClientUpgrade::of(&mut request));
         let shared = &*self.shared;
-        rewrite_request(
+        rewrite_request_for(
             &mut request,
             &endpoint.backend.authority,
+            endpoint.backend.host.as_ref(),
             peer,
             shared.proto,
         );
@@ -397,6 +400,18 @@ pub fn rewrite_request<B>(
     peer: Option<SocketAddr>,
     proto: ClientProto,
 ) {
+    rewrite_request_for(request, backend, None, peer, proto);
+}
+
+/// [`rewrite_request`], with `host` as the `Host` of a request that names none (instead of
+/// `backend`): the name a backend found by DNS was found under.
+pub fn rewrite_request_for<B>(
+    request: &mut Request<B>,
+    backend: &http::uri::Authority,
+    host: Option<&HeaderValue>,
+    peer: Option<SocketAddr>,
+    proto: ClientProto,
+) {
     let original_authority = request.uri().authority().cloned();
     let path_and_query = request
         .uri()
@@ -429,11 +444,16 @@ pub fn rewrite_request<B>(
         }
         // An HTTP/1.0 request may name no host, and an HTTP/1.1 backend needs one: the
         // backend's own name then, as nginx sends.
-        None => {
-            if let Ok(host) = HeaderValue::from_str(backend.as_str()) {
-                headers.insert(header::HOST, host);
+        None => match host {
+            Some(host) => {
+                headers.insert(header::HOST, host.clone());
             }
-        }
+            None => {
+                if let Ok(host) = HeaderValue::from_str(backend.as_str()) {
+                    headers.insert(header::HOST, host);
+                }
+            }
+        },
     }
     if let Some(peer) = peer {
         append_forwarded_for(headers, peer);
@@ -548,5 +568,30 @@ mod tests {
         rewrite_request(&mut req, &backend, None, ClientProto::Http);
         assert_eq!(req.version(), Version::HTTP_11);
         assert_eq!(req.headers()["host"], "svc.test:8080");
+    }
+
+    #[test]
+    fn a_request_without_host_gets_the_name_the_config_used() {
+        let backend: http::uri::Authority = "10.0.0.7:8081".parse().unwrap();
+        let bare = || {
+            Request::builder()
+                .uri("/x")
+                .version(Version::HTTP_10)
+                .body(())
+                .unwrap()
+        };
+        let mut req = bare();
+        rewrite_request(&mut req, &backend, None, ClientProto::Http);
+        assert_eq!(req.headers()["host"], "10.0.0.7:8081");
+        let mut req = bare();
+        let name = HeaderValue::from_static("backends.internal:8081");
+        rewrite_request_for(&mut req, &backend, Some(&name), None, ClientProto::Http);
+        assert_eq!(req.headers()["host"], "backends.internal:8081");
+        // A client's Host always wins.
+        let mut req = bare();
+        req.headers_mut()
+            .insert(header::HOST, HeaderValue::from_static("shop.example"));
+        rewrite_request_for(&mut req, &backend, Some(&name), None, ClientProto::Http);
+        assert_eq!(req.headers()["host"], "shop.example");
     }
 }

@@ -5,8 +5,10 @@
 //! HAProxy accept). A backend leaves the set after `unhealthy_threshold` failures in a row
 //! and comes back after `healthy_threshold` successes in a row, like HAProxy's `fall`/`rise`.
 //! Each transition is logged with its cause and sent to the balancer as a `Change`.
-//! Backends start in service, as in the original project; one task per backend keeps a slow
-//! check of one backend from delaying the others.
+//! Configured backends start in service, as in the original project; a backend found by DNS
+//! discovery starts out of service and comes in after its first passing check (Envoy: "during
+//! startup, only a single successful health check is required to mark a host healthy").
+//! One task per backend keeps a slow check of one backend from delaying the others.
 
 use std::{sync::Arc, time::Duration};
 
@@ -128,10 +130,11 @@ impl HealthChecker {
                 continue;
             }
             streak += 1;
-            let threshold = if up {
-                self.config.unhealthy_threshold
-            } else {
-                self.config.healthy_threshold
+            let pending = endpoint.availability.is_pending();
+            let threshold = match (up, pending) {
+                (true, _) => self.config.unhealthy_threshold,
+                (false, true) => 1,
+                (false, false) => self.config.healthy_threshold,
             };
             tracing::debug!(backend = endpoint.name(), %result, streak, threshold, "health check");
             if streak < threshold {
@@ -140,6 +143,8 @@ impl HealthChecker {
             streak = 0;
             let cause = if up {
                 format!("{threshold} health checks failed in a row, last: {result}")
+            } else if pending {
+                "first health check passed".to_owned()
             } else {
                 format!("{threshold} health checks passed in a row")
             };

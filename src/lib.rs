@@ -28,6 +28,8 @@
 //!                                   └─ body or upgrade: hyper-util's client ─────────► backend
 //!
 //!  HealthChecker, OutlierDetector ── Change::Insert / Remove ─► Discover ─► Balancer snapshot
+//!  DnsDiscovery ── addresses changed ─► LiveProxy rebuilds as a reload would (new ones wait
+//!                  for a passing health check, removed ones finish what is in flight)
 //!  probe (prequal) ── GET /_alb/load ─► each backend's ProbeSlot (its RIF and latency)
 //! ```
 //!
@@ -36,10 +38,10 @@
 //! Imports point from the edge down to the core, never back (`tests/architecture.rs` checks
 //! it): leaves ([`semantics`], [`telemetry`], [`client_ip`], [`guarded_body`], [`sim`],
 //! [`tls`]) → [`local_reply`], [`prometheus`] → the core, [`balance`] (identity, state,
-//! selection, discovery) → [`decision`], [`outlier`], [`retry`], [`upstream`], [`capacity`] → [`forward`],
-//! [`health`], [`layer`], [`redirect`] → [`route`] → [`config`] (parses the file into the
-//! types below it) → [`proxy`], [`loadgen`] → [`replay`] → [`admin`], [`lab`] →
-//! [`builder`], [`server`] → [`demo`].
+//! selection, discovery) → [`decision`], [`outlier`], [`retry`], [`upstream`], [`capacity`]
+//! → [`dns`], [`forward`], [`health`], [`layer`], [`redirect`] → [`route`] → [`config`]
+//! (parses the file into the types below it) → [`proxy`], [`loadgen`] → [`replay`] →
+//! [`admin`], [`lab`] → [`builder`], [`server`] → [`demo`].
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -52,6 +54,7 @@ pub mod client_ip;
 pub mod config;
 pub mod decision;
 pub mod demo;
+pub mod dns;
 pub mod forward;
 pub mod guarded_body;
 pub mod headers;

@@ -57,8 +57,12 @@ enum Command {
     },
     /// Run a simulated backend answering `backend PORT` on every path.
     Backend {
-        /// Port to listen on (127.0.0.1).
+        /// Port to listen on.
         port: u16,
+        /// Address to listen on: any of 127.0.0.0/8 is local on Linux, so tests can put
+        /// several backends behind one DNS name on one port.
+        #[arg(long, default_value = "127.0.0.1")]
+        bind: std::net::IpAddr,
         /// Service time of each request, e.g. `20ms`.
         #[arg(long, value_parser = humantime::parse_duration, default_value = "0ms")]
         delay: Duration,
@@ -280,6 +284,7 @@ fn main() -> ExitCode {
         }
         Command::Backend {
             port,
+            bind,
             delay,
             service,
             error_rate,
@@ -293,8 +298,8 @@ fn main() -> ExitCode {
                 ..SimSettings::default()
             };
             block_on(None, async move {
-                let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
-                tracing::info!("backend listening on 127.0.0.1:{port}");
+                let listener = tokio::net::TcpListener::bind((bind, port)).await?;
+                tracing::info!("backend listening on {}", listener.local_addr()?);
                 sim::run(listener, settings, slots).await?;
                 Ok(())
             })

@@ -9,6 +9,13 @@
 //! in a new `Proxy` without failing anything in flight and without touching connections:
 //! listeners stay as they are. Backends that stay in the config keep their state (health,
 //! drain, latency estimate, history) through [`Endpoint::inherit`].
+//!
+//! DNS discovery ([`crate::dns`]) takes the same path: when a name's addresses change,
+//! `LiveProxy` builds a proxy from the running config plus the addresses found, as a reload
+//! with that backend list would. An address that stays keeps its endpoint's state; a new one
+//! waits out of service for its first passing health check; a removed one is in no new
+//! proxy, so it gets no new requests while those in flight finish on the proxy they started
+//! on.
 
 use std::{
     convert::Infallible,
@@ -23,7 +30,7 @@ use arc_swap::ArcSwap;
 use axum::{body::Body, extract::ConnectInfo, BoxError};
 use bytes::Bytes;
 use http::{Request, Response};
-use tokio::task::AbortHandle;
+use tokio::{sync::Notify, task::AbortHandle};
 use tower::{Layer, Service};
 
 use crate::{
@@ -34,6 +41,7 @@ use crate::{
     capacity::PoolCapacity,
     client_ip::ClientIp,
     config::{Config, Defaults},
+    dns::{DnsDiscovery, SourceStatus},
     forward::{BackendPools, ClientProto, Forward},
     health::HealthChecker,
     layer::{
@@ -86,6 +94,18 @@ pub enum BuildError {
     /// The span exporter could not be set up.
     #[error("tracing.otlp_endpoint: {0}")]
     Tracing(#[from] ExportError),
+    /// The DNS resolver could not be set up.
+    #[error("dns.servers: cannot set up the resolver: {0}")]
+    Dns(#[from] hickory_resolver::ResolveError),
+}
+
+/// Why a proxy is built from a previous one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rebuild {
+    /// The config file was read (at start or on reload).
+    Reload,
+    /// DNS discovery changed the backend list; the config is the same.
+    Discovery,
 }
 
 /// Background tasks of one `Proxy` (health checks, pruning), stopped with it.
@@ -124,6 +144,8 @@ pub struct Proxy {
     request_timeout: Duration,
     metrics: MetricsLayer,
     rate_limit: RateLimitLayer,
+    /// The rate limiter's buckets, kept through DNS changes.
+    limiter: Option<Arc<Limiter>>,
     backpressure: BackpressureLayer,
     body_limit: BodyLimitLayer,
     fault: FaultLayer,
@@ -142,13 +164,19 @@ impl Proxy {
     /// Builds endpoints and starts health checks, the balancer and the rate limiter's
     /// pruning. Needs a Tokio runtime; install the metrics recorder first
     /// ([`crate::prometheus::install`]) if metrics are wanted, since handles are resolved here.
+    /// Only `config.backends` are served: DNS entries are looked up by [`LiveProxy`].
     pub fn build(config: &Config) -> Result<Proxy, BuildError> {
-        Proxy::build_from(config, None)
+        Proxy::build_from(config, None, Rebuild::Reload)
     }
 
     /// Builds a proxy for `config`; backends also in `previous` keep their state, and the
-    /// metric handles and pooled connections are reused.
-    fn build_from(config: &Config, previous: Option<&Proxy>) -> Result<Proxy, BuildError> {
+    /// metric handles and pooled connections are reused. After a DNS change (`why`), the
+    /// rate-limit buckets are kept too: nothing but the backend list changed.
+    fn build_from(
+        config: &Config,
+        previous: Option<&Proxy>,
+        why: Rebuild,
+    ) -> Result<Proxy, BuildError> {
         // The log file and the exporter carry over a reload that does not change them, so
         // the writer thread, its queue and the exporter's batch are not restarted.
         let same_log = |p: &&Proxy| {
@@ -197,14 +225,20 @@ impl Proxy {
                 let old = previous.and_then(|p| p.endpoints.iter().find(|o| o.id() == backend.id));
                 let ep =
                     Endpoint::new(backend, &config.adaptive).with_slow_start(config.slow_start);
-                match old {
-                    Some(old) => {
+                match (old, &spec.dns_name) {
+                    (Some(old), _) => {
                         ep.inherit(old);
-                        ep.availability.note_reload("config reloaded".to_owned());
+                        if why == Rebuild::Reload {
+                            ep.availability.note_reload("config reloaded".to_owned());
+                        }
                     }
+                    // Found by discovery: out until a check passes, which starts its slow start.
+                    (None, Some(name)) => ep.availability.await_first_check(format!(
+                        "found in DNS under {name}; in service once a health check passes"
+                    )),
                     // Added by a reload: it joins now, so a slow start ramps from here.
-                    None if previous.is_some() => ep.availability.joined(),
-                    None => {}
+                    (None, None) if previous.is_some() => ep.availability.joined(),
+                    (None, None) => {}
                 }
                 Arc::new(ep)
             })
@@ -266,11 +300,16 @@ impl Proxy {
         if let Some(capacity) = &capacity {
             tasks.add(capacity.spawn(routing.balancer()));
         }
-        let limiter = config.rate_limit.as_ref().map(|r| {
-            let limiter = Arc::new(Limiter::new(r, client_ip));
+        let limiter = match previous.filter(|_| why == Rebuild::Discovery) {
+            Some(p) => p.limiter.clone(),
+            None => config
+                .rate_limit
+                .as_ref()
+                .map(|r| Arc::new(Limiter::new(r, client_ip))),
+        };
+        if let Some(limiter) = &limiter {
             tasks.add(spawn_pruning(limiter.clone()));
-            limiter
-        });
+        }
         let mut proxy = Proxy {
             routing,
             endpoints,
@@ -281,7 +320,8 @@ impl Proxy {
             pools,
             request_timeout: config.request_timeout,
             metrics: previous.map_or_else(MetricsLayer::new, |p| p.metrics.clone()),
-            rate_limit: RateLimitLayer::new(limiter),
+            rate_limit: RateLimitLayer::new(limiter.clone()),
+            limiter,
             backpressure: BackpressureLayer::new(config.max_in_flight),
             body_limit: BodyLimitLayer::new(config.max_request_body),
             fault: FaultLayer::new(config.fault.clone(), Defaults::ROUTE),
@@ -420,18 +460,79 @@ pub enum ReloadError {
 #[derive(Debug)]
 pub struct LiveProxy {
     current: ArcSwap<Proxy>,
+    /// The running config as written (DNS entries unresolved). Held while a proxy is built,
+    /// so reloads and DNS changes take turns.
     config: Mutex<Config>,
     path: Option<PathBuf>,
+    /// The running config's DNS lookups; `None` when no backend is a DNS name.
+    dns: Mutex<Option<DnsDiscovery>>,
+    /// Woken by the DNS lookups when a name's addresses change.
+    dns_changed: Arc<Notify>,
 }
 
 impl LiveProxy {
-    /// Builds the first proxy; `path` is re-read on reload.
+    /// Builds the first proxy and starts the DNS lookups; `path` is re-read on reload.
+    /// Backends given by DNS names join once their first lookup answers (and then their
+    /// first health check passes): building does not wait for the DNS.
     pub fn new(config: Config, path: Option<PathBuf>) -> Result<Arc<Self>, BuildError> {
-        Ok(Arc::new(LiveProxy {
+        let dns_changed = Arc::new(Notify::new());
+        let dns = config
+            .dns
+            .as_ref()
+            .map(|c| DnsDiscovery::start(c, None, dns_changed.clone()))
+            .transpose()?;
+        let live = Arc::new(LiveProxy {
             current: ArcSwap::from_pointee(Proxy::build(&config)?),
             config: Mutex::new(config),
             path,
-        }))
+            dns: Mutex::new(dns),
+            dns_changed,
+        });
+        let weak = Arc::downgrade(&live);
+        let changed = live.dns_changed.clone();
+        tokio::spawn(async move {
+            loop {
+                changed.notified().await;
+                match weak.upgrade() {
+                    Some(live) => live.apply_discovery(),
+                    None => return,
+                }
+            }
+        });
+        Ok(live)
+    }
+
+    /// What each DNS backend entry resolved to and how its lookups go.
+    pub fn discovery(&self) -> Vec<SourceStatus> {
+        let dns = self.dns.lock().unwrap_or_else(|e| e.into_inner());
+        dns.as_ref().map(DnsDiscovery::statuses).unwrap_or_default()
+    }
+
+    /// Builds a proxy from the running config and the addresses DNS gave now, as a reload
+    /// with that backend list would, unless the backend list is unchanged.
+    fn apply_discovery(&self) {
+        let running = self.config.lock().unwrap_or_else(|e| e.into_inner());
+        let effective = {
+            let dns = self.dns.lock().unwrap_or_else(|e| e.into_inner());
+            with_discovered(&running, dns.as_ref())
+        };
+        let old = self.current.load_full();
+        let same = effective.backends.len() == old.endpoints.len()
+            && effective
+                .backends
+                .iter()
+                .zip(&old.endpoints)
+                .all(|(b, e)| b.authority == e.backend.authority);
+        if same {
+            return;
+        }
+        match Proxy::build_from(&effective, Some(&old), Rebuild::Discovery) {
+            Ok(proxy) => {
+                self.current.store(Arc::new(proxy));
+                old.stop();
+            }
+            Err(e) => tracing::error!(error = %e, "backends from DNS not applied"),
+        }
     }
 
     /// The proxy serving new requests.
@@ -492,9 +593,19 @@ impl LiveProxy {
                 "ports, addresses and workers change only on restart; the reload keeps the current ones"
             );
         }
-        let proxy = Proxy::build_from(&new, Some(&old))?;
+        let mut dns = self.dns.lock().unwrap_or_else(|e| e.into_inner());
+        let new_dns = new
+            .dns
+            .as_ref()
+            .map(|c| DnsDiscovery::start(c, dns.as_ref(), self.dns_changed.clone()))
+            .transpose()
+            .map_err(BuildError::from)?;
+        let effective = with_discovered(&new, new_dns.as_ref());
+        let proxy = Proxy::build_from(&effective, Some(&old), Rebuild::Reload)?;
         self.current.store(Arc::new(proxy));
         old.stop();
+        *dns = new_dns;
+        drop(dns);
         *running = new;
         if notes.is_empty() {
             notes.push("limits and timeouts re-read".to_owned());
@@ -515,6 +626,22 @@ impl LiveProxy {
             }
         }
     }
+}
+
+/// `config` with the backends `dns` found appended (an address already listed is not
+/// added twice).
+fn with_discovered(config: &Config, dns: Option<&DnsDiscovery>) -> Config {
+    let mut effective = config.clone();
+    for spec in dns.map(DnsDiscovery::backends).unwrap_or_default() {
+        if !effective
+            .backends
+            .iter()
+            .any(|b| b.authority == spec.authority)
+        {
+            effective.backends.push(spec);
+        }
+    }
+    effective
 }
 
 /// The proxy service that follows reloads.

@@ -142,6 +142,7 @@ impl Server {
         tracing::info!(
             strategy = %config.strategy,
             backends = ?config.backends.iter().map(|b| b.authority.as_str()).collect::<Vec<_>>(),
+            dns = ?config.dns.iter().flat_map(|d| &d.sources).map(|s| s.query.name()).collect::<Vec<_>>(),
             "load balancer configured"
         );
         let shutdown_handle = axum_server::Handle::new();

@@ -63,6 +63,13 @@ pub const POOL_UTILIZATION: &str = "lb_pool_utilization";
 /// pool.
 pub const POOL_RECOMMENDED_BACKENDS: &str = "lb_pool_recommended_backends";
 
+// === DNS discovery ===
+
+/// DNS lookups of a backend name, by result (`ok`, `error`).
+pub const DNS_LOOKUPS_TOTAL: &str = "lb_dns_lookups_total";
+/// Addresses of a backend name's last good answer (kept while lookups fail).
+pub const DNS_ADDRESSES: &str = "lb_dns_addresses";
+
 /// Failure kinds counted in [`BACKEND_ERRORS_TOTAL`].
 pub const ERROR_KINDS: [&str; 4] = ["connect", "timeout", "upstream", "status_5xx"];
 
@@ -143,6 +150,14 @@ pub fn describe() {
     counter!(RETRY_BUDGET_EXHAUSTED_TOTAL).absolute(0);
     counter!(ACCESS_LOG_DROPPED_TOTAL).absolute(0);
     counter!(TLS_INVALID_SNI_TOTAL).absolute(0);
+    describe_counter!(
+        DNS_LOOKUPS_TOTAL,
+        "DNS lookups of a backend name, by result (ok, error)."
+    );
+    describe_gauge!(
+        DNS_ADDRESSES,
+        "Addresses of a backend name's last good answer."
+    );
 }
 
 /// Describes the gauges of the pools' capacity signal.

@@ -33,7 +33,9 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     (
         "request path",
-        &["forward", "health", "layer", "probe", "redirect", "trace"],
+        &[
+            "dns", "forward", "health", "layer", "probe", "redirect", "trace",
+        ],
     ),
     ("composition of one request", &["route"]),
     ("config file", &["config"]),

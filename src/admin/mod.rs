@@ -37,6 +37,7 @@ use crate::{
     capacity::CapacityView,
     config::AdminAuthConfig,
     decision::{DecisionLog, DecisionRecord, DecisionView},
+    dns::SourceStatus,
     proxy::LiveProxy,
     route::Routing,
     telemetry::{
@@ -226,6 +227,9 @@ pub struct BackendView {
     pub url: String,
     /// `host:port`.
     pub backend: String,
+    /// The DNS name it was found under; absent for a configured URL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns_name: Option<String>,
     /// Relative share.
     pub weight: u32,
     /// Slow start: the share of its weight it gets now, while it warms up after returning.
@@ -251,6 +255,9 @@ pub struct BackendView {
 struct Backends {
     strategy: &'static str,
     backends: Vec<BackendView>,
+    /// DNS backend entries: name, last good addresses, last error, next lookup.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    discovery: Vec<SourceStatus>,
 }
 
 impl Snapshot {
@@ -259,6 +266,7 @@ impl Snapshot {
             id: ep.id(),
             url: ep.backend.url.clone(),
             backend: ep.name().to_owned(),
+            dns_name: ep.backend.dns_name.as_deref().map(str::to_owned),
             weight: ep.weight(),
             slow_start: Some(ep.slow_start_factor_at(now)).filter(|f| *f < 1.0),
             up: ep.is_up(),
@@ -309,6 +317,10 @@ async fn history(State(state): State<AdminState>) -> Json<HistoryView> {
 }
 
 async fn backends(State(state): State<AdminState>) -> Json<Backends> {
+    let discovery = match &state.source {
+        Source::Fixed(_) => Vec::new(),
+        Source::Live(live) => live.discovery(),
+    };
     let state = state.snapshot();
     let now = Instant::now();
     Json(Backends {
@@ -318,6 +330,7 @@ async fn backends(State(state): State<AdminState>) -> Json<Backends> {
             .iter()
             .map(|ep| state.view(ep, now))
             .collect(),
+        discovery,
     })
 }
 

@@ -30,7 +30,7 @@ pub struct Transition {
     pub at_unix: f64,
     /// In service after the change, or not.
     pub up: bool,
-    /// What decided it: `health_check`, `outlier_detection`, `admin` or `reload`.
+    /// What decided it: `health_check`, `outlier_detection`, `admin`, `reload` or `dns`.
     pub source: &'static str,
     /// A human-readable cause.
     pub cause: String,
@@ -43,6 +43,8 @@ pub struct Availability {
     up: AtomicBool,
     drained: AtomicBool,
     ejected: AtomicBool,
+    /// Found by discovery and not checked yet: out of service until one check passes.
+    pending: AtomicBool,
     ejections: AtomicU32,
     /// When it last went from out of service to in service (slow start's clock); unset for
     /// a backend in service since the start, or once its slow start has ended.
@@ -56,6 +58,7 @@ impl Default for Availability {
             up: AtomicBool::new(true),
             drained: AtomicBool::new(false),
             ejected: AtomicBool::new(false),
+            pending: AtomicBool::new(false),
             ejections: AtomicU32::new(0),
             returned: AtomicInstant::default(),
             transitions: Mutex::new(VecDeque::with_capacity(TRANSITIONS_KEPT)),
@@ -78,12 +81,28 @@ impl Availability {
     pub fn set_up(&self, up: bool, cause: String) {
         let was = self.in_service();
         self.up.store(up, Ordering::Relaxed);
+        if up {
+            self.pending.store(false, Ordering::Relaxed);
+        }
         self.note_return(was);
         self.note(
             up && !self.is_ejected() && !self.is_drained(),
             "health_check",
             cause,
         );
+    }
+
+    /// Holds a backend that discovery just found out of service until a health check
+    /// passes (Envoy's new hosts wait for their first check the same way).
+    pub fn await_first_check(&self, cause: String) {
+        self.up.store(false, Ordering::Relaxed);
+        self.pending.store(true, Ordering::Relaxed);
+        self.note(false, "dns", cause);
+    }
+
+    /// Whether it waits for its first passing health check ([`Self::await_first_check`]).
+    pub fn is_pending(&self) -> bool {
+        self.pending.load(Ordering::Relaxed)
     }
 
     /// Whether an operator drained it.
@@ -136,6 +155,7 @@ impl Availability {
         self.up.store(old.is_up(), Ordering::Relaxed);
         self.drained.store(old.is_drained(), Ordering::Relaxed);
         self.returned.copy_from(&old.returned);
+        self.pending.store(old.is_pending(), Ordering::Relaxed);
         *self.transitions.lock().unwrap_or_else(|e| e.into_inner()) =
             old.transitions().into_iter().collect();
     }
@@ -256,5 +276,20 @@ mod tests {
         new.inherit(&old);
         assert!(!new.is_up() && new.is_drained() && !new.is_ejected());
         assert_eq!(new.transitions().len(), old.transitions().len());
+    }
+
+    #[test]
+    fn a_discovered_backend_waits_for_its_first_check() {
+        let a = Availability::default();
+        a.await_first_check("found in DNS".into());
+        assert!(a.is_pending() && !a.in_service());
+        let kept = Availability::default();
+        kept.inherit(&a);
+        assert!(
+            kept.is_pending() && !kept.in_service(),
+            "a rebuild keeps it waiting"
+        );
+        a.set_up(true, "first health check passed".into());
+        assert!(!a.is_pending() && a.in_service());
     }
 }

@@ -58,6 +58,9 @@ pub struct BackendSpec {
     pub authority: Authority,
     /// Relative share of traffic (1 to 10 000).
     pub weight: u32,
+    /// The DNS name it was found under (DNS discovery); `None` for a configured URL.
+    #[serde(skip)]
+    pub dns_name: Option<Arc<str>>,
 }
 
 /// The id registry: one per process, handed from each data plane to the next on reload.
@@ -95,6 +98,11 @@ pub struct Backend {
     pub weight: u32,
     /// Seed for rendezvous hashing, derived from the name so it is stable across restarts.
     pub hash_seed: u64,
+    /// The DNS name it was found under; `None` for a configured URL.
+    pub dns_name: Option<Arc<str>>,
+    /// `Host` for a request that names none, when not `authority`: `dns_name:port` for a
+    /// backend found by DNS (the name the config used, as nginx's `$proxy_host`).
+    pub host: Option<HeaderValue>,
 }
 
 impl Backend {
@@ -108,6 +116,11 @@ impl Backend {
             header_value: HeaderValue::from_str(name).expect("an authority is a valid header"),
             weight: spec.weight.max(1),
             hash_seed: stable_hash(name.as_bytes()),
+            dns_name: spec.dns_name.clone(),
+            host: spec.dns_name.as_ref().and_then(|dns| {
+                let port = spec.authority.port_u16().unwrap_or(80);
+                HeaderValue::from_str(&format!("{dns}:{port}")).ok()
+            }),
         }
     }
 

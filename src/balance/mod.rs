@@ -228,6 +228,7 @@ pub(crate) mod test_support {
                     url: format!("http://127.0.0.1:{}", 9000 + i),
                     authority: format!("127.0.0.1:{}", 9000 + i).parse().unwrap(),
                     weight: *weight,
+                    dns_name: None,
                 };
                 let backend = Backend::new(ids.id_of(&spec.authority), &spec);
                 Arc::new(Endpoint::new(backend, tuning))

@@ -148,6 +148,27 @@ pub fn backend_on(port: u16, args: &[&str]) -> Proc {
     p
 }
 
+/// Starts `alb backend PORT --bind IP ARGS...` (any address of 127.0.0.0/8) and waits for it.
+pub fn backend_at(ip: IpAddr, port: u16, args: &[&str]) -> Proc {
+    let mut all = vec![
+        "backend".to_owned(),
+        port.to_string(),
+        "--bind".to_owned(),
+        ip.to_string(),
+    ];
+    all.extend(args.iter().map(|s| s.to_string()));
+    let p = Proc::spawn(&all, port, tempfile::tempdir().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect((ip, port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "nothing listens on {ip}:{port} after 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    p
+}
+
 /// Starts a simulated backend on a free port.
 pub fn backend(args: &[&str]) -> Proc {
     backend_on(free_port(), args)
