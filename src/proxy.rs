@@ -37,7 +37,7 @@ use crate::{
     health::HealthChecker,
     layer::{
         access_log::AccessLogConfig,
-        rate_limit::{spawn_pruning, Limiter},
+        rate_limit::{spawn_pruning, store::StoreError, Limiter, RedisStore},
         AccessLog, AccessLogLayer, Backpressure, BackpressureLayer, BodyLimit, BodyLimitLayer,
         Metrics, MetricsLayer, Normalize, NormalizeLayer, RateLimit, RateLimitLayer, RequestId,
         RequestIdLayer,
@@ -71,6 +71,9 @@ pub enum BuildError {
     /// The span exporter could not be set up.
     #[error("tracing.otlp_endpoint: {0}")]
     Tracing(#[from] ExportError),
+    /// The rate-limit store's client could not be set up.
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// Background tasks of one `Proxy` (health checks, pruning), stopped with it.
@@ -220,11 +223,28 @@ impl Proxy {
                 request_ids: config.request_id,
             },
         );
-        let limiter = config.rate_limit.as_ref().map(|r| {
-            let limiter = Arc::new(Limiter::new(r, client_ip));
-            tasks.add(spawn_pruning(limiter.clone()));
-            limiter
-        });
+        let limiter = match &config.rate_limit {
+            None => None,
+            Some(r) => {
+                let limiter = match &r.store {
+                    None => Limiter::new(r, client_ip),
+                    Some(s) => {
+                        // Same URL and timeout: the connection and its state carry over.
+                        let kept = previous
+                            .and_then(Proxy::rate_limit_store)
+                            .filter(|store| store.serves(s));
+                        let store = match kept {
+                            Some(store) => store.clone(),
+                            None => RedisStore::start(s)?,
+                        };
+                        Limiter::with_store(r, client_ip, store)
+                    }
+                };
+                let limiter = Arc::new(limiter);
+                tasks.add(spawn_pruning(limiter.clone()));
+                Some(limiter)
+            }
+        };
         let mut proxy = Proxy {
             routing,
             endpoints,
@@ -308,6 +328,11 @@ impl Proxy {
             "backend {}",
             if drained { "DRAINED" } else { "ENABLED" }
         );
+    }
+
+    /// The rate limit's Redis store, when the config has one.
+    pub fn rate_limit_store(&self) -> Option<&Arc<RedisStore>> {
+        self.rate_limit.limiter().and_then(|l| l.store())
     }
 
     /// The balancer.

@@ -51,6 +51,8 @@ pub const SHADOW_DECISIONS_TOTAL: &str = "lb_shadow_decisions_total";
 pub const PROBES_TOTAL: &str = "lb_probes_total";
 /// TLS handshakes whose SNI was not a valid host name and was treated as absent.
 pub const TLS_INVALID_SNI_TOTAL: &str = "lb_tls_invalid_sni_total";
+/// Calls to the rate-limit store (Redis) that failed or outlasted `rate_limit.store.timeout`.
+pub const RATE_LIMIT_STORE_ERRORS_TOTAL: &str = "lb_rate_limit_store_errors_total";
 
 /// Failure kinds counted in [`BACKEND_ERRORS_TOTAL`].
 pub const ERROR_KINDS: [&str; 4] = ["connect", "timeout", "upstream", "status_5xx"];
@@ -116,6 +118,10 @@ pub fn describe() {
     describe_counter!(
         TLS_INVALID_SNI_TOTAL,
         "TLS handshakes whose SNI was not a valid host name (e.g. `localhost:8443`), served as if no SNI was sent."
+    );
+    describe_counter!(
+        RATE_LIMIT_STORE_ERRORS_TOTAL,
+        "Calls to the rate-limit store (Redis) that failed or timed out."
     );
     // Series that exist from the start, so dashboards and alerts see 0 rather than nothing.
     counter!(RATE_LIMITED_REQUESTS_TOTAL).absolute(0);
