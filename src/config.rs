@@ -1006,7 +1006,11 @@ fn store(value: serde_json::Value) -> Result<StoreConfig, ConfigError> {
         .any(|s| url.expose().starts_with(s));
     if !scheme_ok || redis::IntoConnectionInfo::into_connection_info(url.expose()).is_err() {
         // Shown without credentials: a config error is printed and logged.
-        return Err(ConfigError::invalid(url_key, format!("{url:?}"), EXPECTED_URL));
+        return Err(ConfigError::invalid(
+            url_key,
+            format!("{url:?}"),
+            EXPECTED_URL,
+        ));
     }
     let timeout = duration(
         "rate_limit.store.timeout",

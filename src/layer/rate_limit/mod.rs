@@ -146,7 +146,11 @@ impl Limiter {
 
     /// A limiter whose buckets live in `store` (started for `config.store`), with this
     /// replica's own buckets as the `local` fallback.
-    pub fn with_store(config: &RateLimitConfig, client_ip: ClientIp, store: Arc<RedisStore>) -> Self {
+    pub fn with_store(
+        config: &RateLimitConfig,
+        client_ip: ClientIp,
+        store: Arc<RedisStore>,
+    ) -> Self {
         let on_error = config
             .store
             .as_ref()
@@ -330,11 +334,7 @@ where
                 // goes into the future, a clone stays for the next request (tower's rule).
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
-                return Either::Right(Box::pin(decide_then_call(
-                    limiter.clone(),
-                    inner,
-                    request,
-                )));
+                return Either::Right(Box::pin(decide_then_call(limiter.clone(), inner, request)));
             }
             Some(shared) => limiter.fallback(shared.on_error, &request),
         };

@@ -274,7 +274,11 @@ impl RedisStore {
             since_unix: self.since_ms.load(Ordering::Relaxed) as f64 / 1e3,
             last_error: match state {
                 StoreState::Up => None,
-                _ => self.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+                _ => self
+                    .last_error
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone(),
             },
         }
     }
