@@ -170,7 +170,7 @@ async fn a_stopped_redis_falls_back_to_the_local_bucket_and_back() {
     // timeout; the client's own timeout is a generous 30 s), and this replica's own bucket
     // refuses what exceeds it.
     let url = format!("{}/", a.url());
-    let codes = paced(&[url.clone()], 30, 100).await;
+    let codes = paced(std::slice::from_ref(&url), 30, 100).await;
     assert_eq!(codes.len(), 30);
     let refused = codes.iter().filter(|c| **c == 429).count();
     assert!(
@@ -185,7 +185,7 @@ async fn a_stopped_redis_falls_back_to_the_local_bucket_and_back() {
     let errors = sample(&scrape(&a).await, "lb_rate_limit_store_errors_total").unwrap();
     assert!(errors > 0.0, "lb_rate_limit_store_errors_total = {errors}");
     // More requests and failed probes while it stays down: still one line.
-    let _ = paced(&[url.clone()], 10, 10).await;
+    let _ = paced(std::slice::from_ref(&url), 10, 10).await;
     assert_eq!(log_lines(&a, DOWN_LINE), 1, "{}", a.log_text());
 
     redis.signal("CONT");
@@ -294,7 +294,7 @@ async fn a_reload_keeps_the_store() {
     );
     wait_for_state(&lb, "up").await;
     let url = format!("{}/", lb.url());
-    let before = paced(&[url.clone()], 3, 100).await;
+    let before = paced(std::slice::from_ref(&url), 3, 100).await;
     assert_eq!(admitted(&before), 2, "{before:?}");
     lb.signal("HUP");
     wait_until("the reload is logged", Duration::from_secs(20), || async {
