@@ -156,9 +156,11 @@ async fn three_replicas_share_one_limit() {
 async fn a_stopped_redis_falls_back_to_the_local_bucket_and_back() {
     let redis = Redis::start();
     let backend = backend(&[]);
+    // 50 ms rather than the default 20: the machine that runs the tests is busy, and a
+    // decision that misses the timeout while Redis answers would be decided locally.
     let limit = json!({
         "requests_per_second": 1, "burst": 5,
-        "store": {"url": redis.url(), "timeout": "20ms", "on_error": "local"},
+        "store": {"url": redis.url(), "timeout": "50ms", "on_error": "local"},
     });
     let a = replica(&backend, limit.clone());
     let b = replica(&backend, limit);
@@ -212,7 +214,7 @@ async fn on_error_deny_and_allow_do_as_named() {
     let with = |on_error: &str| {
         json!({
             "requests_per_second": 1, "burst": 2,
-            "store": {"url": redis.url(), "on_error": on_error},
+            "store": {"url": redis.url(), "timeout": "100ms", "on_error": on_error},
         })
     };
     let deny = replica(&backend, with("deny"));
@@ -290,7 +292,8 @@ async fn a_reload_keeps_the_store() {
     let backend = backend(&[]);
     let lb = replica(
         &backend,
-        json!({"requests_per_second": 1, "burst": 2, "store": redis.url()}),
+        json!({"requests_per_second": 1, "burst": 2,
+               "store": {"url": redis.url(), "timeout": "250ms"}}),
     );
     wait_for_state(&lb, "up").await;
     let url = format!("{}/", lb.url());

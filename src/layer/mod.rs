@@ -2,7 +2,7 @@
 //! trace context (the `trace` module, beside this one), [`access_log`] (a line per request, ALB's
 //! own refusals included), [`metrics`] (counts every answer, 429s and 503s included),
 //! [`normalize`] (one reading of each request's host and framing: `400`, `405`),
-//! [`rate_limit`] (token buckets, `429`), [`backpressure`] (a global in-flight cap, fast
+//! [`rate_limit`] (token buckets in process or in Redis, `429`), [`backpressure`] (a global in-flight cap, fast
 //! `503`), [`body_limit`] (`413` for oversized bodies). Each is a `Layer` + `Service` pair
 //! that any axum or tower app can stack:
 //!

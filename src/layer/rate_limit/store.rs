@@ -11,14 +11,15 @@
 //! store, reconnecting by itself. Each decision waits at most `timeout`; a failure or a
 //! timeout marks the store **down** (one log line), and while it is down no request waits
 //! for Redis at all: `on_error` decides at once (`local`: the in-process bucket). A prober
-//! pings Redis every [`PROBE_INTERVAL`] while it is down, and its first answer within
+//! sends `SCRIPT LOAD` (the decision script: idempotent, no bucket touched) every
+//! [`PROBE_INTERVAL`] while it is down, and its first answer within
 //! `timeout` marks it **up** again (one log line); requests then use Redis again.
 //!
 //! Why a prober rather than letting every request try: a request that tries a stopped Redis
 //! waits the whole `timeout`, and its script stays queued on the connection and runs when
 //! Redis wakes up, spending a token of a bucket for a request that was decided locally. A
-//! `PING` costs neither: while Redis is down the extra latency is limited to the requests
-//! that were already waiting when it went down, and the queued work to one `PING` per
+//! `SCRIPT LOAD` costs neither: while Redis is down the extra latency is limited to the requests
+//! that were already waiting when it went down, and the queued work to one probe per
 //! interval.
 
 use std::{
@@ -36,7 +37,7 @@ use serde::{Serialize, Serializer};
 
 use crate::telemetry::RATE_LIMIT_STORE_ERRORS_TOTAL;
 
-/// How often a store that is down is pinged.
+/// How often a store that is down is probed.
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Time the first connection (TCP, then Redis's handshake) gets before the store counts as
@@ -338,26 +339,27 @@ impl RedisStore {
         }
     }
 
-    /// One `PING` within `limit`.
-    async fn ping(&self, limit: Duration) -> Result<(), String> {
+    /// One `SCRIPT LOAD` of the decision script within `limit`: an answer shows that Redis
+    /// answers and runs scripts, and spares the next decision the `NOSCRIPT` round trip
+    /// (a Redis that restarted has forgotten its scripts). It touches no bucket.
+    async fn probe_once(&self, limit: Duration) -> Result<(), String> {
         let mut connection = self.connection.clone();
-        let command = redis::cmd("PING");
-        let ping = command.query_async::<()>(&mut connection);
-        match tokio::time::timeout(limit, ping).await {
-            Ok(Ok(())) => Ok(()),
+        let load = GCRA.load_async(&mut connection);
+        match tokio::time::timeout(limit, load).await {
+            Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err(format!("no answer within {limit:?}")),
         }
     }
 }
 
-/// The prober: connects at start, then pings every [`PROBE_INTERVAL`] while the store is
-/// not up. It ends when the last data plane using the store is gone.
+/// The prober: connects (and loads the script) at start, then probes every
+/// [`PROBE_INTERVAL`] while the store is not up. It ends when the last data plane using the store is gone.
 async fn probe(store: Weak<RedisStore>) {
     // The first connection may take longer than a decision's timeout (TCP and Redis's
     // handshake); a slow first answer is still an answer.
     if let Some(store) = store.upgrade() {
-        match store.ping(CONNECT_TIMEOUT.max(store.timeout)).await {
+        match store.probe_once(CONNECT_TIMEOUT.max(store.timeout)).await {
             Ok(()) => store.answered(),
             Err(cause) => store.failed(cause),
         }
@@ -373,7 +375,7 @@ async fn probe(store: Weak<RedisStore>) {
             continue;
         }
         // Up means answering within the decisions' timeout, or they would fail again.
-        match store.ping(store.timeout).await {
+        match store.probe_once(store.timeout).await {
             Ok(()) => store.answered(),
             Err(cause) => store.failed(cause),
         }
