@@ -20,7 +20,10 @@ struct Redis {
 
 impl Redis {
     fn start() -> Redis {
-        let port = free_port();
+        Redis::start_on(free_port())
+    }
+
+    fn start_on(port: u16) -> Redis {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
@@ -205,6 +208,32 @@ async fn a_stopped_redis_falls_back_to_the_local_bucket_and_back() {
         from_b.iter().filter(|c| **c == 429).count() >= 2,
         "b should share a's exhausted bucket: {from_b:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_redis_is_used_again() {
+    let redis = Redis::start();
+    let port = redis.port;
+    let backend = backend(&[]);
+    let lb = replica(
+        &backend,
+        json!({"requests_per_second": 1, "burst": 2,
+               "store": {"url": redis.url(), "timeout": "250ms"}}),
+    );
+    wait_for_state(&lb, "up").await;
+    drop(redis);
+    // Connection refused: decided locally at once (this replica's bucket is full).
+    let url = format!("{}/", lb.url());
+    let codes = paced(std::slice::from_ref(&url), 4, 100).await;
+    assert_eq!(admitted(&codes), 2, "{codes:?}");
+    wait_for_state(&lb, "down").await;
+    // A new, empty Redis on the same address: the connection manager reconnects and the
+    // prober marks the store up; the limit is Redis's again (its bucket is full: 2 tokens).
+    let _redis = Redis::start_on(port);
+    wait_for_state(&lb, "up").await;
+    let codes = paced(std::slice::from_ref(&url), 4, 100).await;
+    assert_eq!(admitted(&codes), 2, "{codes:?}");
+    assert_eq!(log_lines(&lb, DOWN_LINE), 1, "{}", lb.log_text());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
