@@ -366,7 +366,10 @@ async fn decide_then_call<S, B>(
 where
     S: Service<Request<B>, Response = Response<Body>, Error = Infallible>,
 {
-    let shared = limiter.store.as_ref().expect("called with a store");
+    let Some(shared) = &limiter.store else {
+        // Not reached: `call` comes here only with a store.
+        return inner.call(request).await;
+    };
     let key = limiter.store_key(&request);
     let verdict = match shared
         .store
