@@ -43,6 +43,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         requests_per_second: 5,
         burst: 5,
         key: RateLimitKey::Ip,
+        store: None,
     };
     let limiter = Arc::new(Limiter::new(&limits, ClientIp::default()));
 

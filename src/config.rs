@@ -31,7 +31,7 @@ use crate::{
     layer::{
         access_log::{AccessLogConfig, LogFormat, Target},
         fault::{AbortFault, DelayFault, FaultConfig},
-        rate_limit::{RateLimitConfig, RateLimitKey},
+        rate_limit::{OnStoreError, RateLimitConfig, RateLimitKey, StoreConfig, StoreUrl},
         record::RecordConfig,
     },
     outlier::OutlierConfig,
@@ -129,6 +129,14 @@ impl Defaults {
     pub const AUTOSCALE_WINDOW: Duration = Duration::from_secs(30);
     /// Longest time between two lookups of a DNS backend name (kept with the resolver).
     pub const DNS_REFRESH: Duration = crate::dns::DEFAULT_REFRESH;
+}
+
+/// Defaults of `rate_limit.store`.
+impl Defaults {
+    /// Longest a rate-limit decision waits for Redis before `on_error` decides.
+    pub const RATE_LIMIT_STORE_TIMEOUT: Duration = Duration::from_millis(20);
+    /// What decides while Redis is down: this replica's own bucket.
+    pub const RATE_LIMIT_STORE_ON_ERROR: OnStoreError = OnStoreError::Local;
 }
 
 /// The validated configuration.
@@ -526,6 +534,8 @@ struct RawRateLimit {
     requests_per_second: u32,
     burst: Option<u32>,
     key: Option<String>,
+    /// A URL string or an object; checked by [`store`].
+    store: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1273,6 +1283,84 @@ fn rate_limit(raw: RawRateLimit) -> Result<RateLimitConfig, ConfigError> {
         requests_per_second: raw.requests_per_second,
         burst,
         key,
+        store: raw.store.map(store).transpose()?,
+    })
+}
+
+// === rate_limit.store ===
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a Redis URL or an object such as {\"url\": \"redis://127.0.0.1:6379\", \"timeout\": \"20ms\", \"on_error\": \"local\"}"
+)]
+struct RawStore {
+    url: String,
+    timeout: Option<DurationValue>,
+    on_error: Option<String>,
+}
+
+/// Checks `rate_limit.store`: `"redis://..."` or `{"url", "timeout", "on_error"}`.
+fn store(value: serde_json::Value) -> Result<StoreConfig, ConfigError> {
+    let (raw, url_key) = match value {
+        serde_json::Value::String(url) => (
+            RawStore {
+                url,
+                timeout: None,
+                on_error: None,
+            },
+            "rate_limit.store",
+        ),
+        other => (
+            serde_path_to_error::deserialize(other).map_err(|e| {
+                let path = e.path().to_string();
+                ConfigError::Shape {
+                    key: match path.as_str() {
+                        "." => "rate_limit.store".to_owned(),
+                        p => format!("rate_limit.store.{p}"),
+                    },
+                    message: e.into_inner().to_string(),
+                }
+            })?,
+            "rate_limit.store.url",
+        ),
+    };
+    let url = StoreUrl::new(raw.url);
+    const EXPECTED_URL: &str =
+        "a Redis URL such as \"redis://127.0.0.1:6379\" (redis:// or redis+unix://; rediss:// is not supported)";
+    let scheme_ok = ["redis://", "redis+unix://", "unix://"]
+        .iter()
+        .any(|s| url.expose().starts_with(s));
+    if !scheme_ok || redis::IntoConnectionInfo::into_connection_info(url.expose()).is_err() {
+        // Shown without credentials: a config error is printed and logged.
+        return Err(ConfigError::invalid(
+            url_key,
+            format!("{url:?}"),
+            EXPECTED_URL,
+        ));
+    }
+    let timeout = duration(
+        "rate_limit.store.timeout",
+        raw.timeout,
+        Defaults::RATE_LIMIT_STORE_TIMEOUT,
+    )?;
+    let on_error = match raw.on_error.as_deref() {
+        None => Defaults::RATE_LIMIT_STORE_ON_ERROR,
+        Some("local") => OnStoreError::Local,
+        Some("allow") => OnStoreError::Allow,
+        Some("deny") => OnStoreError::Deny,
+        Some(other) => {
+            return Err(ConfigError::invalid(
+                "rate_limit.store.on_error",
+                format!("{other:?}"),
+                "\"local\" (this replica's own bucket), \"allow\" or \"deny\"",
+            ))
+        }
+    };
+    Ok(StoreConfig {
+        url,
+        timeout,
+        on_error,
     })
 }
 

@@ -46,7 +46,7 @@ use crate::{
     health::HealthChecker,
     layer::{
         access_log::AccessLogConfig,
-        rate_limit::{spawn_pruning, Limiter},
+        rate_limit::{spawn_pruning, store::StoreError, Limiter, RedisStore},
         record::RecordConfig,
         AccessLog, AccessLogLayer, Backpressure, BackpressureLayer, BodyLimit, BodyLimitLayer,
         Fault, FaultLayer, Metrics, MetricsLayer, Normalize, NormalizeLayer, RateLimit,
@@ -97,6 +97,9 @@ pub enum BuildError {
     /// The DNS resolver could not be set up.
     #[error("dns.servers: cannot set up the resolver: {0}")]
     Dns(#[from] hickory_resolver::ResolveError),
+    /// The rate-limit store's client could not be set up.
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// Why a proxy is built from a previous one.
@@ -300,12 +303,30 @@ impl Proxy {
         if let Some(capacity) = &capacity {
             tasks.add(capacity.spawn(routing.balancer()));
         }
-        let limiter = match previous.filter(|_| why == Rebuild::Discovery) {
-            Some(p) => p.limiter.clone(),
-            None => config
-                .rate_limit
-                .as_ref()
-                .map(|r| Arc::new(Limiter::new(r, client_ip))),
+        // A DNS change keeps the buckets (the config did not change); a reload starts afresh,
+        // except that a store with the same URL and timeout keeps its connection and state.
+        let limiter = match (
+            previous.filter(|_| why == Rebuild::Discovery),
+            &config.rate_limit,
+        ) {
+            (Some(p), _) => p.limiter.clone(),
+            (None, None) => None,
+            (None, Some(r)) => {
+                let limiter = match &r.store {
+                    None => Limiter::new(r, client_ip),
+                    Some(s) => {
+                        let kept = previous
+                            .and_then(Proxy::rate_limit_store)
+                            .filter(|store| store.serves(s));
+                        let store = match kept {
+                            Some(store) => store.clone(),
+                            None => RedisStore::start(s)?,
+                        };
+                        Limiter::with_store(r, client_ip, store)
+                    }
+                };
+                Some(Arc::new(limiter))
+            }
         };
         if let Some(limiter) = &limiter {
             tasks.add(spawn_pruning(limiter.clone()));
@@ -406,6 +427,11 @@ impl Proxy {
     /// The pool's capacity signal, when `autoscale` is configured.
     pub fn capacity(&self) -> Option<&Arc<PoolCapacity>> {
         self.capacity.as_ref()
+    }
+
+    /// The rate limit's Redis store, when the config has one.
+    pub fn rate_limit_store(&self) -> Option<&Arc<RedisStore>> {
+        self.rate_limit.limiter().and_then(|l| l.store())
     }
 
     /// The balancer.

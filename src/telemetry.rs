@@ -55,6 +55,8 @@ pub const SHADOW_DECISIONS_TOTAL: &str = "lb_shadow_decisions_total";
 pub const PROBES_TOTAL: &str = "lb_probes_total";
 /// TLS handshakes whose SNI was not a valid host name and was treated as absent.
 pub const TLS_INVALID_SNI_TOTAL: &str = "lb_tls_invalid_sni_total";
+/// Calls to the rate-limit store (Redis) that failed or outlasted `rate_limit.store.timeout`.
+pub const RATE_LIMIT_STORE_ERRORS_TOTAL: &str = "lb_rate_limit_store_errors_total";
 
 /// Utilization of a pool's backends: time-averaged requests in flight / (backends in
 /// service × per-backend concurrency), by pool.
@@ -144,6 +146,10 @@ pub fn describe() {
         "TLS handshakes whose SNI was not a valid host name (e.g. `localhost:8443`), served as if no SNI was sent."
     );
     describe_capacity();
+    describe_counter!(
+        RATE_LIMIT_STORE_ERRORS_TOTAL,
+        "Calls to the rate-limit store (Redis) that failed or timed out."
+    );
     // Series that exist from the start, so dashboards and alerts see 0 rather than nothing.
     counter!(RATE_LIMITED_REQUESTS_TOTAL).absolute(0);
     counter!(LOAD_SHED_TOTAL).absolute(0);

@@ -38,6 +38,7 @@ use crate::{
     config::AdminAuthConfig,
     decision::{DecisionLog, DecisionRecord, DecisionView},
     dns::SourceStatus,
+    layer::rate_limit::{store::StoreView, RedisStore},
     proxy::LiveProxy,
     route::Routing,
     telemetry::{
@@ -72,6 +73,8 @@ enum Source {
 struct Snapshot {
     routing: Arc<Routing>,
     endpoints: Vec<Arc<Endpoint>>,
+    /// The rate limit's Redis store, for `/health`.
+    store: Option<Arc<RedisStore>>,
 }
 
 impl AdminState {
@@ -83,7 +86,11 @@ impl AdminState {
         prometheus: PrometheusHandle,
     ) -> Self {
         AdminState {
-            source: Source::Fixed(Snapshot { routing, endpoints }),
+            source: Source::Fixed(Snapshot {
+                routing,
+                endpoints,
+                store: None,
+            }),
             prometheus,
             history: Arc::default(),
         }
@@ -122,6 +129,7 @@ impl Source {
                 Snapshot {
                     routing: proxy.routing.clone(),
                     endpoints: proxy.endpoints.clone(),
+                    store: proxy.rate_limit_store().cloned(),
                 }
             }
         }
@@ -182,6 +190,10 @@ struct Health {
     status: &'static str,
     backends_alive: usize,
     backends_total: usize,
+    /// With `rate_limit.store`: Redis's state (a store that is down does not make ALB
+    /// unhealthy: `on_error` keeps deciding).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rate_limit_store: Option<StoreView>,
 }
 
 async fn health(State(state): State<AdminState>) -> impl IntoResponse {
@@ -196,6 +208,7 @@ async fn health(State(state): State<AdminState>) -> impl IntoResponse {
         status: if alive > 0 { "ok" } else { "no backend alive" },
         backends_alive: alive,
         backends_total: state.endpoints.len(),
+        rate_limit_store: state.store.as_ref().map(|s| s.view()),
     };
     (status, Json(body))
 }
@@ -467,6 +480,7 @@ fn set_drained(state: &AdminState, id: &str, drained: bool) -> Response {
     let snapshot = Snapshot {
         routing: proxy.routing.clone(),
         endpoints: proxy.endpoints.clone(),
+        store: None,
     };
     let Some(ep) = snapshot.find(id) else {
         return (StatusCode::NOT_FOUND, format!("no backend {id:?}\n")).into_response();

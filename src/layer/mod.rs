@@ -3,9 +3,9 @@
 //! own refusals included), [`record`] (sampled requests as JSON lines for `alb replay`),
 //! [`metrics`] (counts every answer, 429s and 503s included),
 //! [`normalize`] (one reading of each request's host and framing: `400`, `405`),
-//! [`rate_limit`] (token buckets, `429`), [`backpressure`] (a global in-flight cap, fast
-//! `503`), [`body_limit`] (`413` for oversized bodies), [`fault`] (injected delays and
-//! aborts, chaos testing). Each is a `Layer` + `Service` pair
+//! [`rate_limit`] (token buckets in process or in Redis, `429`), [`backpressure`] (a global
+//! in-flight cap, fast `503`), [`body_limit`] (`413` for oversized bodies), [`fault`]
+//! (injected delays and aborts, chaos testing). Each is a `Layer` + `Service` pair
 //! that any axum or tower app can stack:
 //!
 //! ```text

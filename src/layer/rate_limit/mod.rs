@@ -7,10 +7,17 @@
 //! in the IETF `RateLimit` header draft, so well-behaved clients can slow down before they
 //! are refused.
 //!
+//! With `rate_limit.store` the buckets live in Redis instead, shared by every replica
+//! ([`store`]): the same algorithm and the same answers, one script per decision, and
+//! `on_error` (by default this in-process bucket) when Redis is down or slow. Without a store
+//! the request path is what it always was: no Redis code runs, nothing more is allocated.
+//!
 //! The client key is the socket peer; `X-Forwarded-For` counts only from `trusted_proxies`
 //! (see [`ClientIp`]), otherwise a client could mint a fresh bucket per request. Buckets that
 //! have refilled are indistinguishable from new ones and are pruned every
 //! [`PRUNE_INTERVAL`], so a million distinct addresses do not grow memory for good.
+
+pub mod store;
 
 use std::{
     convert::Infallible,
@@ -23,7 +30,7 @@ use std::{
 use axum::body::Body;
 use governor::{
     clock::{Clock, DefaultClock},
-    middleware::{StateInformationMiddleware, StateSnapshot},
+    middleware::StateInformationMiddleware,
     DefaultDirectRateLimiter, DefaultKeyedRateLimiter, NotUntil, Quota,
 };
 use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
@@ -38,6 +45,8 @@ use crate::{
     client_ip::ClientIp, local_reply::local_reply, telemetry::RATE_LIMITED_REQUESTS_TOTAL,
 };
 
+pub use store::{OnStoreError, RedisStore, StoreConfig, StoreUrl};
+
 /// Token-bucket rate limiting.
 #[derive(Debug, Clone, Serialize)]
 pub struct RateLimitConfig {
@@ -47,6 +56,8 @@ pub struct RateLimitConfig {
     pub burst: u32,
     /// One bucket per client address, or one for everyone.
     pub key: RateLimitKey,
+    /// Buckets in Redis, shared by every replica (`rate_limit.store`); `None`: in process.
+    pub store: Option<StoreConfig>,
 }
 
 /// What a rate-limit bucket belongs to.
@@ -79,17 +90,36 @@ enum Buckets {
 /// The limiter shared by every clone of the service.
 #[derive(Debug)]
 pub struct Limiter {
+    /// In process: the only buckets without a store, the fallback with one.
     buckets: Buckets,
     clock: DefaultClock,
     config: RateLimitConfig,
     client_ip: ClientIp,
+    store: Option<Shared>,
+}
+
+/// The shared buckets, and what the script needs to know about the quota.
+#[derive(Debug)]
+struct Shared {
+    store: Arc<RedisStore>,
+    on_error: OnStoreError,
+    /// Microseconds per token.
+    interval_us: u64,
 }
 
 /// What the limiter decided for one request.
 enum Verdict {
-    Allowed(StateSnapshot),
-    Refused(NotUntil<Instant>),
+    /// Within the limit, with this many tokens left.
+    Allowed(u32),
+    /// Over the limit: the wait until a request would conform.
+    Refused(Duration),
+    /// The store is down and `on_error` is `allow`: no limit, no headers.
+    Unlimited,
 }
+
+/// `Retry-After` when the store is down and `on_error` is `deny`: the prober's next look,
+/// rounded up to whole seconds.
+const DENY_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 impl Limiter {
     /// A limiter for `config`, resolving clients with `client_ip`.
@@ -110,9 +140,42 @@ impl Limiter {
             clock: DefaultClock::default(),
             config: config.clone(),
             client_ip,
+            store: None,
         }
     }
 
+    /// A limiter whose buckets live in `store` (started for `config.store`), with this
+    /// replica's own buckets as the `local` fallback.
+    pub fn with_store(
+        config: &RateLimitConfig,
+        client_ip: ClientIp,
+        store: Arc<RedisStore>,
+    ) -> Self {
+        let on_error = config
+            .store
+            .as_ref()
+            .map_or(OnStoreError::Local, |s| s.on_error);
+        // Whole microseconds, so the script's arithmetic stays exact in Lua's doubles
+        // (microseconds since the epoch fit in 2^53; nanoseconds would not). Against
+        // governor's nanoseconds a token comes less than 1 µs early: under 0.1% of the
+        // interval up to 1000/s, exact when the rate divides a million.
+        let interval_us = (1_000_000 / u64::from(config.requests_per_second.max(1))).max(1);
+        Limiter {
+            store: Some(Shared {
+                store,
+                on_error,
+                interval_us,
+            }),
+            ..Limiter::new(config, client_ip)
+        }
+    }
+
+    /// The Redis store, when there is one.
+    pub fn store(&self) -> Option<&Arc<RedisStore>> {
+        self.store.as_ref().map(|s| &s.store)
+    }
+
+    /// The in-process decision.
     fn check<B>(&self, request: &Request<B>) -> Verdict {
         let result = match &self.buckets {
             Buckets::Global(limiter) => limiter.check(),
@@ -126,8 +189,31 @@ impl Limiter {
             }
         };
         match result {
-            Ok(snapshot) => Verdict::Allowed(snapshot),
-            Err(not_until) => Verdict::Refused(not_until),
+            Ok(snapshot) => Verdict::Allowed(snapshot.remaining_burst_capacity()),
+            Err(not_until) => Verdict::Refused(wait(&not_until, &self.clock)),
+        }
+    }
+
+    /// The decision while the store is down or failed: `on_error`'s.
+    fn fallback<B>(&self, on_error: OnStoreError, request: &Request<B>) -> Verdict {
+        match on_error {
+            OnStoreError::Local => self.check(request),
+            OnStoreError::Allow => Verdict::Unlimited,
+            OnStoreError::Deny => Verdict::Refused(DENY_RETRY_AFTER),
+        }
+    }
+
+    /// The request's bucket in Redis: `alb:rl:ip:ADDR` or `alb:rl:global`.
+    fn store_key<B>(&self, request: &Request<B>) -> String {
+        match self.config.key {
+            RateLimitKey::Global => format!("{}global", store::KEY_PREFIX),
+            RateLimitKey::Ip => {
+                let ip = self
+                    .client_ip
+                    .resolve(request)
+                    .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+                format!("{}ip:{ip}", store::KEY_PREFIX)
+            }
         }
     }
 
@@ -158,8 +244,7 @@ impl Limiter {
         headers.insert(RATELIMIT_RESET.clone(), HeaderValue::from(reset));
     }
 
-    fn refusal(&self, not_until: &NotUntil<Instant>) -> Response<Body> {
-        let wait = not_until.wait_time_from(self.clock.now());
+    fn refusal(&self, wait: Duration) -> Response<Body> {
         let retry_after = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
         let retry_after = retry_after.max(1);
         metrics::counter!(RATE_LIMITED_REQUESTS_TOTAL).increment(1);
@@ -172,6 +257,11 @@ impl Limiter {
         self.set_headers(headers, 0, retry_after);
         response
     }
+}
+
+/// The exact wait governor reports for a refusal.
+fn wait(not_until: &NotUntil<Instant>, clock: &DefaultClock) -> Duration {
+    not_until.wait_time_from(clock.now())
 }
 
 /// Spawns the periodic pruning of per-client buckets.
@@ -197,6 +287,11 @@ impl RateLimitLayer {
     pub fn new(limiter: Option<Arc<Limiter>>) -> Self {
         RateLimitLayer { limiter }
     }
+
+    /// The limiter, when limiting.
+    pub fn limiter(&self) -> Option<&Arc<Limiter>> {
+        self.limiter.as_ref()
+    }
 }
 
 impl<S> Layer<S> for RateLimitLayer {
@@ -219,8 +314,9 @@ pub struct RateLimit<S> {
 
 impl<S, B> Service<Request<B>> for RateLimit<S>
 where
-    S: Service<Request<B>, Response = Response<Body>, Error = Infallible>,
+    S: Service<Request<B>, Response = Response<Body>, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
+    B: Send + 'static,
 {
     type Response = Response<Body>;
     type Error = Infallible;
@@ -235,12 +331,23 @@ where
         let Some(limiter) = &self.limiter else {
             return Either::Left(self.inner.call(request));
         };
-        match limiter.check(&request) {
-            Verdict::Refused(not_until) => Either::Right(Box::pin(std::future::ready(Ok(
-                limiter.refusal(&not_until)
-            )))),
-            Verdict::Allowed(snapshot) => {
-                let remaining = snapshot.remaining_burst_capacity();
+        let verdict = match &limiter.store {
+            None => limiter.check(&request),
+            Some(shared) if shared.store.is_up() => {
+                // The decision waits for Redis: the inner service that was polled ready
+                // goes into the future, a clone stays for the next request (tower's rule).
+                let clone = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, clone);
+                return Either::Right(Box::pin(decide_then_call(limiter.clone(), inner, request)));
+            }
+            Some(shared) => limiter.fallback(shared.on_error, &request),
+        };
+        match verdict {
+            Verdict::Refused(wait) => {
+                Either::Right(Box::pin(std::future::ready(Ok(limiter.refusal(wait)))))
+            }
+            Verdict::Unlimited => Either::Left(self.inner.call(request)),
+            Verdict::Allowed(remaining) => {
                 let limiter = limiter.clone();
                 let response = self.inner.call(request);
                 Either::Right(Box::pin(async move {
@@ -250,6 +357,41 @@ where
                     Ok(response)
                 }))
             }
+        }
+    }
+}
+
+/// One decision by the store (or by `on_error` when it fails), then the request.
+async fn decide_then_call<S, B>(
+    limiter: Arc<Limiter>,
+    mut inner: S,
+    request: Request<B>,
+) -> Result<Response<Body>, Infallible>
+where
+    S: Service<Request<B>, Response = Response<Body>, Error = Infallible>,
+{
+    let Some(shared) = &limiter.store else {
+        // Not reached: `call` comes here only with a store.
+        return inner.call(request).await;
+    };
+    let key = limiter.store_key(&request);
+    let verdict = match shared
+        .store
+        .decide(key, shared.interval_us, limiter.config.burst.max(1))
+        .await
+    {
+        Some(v) if v.allowed => Verdict::Allowed(v.remaining),
+        Some(v) => Verdict::Refused(v.wait),
+        None => limiter.fallback(shared.on_error, &request),
+    };
+    match verdict {
+        Verdict::Refused(wait) => Ok(limiter.refusal(wait)),
+        Verdict::Unlimited => inner.call(request).await,
+        Verdict::Allowed(remaining) => {
+            let mut response = inner.call(request).await?;
+            let reset = limiter.reset_secs(remaining);
+            limiter.set_headers(response.headers_mut(), remaining, reset);
+            Ok(response)
         }
     }
 }
@@ -264,6 +406,7 @@ mod tests {
             requests_per_second: 1000,
             burst: 2,
             key: RateLimitKey::Ip,
+            store: None,
         };
         let limiter = Limiter::new(&config, ClientIp::default());
         let Buckets::PerIp(keyed) = &limiter.buckets else {
