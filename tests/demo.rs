@@ -11,9 +11,18 @@ use common::*;
 
 #[tokio::test]
 async fn demo_serves_the_url_it_prints() {
-    let port = free_port();
+    // Every port free, so another alb (the TLS test uses 8443) cannot make this one fail.
+    let (port, tls_port, admin_port) = (free_port(), free_port(), free_port());
     let mut child = Command::new(alb_bin())
-        .args(["demo", "--port", &port.to_string()])
+        .args([
+            "demo",
+            "--port",
+            &port.to_string(),
+            "--tls-port",
+            &tls_port.to_string(),
+            "--admin-port",
+            &admin_port.to_string(),
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
