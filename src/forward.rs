@@ -50,7 +50,10 @@ use crate::{
     client_ip::ClientIp,
     local_reply::local_reply,
     semantics::{strip_hop_by_hop, upgrade_protocol, ClientUpgrade},
-    upstream::{self, root_cause, BackendClient, ConnectionPool, PooledBody, UpstreamError},
+    upstream::{
+        self, caused_by_tls, root_cause, BackendClient, ConnectionPool, PooledBody, UpstreamError,
+        UpstreamProtocol,
+    },
 };
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -81,6 +84,10 @@ pub enum ForwardError {
     /// No TCP connection could be made (refused, unreachable, connect timeout).
     #[error("cannot connect ({})", root_cause(&**.0))]
     Connect(#[source] BoxError),
+    /// The TLS handshake with an `https://` backend failed (most often its certificate:
+    /// unknown issuer, wrong name, expired).
+    #[error("TLS handshake failed ({})", root_cause(&**.0))]
+    Tls(#[source] BoxError),
     /// The backend did not send response headers within the request timeout.
     #[error("no response within {}", humantime::format_duration(*.0))]
     Timeout(Duration),
@@ -100,13 +107,17 @@ impl ForwardError {
     /// Whether the request surely did not get a response, so an idempotent one may be sent
     /// again (a timeout may still be in progress at the backend: not retried).
     pub fn retryable(&self) -> bool {
-        matches!(self, ForwardError::Connect(_) | ForwardError::Upstream(_))
+        matches!(
+            self,
+            ForwardError::Connect(_) | ForwardError::Tls(_) | ForwardError::Upstream(_)
+        )
     }
 
     /// Short label for metrics and logs.
     pub fn kind(&self) -> &'static str {
         match self {
             ForwardError::Connect(_) => "connect",
+            ForwardError::Tls(_) => "tls",
             ForwardError::Timeout(_) => "timeout",
             ForwardError::Upstream(_) => "upstream",
             ForwardError::BodyTooLarge => "body_too_large",
@@ -209,6 +220,9 @@ struct ForwardShared {
     pools: BackendPools,
     proto: ClientProto,
     request_timeout: Duration,
+    /// Whether plain `http://` backends speak HTTP/1.1, so bodiless requests to them may
+    /// take ALB's own pooled connections (`upstream_protocol` is not `h2`).
+    plain_http1: bool,
 }
 
 impl fmt::Debug for Forward {
@@ -222,12 +236,13 @@ impl fmt::Debug for Forward {
 
 impl Forward {
     /// A forwarder for requests that arrived over `proto`, with one connection pool per
-    /// backend in `pools`.
+    /// backend in `pools`, speaking `protocol` to backends.
     pub fn new(
         client: BackendClient,
         pools: BackendPools,
         proto: ClientProto,
         request_timeout: Duration,
+        protocol: UpstreamProtocol,
     ) -> Self {
         Forward {
             shared: Arc::new(ForwardShared {
@@ -235,6 +250,7 @@ impl Forward {
                 pools,
                 proto,
                 request_timeout,
+                plain_http1: protocol != UpstreamProtocol::H2,
             }),
         }
     }
@@ -300,15 +316,23 @@ impl Service<Routed<Body>> for Forward {
             .is_some()
             .then(|| ClientUpgrade::of(&mut request));
         let shared = &*self.shared;
-        rewrite_request(
+        let backend = &endpoint.backend;
+        rewrite(
             &mut request,
-            &endpoint.backend.authority,
+            backend.scheme(),
+            &backend.authority,
             peer,
             shared.proto,
         );
         let timeout = shared.request_timeout;
-        let pool = shared.pools.get(endpoint.id()).cloned();
-        if let Some(pool) = pool.filter(|_| client_upgrade.is_none()) {
+        // ALB's own pool speaks plain HTTP/1.1 only; TLS and HTTP/2 go through hyper-util.
+        let own_pool = !backend.tls && shared.plain_http1 && client_upgrade.is_none();
+        let pool = shared
+            .pools
+            .get(endpoint.id())
+            .filter(|_| own_pool)
+            .cloned();
+        if let Some(pool) = pool {
             if request.body().is_end_stream() {
                 let sent = upstream::send(pool, &request);
                 return Box::pin(async move {
@@ -347,6 +371,9 @@ impl Service<Routed<Body>> for Forward {
         Box::pin(async move {
             let mut response = match tokio::time::timeout(timeout, sent).await {
                 Err(_) => return Err(ForwardError::Timeout(timeout)),
+                Ok(Err(e)) if e.is_connect() && caused_by_tls(&e) => {
+                    return Err(ForwardError::Tls(e.into()))
+                }
                 Ok(Err(e)) if e.is_connect() => return Err(ForwardError::Connect(e.into())),
                 Ok(Err(e)) if caused_by_length_limit(&e) => return Err(ForwardError::BodyTooLarge),
                 Ok(Err(_)) if client_failed.load(Ordering::Relaxed) => {
@@ -390,9 +417,21 @@ impl Service<Routed<Body>> for Forward {
     }
 }
 
-/// Rewrites a client request into the request sent to `backend` (see the module docs).
+/// Rewrites a client request into the request sent to the plain `http://` `backend` (see
+/// the module docs).
 pub fn rewrite_request<B>(
     request: &mut Request<B>,
+    backend: &http::uri::Authority,
+    peer: Option<SocketAddr>,
+    proto: ClientProto,
+) {
+    rewrite(request, Scheme::HTTP, backend, peer, proto)
+}
+
+/// [`rewrite_request`] for a backend reached with `scheme`.
+fn rewrite<B>(
+    request: &mut Request<B>,
+    scheme: Scheme,
     backend: &http::uri::Authority,
     peer: Option<SocketAddr>,
     proto: ClientProto,
@@ -404,7 +443,7 @@ pub fn rewrite_request<B>(
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(Scheme::HTTP);
+    parts.scheme = Some(scheme);
     parts.authority = Some(backend.clone());
     parts.path_and_query = Some(path_and_query);
     *request.uri_mut() = Uri::from_parts(parts).expect("scheme, authority and path are set");
@@ -412,7 +451,18 @@ pub fn rewrite_request<B>(
 
     let keep_upgrade = upgrade_protocol(request.headers()).is_some();
     let headers = request.headers_mut();
+    // A gRPC call's `TE: trailers` is passed on rather than dropped with the other
+    // hop-by-hop headers: gRPC servers require it ("gRPC over HTTP/2", PROTOCOL-HTTP2.md),
+    // and it is the one `TE` value HTTP/2 allows (RFC 9113 §8.2.2).
+    let te_trailers = headers.contains_key(header::TE)
+        && crate::semantics::is_grpc(headers)
+        && headers
+            .get(header::TE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     strip_hop_by_hop(headers, keep_upgrade);
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     // Room for the three X-Forwarded-* headers in one growth at most.
     headers.reserve(3);
     if !headers.contains_key(header::HOST) {

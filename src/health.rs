@@ -19,7 +19,7 @@ use serde::Serialize;
 use crate::{
     balance::{discover::DiscoverSender, Endpoint},
     telemetry::HEALTH_CHECKS_TOTAL,
-    upstream::{root_cause, BackendClient},
+    upstream::{caused_by_tls, root_cause, BackendClient},
 };
 
 /// Active health checks.
@@ -156,7 +156,12 @@ impl HealthChecker {
     }
 
     async fn check(&self, endpoint: &Endpoint) -> CheckResult {
-        let uri = format!("http://{}{}", endpoint.name(), self.config.path);
+        let uri = format!(
+            "{}://{}{}",
+            endpoint.backend.scheme(),
+            endpoint.name(),
+            self.config.path
+        );
         let request = match Request::get(uri)
             .header(http::header::USER_AGENT, "alb-health-check")
             .body(Body::empty())
@@ -175,6 +180,9 @@ impl HealthChecker {
         .await;
         match response {
             Err(_) => CheckResult::Timeout(timeout),
+            Ok(Err(e)) if caused_by_tls(&e) => {
+                CheckResult::Failed(format!("TLS handshake failed: {}", root_cause(&e)))
+            }
             Ok(Err(e)) => CheckResult::Failed(root_cause(&e)),
             Ok(Ok(status)) if status.is_success() => CheckResult::Healthy,
             Ok(Ok(status)) => CheckResult::BadStatus(status),

@@ -47,7 +47,7 @@ use crate::{
     retry::RetryBudget,
     route::{Route, RouteOptions, Routing},
     trace::{ExportError, Trace, TraceConfig, TraceLayer},
-    upstream::{self, backend_client, BackendClient},
+    upstream::{self, backend_client, BackendClient, UpstreamConfig},
 };
 
 /// The whole request path: request id, trace context, access log, metrics, rate limit,
@@ -103,6 +103,8 @@ pub struct Proxy {
     ids: Arc<BackendIds>,
     changes: DiscoverSender,
     client: BackendClient,
+    /// The settings `client` was built with.
+    upstream: UpstreamConfig,
     pools: BackendPools,
     request_timeout: Duration,
     metrics: MetricsLayer,
@@ -169,10 +171,13 @@ impl Proxy {
                 Arc::new(ep)
             })
             .collect();
-        let client = previous.map_or_else(
-            || backend_client(config.connect_timeout),
-            |p| p.client.clone(),
-        );
+        // The pooled client (and its warm connections) carries over a reload that does not
+        // change how backends are reached.
+        let upstream = &config.upstream;
+        let client = match previous.filter(|p| p.upstream.same_settings(upstream)) {
+            Some(p) => p.client.clone(),
+            None => backend_client(config.connect_timeout, upstream.protocol, &upstream.loaded),
+        };
         let pools = BackendPools::new(
             &endpoints,
             config.connect_timeout,
@@ -231,6 +236,7 @@ impl Proxy {
             ids,
             changes,
             client,
+            upstream: upstream.clone(),
             pools,
             request_timeout: config.request_timeout,
             metrics: previous.map_or_else(MetricsLayer::new, |p| p.metrics.clone()),
@@ -265,6 +271,7 @@ impl Proxy {
                 self.pools.clone(),
                 proto,
                 self.request_timeout,
+                self.upstream.protocol,
             ),
         )
     }

@@ -95,6 +95,8 @@ pub struct Backend {
     pub weight: u32,
     /// Seed for rendezvous hashing, derived from the name so it is stable across restarts.
     pub hash_seed: u64,
+    /// `https`: connections to it use TLS (the scheme is not part of its identity).
+    pub tls: bool,
 }
 
 impl Backend {
@@ -108,6 +110,22 @@ impl Backend {
             header_value: HeaderValue::from_str(name).expect("an authority is a valid header"),
             weight: spec.weight.max(1),
             hash_seed: stable_hash(name.as_bytes()),
+            tls: spec
+                .url
+                .trim()
+                .parse::<http::Uri>()
+                .ok()
+                .and_then(|u| u.scheme().cloned())
+                == Some(http::uri::Scheme::HTTPS),
+        }
+    }
+
+    /// `https` or `http`, the scheme of requests to it.
+    pub fn scheme(&self) -> http::uri::Scheme {
+        if self.tls {
+            http::uri::Scheme::HTTPS
+        } else {
+            http::uri::Scheme::HTTP
         }
     }
 
