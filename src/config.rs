@@ -435,6 +435,16 @@ pub struct RawConfig {
     tracing: Option<RawTracing>,
     upstream_protocol: Option<String>,
     upstream_tls: Option<RawUpstreamTls>,
+    health_check: Option<RawHealthCheck>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "an object such as {\"grpc_service\": \"\"}"
+)]
+struct RawHealthCheck {
+    grpc_service: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -705,6 +715,7 @@ impl RawConfig {
             ));
         }
         let health = HealthConfig {
+            grpc_service: self.health_check.and_then(|h| h.grpc_service),
             path,
             interval: duration(
                 "health_check_interval",

@@ -48,6 +48,7 @@ use tower::Service;
 use crate::{
     balance::{BackendId, Endpoint, Routed},
     client_ip::ClientIp,
+    grpc,
     local_reply::local_reply,
     semantics::{strip_hop_by_hop, upgrade_protocol, ClientUpgrade},
     upstream::{
@@ -324,7 +325,11 @@ impl Service<Routed<Body>> for Forward {
             peer,
             shared.proto,
         );
-        let timeout = shared.request_timeout;
+        // A gRPC client's deadline (`grpc-timeout`) bounds the wait when it is shorter.
+        let timeout = match grpc::timeout(request.headers()) {
+            Some(deadline) => deadline.min(shared.request_timeout),
+            None => shared.request_timeout,
+        };
         // ALB's own pool speaks plain HTTP/1.1 only; TLS and HTTP/2 go through hyper-util.
         let own_pool = !backend.tls && shared.plain_http1 && client_upgrade.is_none();
         let pool = shared
@@ -455,7 +460,7 @@ fn rewrite<B>(
     // hop-by-hop headers: gRPC servers require it ("gRPC over HTTP/2", PROTOCOL-HTTP2.md),
     // and it is the one `TE` value HTTP/2 allows (RFC 9113 §8.2.2).
     let te_trailers = headers.contains_key(header::TE)
-        && crate::semantics::is_grpc(headers)
+        && grpc::is_grpc(headers)
         && headers
             .get(header::TE)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));

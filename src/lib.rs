@@ -33,7 +33,7 @@
 //! # Layers
 //!
 //! Imports point from the edge down to the core, never back (`tests/architecture.rs` checks
-//! it): leaves ([`semantics`], [`telemetry`], [`client_ip`], [`guarded_body`], [`sim`],
+//! it): leaves ([`semantics`], [`telemetry`], [`client_ip`], [`guarded_body`], [`grpc`], [`sim`],
 //! [`tls`]) → [`local_reply`], [`prometheus`] → the core, [`balance`] (identity, state,
 //! selection, discovery) → [`decision`], [`outlier`], [`retry`], [`upstream`] → [`forward`],
 //! [`health`], [`layer`], [`redirect`] → [`route`] → [`config`] (parses the file into the
@@ -51,6 +51,7 @@ pub mod config;
 pub mod decision;
 pub mod demo;
 pub mod forward;
+pub mod grpc;
 pub mod guarded_body;
 pub mod headers;
 pub mod health;

@@ -126,11 +126,3 @@ impl ClientUpgrade {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 }
-
-/// Whether a request or response is gRPC: `content-type: application/grpc` or a
-/// `application/grpc+proto`-style variant ("gRPC over HTTP/2", PROTOCOL-HTTP2.md).
-pub fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
-}

@@ -53,7 +53,16 @@ pub const PROBES_TOTAL: &str = "lb_probes_total";
 pub const TLS_INVALID_SNI_TOTAL: &str = "lb_tls_invalid_sni_total";
 
 /// Failure kinds counted in [`BACKEND_ERRORS_TOTAL`].
-pub const ERROR_KINDS: [&str; 4] = ["connect", "timeout", "upstream", "status_5xx"];
+/// (`tls`: the handshake with an `https://` backend failed; `grpc_status`: a gRPC answer with
+/// a `grpc-status` other than 0.)
+pub const ERROR_KINDS: [&str; 6] = [
+    "connect",
+    "timeout",
+    "upstream",
+    "status_5xx",
+    "tls",
+    "grpc_status",
+];
 
 /// Describes every metric and creates the series that must exist from the start.
 pub fn describe() {
