@@ -1,21 +1,24 @@
-//! The forwarder: sends a routed request to its backend over a pooled HTTP/1.1 connection.
+//! The forwarder: sends a routed request to its backend over a pooled connection.
 //!
 //! What it does to a request, in order:
-//! - the URI becomes `http://<backend><path?query>`; the version becomes HTTP/1.1 whatever
+//! - the URI becomes `http[s]://<backend><path?query>`; the version becomes HTTP/1.1 whatever
 //!   the client spoke (an HTTP/2 request kept as HTTP/2 makes hyper-util's HTTP/1 client
-//!   fail with `UserUnsupportedVersion`);
+//!   fail with `UserUnsupportedVersion`; an HTTP/2 connection to the backend ignores it);
 //! - `Host` is kept (the `normalize` layer already made it the one the request is for); an
 //!   HTTP/2 request has none (it has `:authority`), so it is set from the URI authority, and
 //!   an HTTP/1.0 request without one gets the backend's;
 //! - a body of unknown length is sent chunked, whatever the method;
 //! - hop-by-hop headers (RFC 9110 §7.6.1, plus every name listed in `Connection`) are
-//!   removed, except the `Upgrade` pair of a WebSocket handshake;
+//!   removed, except the `Upgrade` pair of a WebSocket handshake and a gRPC call's
+//!   `TE: trailers`;
 //! - `X-Forwarded-For` gets the peer appended; `X-Forwarded-Proto` and `X-Forwarded-Host`
 //!   are set.
 //!
-//! Two ways out: a request without a body (the common case) goes over ALB's own pooled
-//! HTTP/1.1 connections ([`crate::upstream`]); a request with a body, or an upgrade, goes
-//! through hyper-util's pooled client, which streams both ways at once. Bodies are never
+//! Two ways out: a request without a body (the common case) to a plain HTTP/1.1 backend goes
+//! over ALB's own pooled HTTP/1.1 connections ([`crate::upstream`]); a request with a body,
+//! an upgrade, and every request to an `https://` backend or over HTTP/2
+//! (`upstream_protocol`) goes through hyper-util's pooled client, which streams both ways at
+//! once and speaks TLS and HTTP/2. A gRPC call's `grpc-timeout` shortens the request timeout. Bodies are never
 //! buffered whole. A `101 Switching Protocols` answer to an upgrade request joins the two
 //! upgraded connections with a byte tunnel.
 

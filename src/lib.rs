@@ -23,8 +23,8 @@
 //!                 ─► Backpressure ─► BodyLimit                   (layer/, trace/)
 //!                 └─► Route: pick ─► overflow ─► shadows ─► attempt ─► retry ─► decision
 //!                      │     (balance/)  (balance/)   (balance/)        (retry)   (decision)
-//!                      └─► Forward ─┬─ no body: upstream, ALB's own pooled HTTP/1.1 ─► backend
-//!                                   └─ body or upgrade: hyper-util's client ─────────► backend
+//!                      └─► Forward ─┬─ no body, plain HTTP/1.1: upstream, ALB's own pool ─► backend
+//!                                   └─ body, upgrade, TLS or HTTP/2: hyper-util's client ─► backend
 //!
 //!  HealthChecker, OutlierDetector ── Change::Insert / Remove ─► Discover ─► Balancer snapshot
 //!  probe (prequal) ── GET /_alb/load ─► each backend's ProbeSlot (its RIF and latency)

@@ -243,3 +243,20 @@ async fn outlier_detection_ejects_a_grpc_server_that_fails() {
         .unwrap_or_default();
     assert!(cause.contains("UNAVAILABLE"), "{cause}");
 }
+
+#[tokio::test]
+async fn grpc_timeout_shortens_the_request_timeout() {
+    let slow = backend(&["--delay", "5s"]);
+    let lb = alb(json!({"backends": [slow.url()], "request_timeout": 60}));
+    let answer = client()
+        .get(lb.url())
+        .header("content-type", "application/grpc")
+        .header("grpc-timeout", "200m")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 504);
+    let text = answer.text().await.unwrap();
+    // The client's deadline, not request_timeout's 60 s.
+    assert!(text.contains("no response within 200ms"), "{text}");
+}
