@@ -92,6 +92,9 @@ pub struct HealthChecker {
     config: HealthConfig,
     client: BackendClient,
     changes: DiscoverSender,
+    /// `upstream_protocol` is `h2`: a protocol failure is named as HTTP/2's, since the
+    /// likely cause is a backend that does not speak it.
+    h2: bool,
 }
 
 impl HealthChecker {
@@ -101,7 +104,28 @@ impl HealthChecker {
             config,
             client,
             changes,
+            h2: false,
         }
+    }
+
+    /// Checks over HTTP/2 only (`upstream_protocol: "h2"`); failures say so.
+    pub fn speaking_h2(mut self, h2: bool) -> Self {
+        self.h2 = h2;
+        self
+    }
+
+    /// The cause of a failed check.
+    fn failure(&self, e: &hyper_util::client::legacy::Error) -> CheckResult {
+        if caused_by_tls(e) {
+            return CheckResult::Failed(format!("TLS handshake failed: {}", root_cause(e)));
+        }
+        if self.h2 && !e.is_connect() {
+            return CheckResult::Failed(format!(
+                "HTTP/2 failed (upstream_protocol \"h2\"; does the backend speak it?): {}",
+                root_cause(e)
+            ));
+        }
+        CheckResult::Failed(root_cause(e))
     }
 
     /// Puts every endpoint that is in service into the set and starts one checking task per
@@ -188,10 +212,7 @@ impl HealthChecker {
         .await;
         match response {
             Err(_) => CheckResult::Timeout(timeout),
-            Ok(Err(e)) if caused_by_tls(&e) => {
-                CheckResult::Failed(format!("TLS handshake failed: {}", root_cause(&e)))
-            }
-            Ok(Err(e)) => CheckResult::Failed(root_cause(&e)),
+            Ok(Err(e)) => self.failure(&e),
             Ok(Ok(status)) if status.is_success() => CheckResult::Healthy,
             Ok(Ok(status)) => CheckResult::BadStatus(status),
         }
@@ -225,10 +246,7 @@ impl HealthChecker {
         .await;
         let (head, collected) = match answer {
             Err(_) => return CheckResult::Timeout(timeout),
-            Ok(Err(e)) if caused_by_tls(&e) => {
-                return CheckResult::Failed(format!("TLS handshake failed: {}", root_cause(&e)))
-            }
-            Ok(Err(e)) => return CheckResult::Failed(root_cause(&e)),
+            Ok(Err(e)) => return self.failure(&e),
             Ok(Ok(answer)) => answer,
         };
         if !head.status.is_success() {

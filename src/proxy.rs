@@ -47,7 +47,7 @@ use crate::{
     retry::RetryBudget,
     route::{Route, RouteOptions, Routing},
     trace::{ExportError, Trace, TraceConfig, TraceLayer},
-    upstream::{self, backend_client, BackendClient, UpstreamConfig},
+    upstream::{self, backend_client, BackendClient, UpstreamConfig, UpstreamProtocol},
 };
 
 /// The whole request path: request id, trace context, access log, metrics, rate limit,
@@ -187,7 +187,8 @@ impl Proxy {
         let (changes, stream) = discover::channel();
         let tasks = Arc::new(Tasks::default());
         tasks.add(spawn_pool_sweeping(pools.clone()));
-        let checker = HealthChecker::new(config.health.clone(), client.clone(), changes.clone());
+        let checker = HealthChecker::new(config.health.clone(), client.clone(), changes.clone())
+            .speaking_h2(upstream.protocol == UpstreamProtocol::H2);
         for task in checker.spawn(&endpoints) {
             tasks.add(task.abort_handle());
         }

@@ -128,6 +128,7 @@ async fn h2_towards_a_backend_that_speaks_only_http1_is_a_health_check_cause() {
         .unwrap_or_default()
         .to_owned();
     assert!(cause.contains("health checks failed"), "{cause}");
+    assert!(cause.contains("upstream_protocol \"h2\""), "{cause}");
     let answer = client().get(lb.url()).send().await.unwrap();
     assert!(answer.status().is_server_error(), "{}", answer.status());
 }
