@@ -37,6 +37,7 @@ use crate::{
     outlier::OutlierConfig,
     retry::RetryConfig,
     trace::TraceConfig,
+    upstream::{UpstreamConfig, UpstreamProtocol, UpstreamTlsConfig},
 };
 
 /// One backend as the config gives it (the core's [`BackendSpec`]).
@@ -218,6 +219,8 @@ pub struct Config {
     /// Backends found by DNS names, and how to resolve them; `None` when no backend entry
     /// is a DNS name.
     pub dns: Option<DnsConfig>,
+    /// `upstream_protocol` and `upstream_tls`: how ALB talks to backends.
+    pub upstream: UpstreamConfig,
 }
 
 /// TLS termination settings.
@@ -486,6 +489,63 @@ pub struct RawConfig {
     tracing: Option<RawTracing>,
     autoscale: Option<RawAutoscale>,
     dns: Option<RawDns>,
+    upstream_protocol: Option<String>,
+    upstream_tls: Option<RawUpstreamTls>,
+    health_check: Option<RawHealthCheck>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "an object such as {\"grpc_service\": \"\"}"
+)]
+struct RawHealthCheck {
+    grpc_service: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "an object such as {\"ca_file\": \"ca.pem\", \"server_name\": \"api.internal\"}"
+)]
+struct RawUpstreamTls {
+    ca_file: Option<String>,
+    server_name: Option<String>,
+    client_cert: Option<String>,
+    client_key: Option<String>,
+    insecure_skip_verify: Option<bool>,
+}
+
+/// `upstream_protocol` and `upstream_tls`, checked and loaded (every file read now, so a bad
+/// one is refused before anything binds).
+fn upstream(
+    protocol: Option<String>,
+    raw: Option<RawUpstreamTls>,
+) -> Result<UpstreamConfig, ConfigError> {
+    let protocol = match protocol {
+        None => UpstreamProtocol::default(),
+        Some(p) => p.parse().map_err(|()| {
+            ConfigError::invalid(
+                "upstream_protocol",
+                format!("{p:?}"),
+                UpstreamProtocol::EXPECTED,
+            )
+        })?,
+    };
+    let raw = raw.unwrap_or_default();
+    let path =
+        |key: &str, value: Option<String>| value.map(|v| non_empty_path(key, &v)).transpose();
+    let tls = UpstreamTlsConfig {
+        ca_file: path("upstream_tls.ca_file", raw.ca_file)?,
+        server_name: raw.server_name,
+        client_cert: path("upstream_tls.client_cert", raw.client_cert)?,
+        client_key: path("upstream_tls.client_key", raw.client_key)?,
+        insecure_skip_verify: raw.insecure_skip_verify.unwrap_or(false),
+    };
+    UpstreamConfig::new(protocol, tls).map_err(|e| ConfigError::Shape {
+        key: e.key.to_owned(),
+        message: e.message,
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -774,6 +834,7 @@ impl RawConfig {
             ));
         }
         let health = HealthConfig {
+            grpc_service: self.health_check.and_then(|h| h.grpc_service),
             path,
             interval: duration(
                 "health_check_interval",
@@ -945,6 +1006,7 @@ impl RawConfig {
                 .map(|raw| autoscale(raw, self.max_connections))
                 .transpose()?,
             dns,
+            upstream: upstream(self.upstream_protocol, self.upstream_tls)?,
         })
     }
 }
@@ -1489,7 +1551,7 @@ fn backends(
             ConfigError::invalid(
                 key.clone(),
                 format!("{url:?}"),
-                "an http URL with a host, such as \"http://127.0.0.1:8081\"",
+                "an http or https URL with a host, such as \"http://127.0.0.1:8081\"",
             )
         })?;
         if out.iter().any(|b| b.authority == authority) {
@@ -1509,13 +1571,16 @@ fn backends(
     Ok((out, dns))
 }
 
-/// `http://host[:port][/]` to `host:port`; anything else (other schemes, paths, queries,
-/// user info) is refused because the proxy would silently ignore it.
+/// `http://host[:port][/]` or `https://...` to `host:port` (the backend's identity; the
+/// scheme stays in the URL, see `Backend::tls`); anything else (other schemes, paths,
+/// queries, user info) is refused because the proxy would silently ignore it.
 fn backend_authority(url: &str) -> Option<Authority> {
     let uri: Uri = url.trim().parse().ok()?;
-    if uri.scheme_str() != Some("http") {
-        return None;
-    }
+    let default_port = match uri.scheme_str()? {
+        "http" => 80,
+        "https" => 443,
+        _ => return None,
+    };
     let authority = uri.authority()?;
     if authority.as_str().contains('@') || authority.host().is_empty() {
         return None;
@@ -1523,7 +1588,7 @@ fn backend_authority(url: &str) -> Option<Authority> {
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
         return None;
     }
-    let port = authority.port_u16().unwrap_or(80);
+    let port = authority.port_u16().unwrap_or(default_port);
     if port == 0 {
         return None;
     }

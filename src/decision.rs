@@ -132,6 +132,8 @@ pub struct DecisionRecord {
     pub request_id: Option<HeaderValue>,
     /// Status sent to the client (0 until known).
     pub status: u16,
+    /// A gRPC call's `grpc-status`, once known (from the answer's headers or trailers).
+    pub grpc_status: Option<u32>,
     /// Time from decision to response headers, in microseconds.
     pub latency_us: u32,
 }
@@ -162,6 +164,7 @@ impl DecisionRecord {
             retried_from: None,
             request_id: None,
             status: 0,
+            grpc_status: None,
             latency_us: 0,
         }
     }
@@ -227,6 +230,16 @@ impl DecisionLog {
             .replace(record);
         drop(replaced);
         id
+    }
+
+    /// Notes a gRPC call's status on record `id`, known only when its trailers arrived
+    /// (after the record was logged at the response headers); nothing if the ring moved on.
+    pub fn note_grpc_status(&self, id: u64, code: u32) {
+        let slot = (id as usize) % Self::CAPACITY;
+        let mut record = self.slots[slot].lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(record) = record.as_mut().filter(|r| r.id == id) {
+            record.grpc_status = Some(code);
+        }
     }
 
     /// Decisions with an id above `after`, oldest first.
@@ -306,8 +319,20 @@ pub struct DecisionView {
     pub request_id: Option<String>,
     /// Status sent.
     pub status: u16,
+    /// A gRPC call's status: `{"code": 14, "name": "UNAVAILABLE"}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_status: Option<GrpcStatusView>,
     /// Time to response headers, ms.
     pub latency_ms: f64,
+}
+
+/// A gRPC status code and its name.
+#[derive(Debug, Serialize)]
+pub struct GrpcStatusView {
+    /// The code (0 is OK).
+    pub code: u32,
+    /// Its name in the gRPC spec.
+    pub name: &'static str,
 }
 
 /// One compared candidate.
@@ -418,6 +443,10 @@ impl DecisionView {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned),
             status: r.status,
+            grpc_status: r.grpc_status.map(|code| GrpcStatusView {
+                code,
+                name: crate::grpc::code_name(code),
+            }),
             latency_ms: f64::from(r.latency_us) / 1e3,
         }
     }

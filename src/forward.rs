@@ -1,9 +1,9 @@
-//! The forwarder: sends a routed request to its backend over a pooled HTTP/1.1 connection.
+//! The forwarder: sends a routed request to its backend over a pooled connection.
 //!
 //! What it does to a request, in order:
-//! - the URI becomes `http://<backend><path?query>`; the version becomes HTTP/1.1 whatever
+//! - the URI becomes `http[s]://<backend><path?query>`; the version becomes HTTP/1.1 whatever
 //!   the client spoke (an HTTP/2 request kept as HTTP/2 makes hyper-util's HTTP/1 client
-//!   fail with `UserUnsupportedVersion`);
+//!   fail with `UserUnsupportedVersion`; an HTTP/2 connection to the backend ignores it);
 //! - `Host` is kept (the `normalize` layer already made it the one the request is for); an
 //!   HTTP/2 request has none (it has `:authority`), so it is set from the URI authority, and
 //!   an HTTP/1.0 request without one gets the backend's name as the config gave it (its
@@ -11,13 +11,16 @@
 //!   nginx sends `$proxy_host`);
 //! - a body of unknown length is sent chunked, whatever the method;
 //! - hop-by-hop headers (RFC 9110 §7.6.1, plus every name listed in `Connection`) are
-//!   removed, except the `Upgrade` pair of a WebSocket handshake;
+//!   removed, except the `Upgrade` pair of a WebSocket handshake and a gRPC call's
+//!   `TE: trailers`;
 //! - `X-Forwarded-For` gets the peer appended; `X-Forwarded-Proto` and `X-Forwarded-Host`
 //!   are set.
 //!
-//! Two ways out: a request without a body (the common case) goes over ALB's own pooled
-//! HTTP/1.1 connections ([`crate::upstream`]); a request with a body, or an upgrade, goes
-//! through hyper-util's pooled client, which streams both ways at once. Bodies are never
+//! Two ways out: a request without a body (the common case) to a plain HTTP/1.1 backend goes
+//! over ALB's own pooled HTTP/1.1 connections ([`crate::upstream`]); a request with a body,
+//! an upgrade, and every request to an `https://` backend or over HTTP/2
+//! (`upstream_protocol`) goes through hyper-util's pooled client, which streams both ways at
+//! once and speaks TLS and HTTP/2. A gRPC call's `grpc-timeout` shortens the request timeout. Bodies are never
 //! buffered whole. A `101 Switching Protocols` answer to an upgrade request joins the two
 //! upgraded connections with a byte tunnel.
 
@@ -50,9 +53,13 @@ use tower::Service;
 use crate::{
     balance::{BackendId, Endpoint, Routed},
     client_ip::ClientIp,
+    grpc,
     local_reply::local_reply,
     semantics::{strip_hop_by_hop, upgrade_protocol, ClientUpgrade},
-    upstream::{self, root_cause, BackendClient, ConnectionPool, PooledBody, UpstreamError},
+    upstream::{
+        self, caused_by_tls, root_cause, BackendClient, ConnectionPool, PooledBody, UpstreamError,
+        UpstreamProtocol,
+    },
 };
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -83,6 +90,10 @@ pub enum ForwardError {
     /// No TCP connection could be made (refused, unreachable, connect timeout).
     #[error("cannot connect ({})", root_cause(&**.0))]
     Connect(#[source] BoxError),
+    /// The TLS handshake with an `https://` backend failed (most often its certificate:
+    /// unknown issuer, wrong name, expired).
+    #[error("TLS handshake failed ({})", root_cause(&**.0))]
+    Tls(#[source] BoxError),
     /// The backend did not send response headers within the request timeout.
     #[error("no response within {}", humantime::format_duration(*.0))]
     Timeout(Duration),
@@ -102,13 +113,17 @@ impl ForwardError {
     /// Whether the request surely did not get a response, so an idempotent one may be sent
     /// again (a timeout may still be in progress at the backend: not retried).
     pub fn retryable(&self) -> bool {
-        matches!(self, ForwardError::Connect(_) | ForwardError::Upstream(_))
+        matches!(
+            self,
+            ForwardError::Connect(_) | ForwardError::Tls(_) | ForwardError::Upstream(_)
+        )
     }
 
     /// Short label for metrics and logs.
     pub fn kind(&self) -> &'static str {
         match self {
             ForwardError::Connect(_) => "connect",
+            ForwardError::Tls(_) => "tls",
             ForwardError::Timeout(_) => "timeout",
             ForwardError::Upstream(_) => "upstream",
             ForwardError::BodyTooLarge => "body_too_large",
@@ -211,6 +226,9 @@ struct ForwardShared {
     pools: BackendPools,
     proto: ClientProto,
     request_timeout: Duration,
+    /// Whether plain `http://` backends speak HTTP/1.1, so bodiless requests to them may
+    /// take ALB's own pooled connections (`upstream_protocol` is not `h2`).
+    plain_http1: bool,
 }
 
 impl fmt::Debug for Forward {
@@ -224,12 +242,13 @@ impl fmt::Debug for Forward {
 
 impl Forward {
     /// A forwarder for requests that arrived over `proto`, with one connection pool per
-    /// backend in `pools`.
+    /// backend in `pools`, speaking `protocol` to backends.
     pub fn new(
         client: BackendClient,
         pools: BackendPools,
         proto: ClientProto,
         request_timeout: Duration,
+        protocol: UpstreamProtocol,
     ) -> Self {
         Forward {
             shared: Arc::new(ForwardShared {
@@ -237,6 +256,7 @@ impl Forward {
                 pools,
                 proto,
                 request_timeout,
+                plain_http1: protocol != UpstreamProtocol::H2,
             }),
         }
     }
@@ -302,16 +322,28 @@ impl Service<Routed<Body>> for Forward {
             .is_some()
             .then(|| ClientUpgrade::of(&mut request));
         let shared = &*self.shared;
-        rewrite_request_for(
+        let backend = &endpoint.backend;
+        rewrite(
             &mut request,
-            &endpoint.backend.authority,
-            endpoint.backend.host.as_ref(),
+            backend.scheme(),
+            &backend.authority,
+            backend.host.as_ref(),
             peer,
             shared.proto,
         );
-        let timeout = shared.request_timeout;
-        let pool = shared.pools.get(endpoint.id()).cloned();
-        if let Some(pool) = pool.filter(|_| client_upgrade.is_none()) {
+        // A gRPC client's deadline (`grpc-timeout`) bounds the wait when it is shorter.
+        let timeout = match grpc::timeout(request.headers()) {
+            Some(deadline) => deadline.min(shared.request_timeout),
+            None => shared.request_timeout,
+        };
+        // ALB's own pool speaks plain HTTP/1.1 only; TLS and HTTP/2 go through hyper-util.
+        let own_pool = !backend.tls && shared.plain_http1 && client_upgrade.is_none();
+        let pool = shared
+            .pools
+            .get(endpoint.id())
+            .filter(|_| own_pool)
+            .cloned();
+        if let Some(pool) = pool {
             if request.body().is_end_stream() {
                 let sent = upstream::send(pool, &request);
                 return Box::pin(async move {
@@ -350,6 +382,9 @@ impl Service<Routed<Body>> for Forward {
         Box::pin(async move {
             let mut response = match tokio::time::timeout(timeout, sent).await {
                 Err(_) => return Err(ForwardError::Timeout(timeout)),
+                Ok(Err(e)) if e.is_connect() && caused_by_tls(&e) => {
+                    return Err(ForwardError::Tls(e.into()))
+                }
                 Ok(Err(e)) if e.is_connect() => return Err(ForwardError::Connect(e.into())),
                 Ok(Err(e)) if caused_by_length_limit(&e) => return Err(ForwardError::BodyTooLarge),
                 Ok(Err(_)) if client_failed.load(Ordering::Relaxed) => {
@@ -393,20 +428,33 @@ impl Service<Routed<Body>> for Forward {
     }
 }
 
-/// Rewrites a client request into the request sent to `backend` (see the module docs).
+/// Rewrites a client request into the request sent to the plain `http://` `backend` (see
+/// the module docs).
 pub fn rewrite_request<B>(
     request: &mut Request<B>,
     backend: &http::uri::Authority,
     peer: Option<SocketAddr>,
     proto: ClientProto,
 ) {
-    rewrite_request_for(request, backend, None, peer, proto);
+    rewrite(request, Scheme::HTTP, backend, None, peer, proto)
 }
 
 /// [`rewrite_request`], with `host` as the `Host` of a request that names none (instead of
 /// `backend`): the name a backend found by DNS was found under.
 pub fn rewrite_request_for<B>(
     request: &mut Request<B>,
+    backend: &http::uri::Authority,
+    host: Option<&HeaderValue>,
+    peer: Option<SocketAddr>,
+    proto: ClientProto,
+) {
+    rewrite(request, Scheme::HTTP, backend, host, peer, proto)
+}
+
+/// [`rewrite_request_for`] for a backend reached with `scheme`.
+fn rewrite<B>(
+    request: &mut Request<B>,
+    scheme: Scheme,
     backend: &http::uri::Authority,
     host: Option<&HeaderValue>,
     peer: Option<SocketAddr>,
@@ -419,7 +467,7 @@ pub fn rewrite_request_for<B>(
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(Scheme::HTTP);
+    parts.scheme = Some(scheme);
     parts.authority = Some(backend.clone());
     parts.path_and_query = Some(path_and_query);
     *request.uri_mut() = Uri::from_parts(parts).expect("scheme, authority and path are set");
@@ -427,7 +475,18 @@ pub fn rewrite_request_for<B>(
 
     let keep_upgrade = upgrade_protocol(request.headers()).is_some();
     let headers = request.headers_mut();
+    // A gRPC call's `TE: trailers` is passed on rather than dropped with the other
+    // hop-by-hop headers: gRPC servers require it ("gRPC over HTTP/2", PROTOCOL-HTTP2.md),
+    // and it is the one `TE` value HTTP/2 allows (RFC 9113 §8.2.2).
+    let te_trailers = headers.contains_key(header::TE)
+        && grpc::is_grpc(headers)
+        && headers
+            .get(header::TE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     strip_hop_by_hop(headers, keep_upgrade);
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     // Room for the three X-Forwarded-* headers in one growth at most.
     headers.reserve(3);
     if !headers.contains_key(header::HOST) {

@@ -20,13 +20,18 @@ use serde::Serialize;
 
 use crate::{
     balance::{discover::DiscoverSender, Endpoint},
+    grpc,
     telemetry::HEALTH_CHECKS_TOTAL,
-    upstream::{root_cause, BackendClient},
+    upstream::{caused_by_tls, root_cause, BackendClient},
 };
 
 /// Active health checks.
 #[derive(Debug, Clone, Serialize)]
 pub struct HealthConfig {
+    /// `health_check.grpc_service`: check with the gRPC health protocol
+    /// (`grpc.health.v1.Health/Check` for this service name; `""` is the whole server)
+    /// instead of `GET path`.
+    pub grpc_service: Option<String>,
     /// Path requested on every backend.
     pub path: String,
     /// Time between checks.
@@ -89,6 +94,9 @@ pub struct HealthChecker {
     config: HealthConfig,
     client: BackendClient,
     changes: DiscoverSender,
+    /// `upstream_protocol` is `h2`: a protocol failure is named as HTTP/2's, since the
+    /// likely cause is a backend that does not speak it.
+    h2: bool,
 }
 
 impl HealthChecker {
@@ -98,7 +106,28 @@ impl HealthChecker {
             config,
             client,
             changes,
+            h2: false,
         }
+    }
+
+    /// Checks over HTTP/2 only (`upstream_protocol: "h2"`); failures say so.
+    pub fn speaking_h2(mut self, h2: bool) -> Self {
+        self.h2 = h2;
+        self
+    }
+
+    /// The cause of a failed check.
+    fn failure(&self, e: &hyper_util::client::legacy::Error) -> CheckResult {
+        if caused_by_tls(e) {
+            return CheckResult::Failed(format!("TLS handshake failed: {}", root_cause(e)));
+        }
+        if self.h2 && !e.is_connect() {
+            return CheckResult::Failed(format!(
+                "HTTP/2 failed (upstream_protocol \"h2\"; does the backend speak it?): {}",
+                root_cause(e)
+            ));
+        }
+        CheckResult::Failed(root_cause(e))
     }
 
     /// Puts every endpoint that is in service into the set and starts one checking task per
@@ -161,7 +190,15 @@ impl HealthChecker {
     }
 
     async fn check(&self, endpoint: &Endpoint) -> CheckResult {
-        let uri = format!("http://{}{}", endpoint.name(), self.config.path);
+        if let Some(service) = &self.config.grpc_service {
+            return self.check_grpc(endpoint, service).await;
+        }
+        let uri = format!(
+            "{}://{}{}",
+            endpoint.backend.scheme(),
+            endpoint.name(),
+            self.config.path
+        );
         let request = match Request::get(uri)
             .header(http::header::USER_AGENT, "alb-health-check")
             .body(Body::empty())
@@ -180,9 +217,148 @@ impl HealthChecker {
         .await;
         match response {
             Err(_) => CheckResult::Timeout(timeout),
-            Ok(Err(e)) => CheckResult::Failed(root_cause(&e)),
+            Ok(Err(e)) => self.failure(&e),
             Ok(Ok(status)) if status.is_success() => CheckResult::Healthy,
             Ok(Ok(status)) => CheckResult::BadStatus(status),
         }
+    }
+
+    /// One check with the gRPC health protocol (grpc/grpc `doc/health-checking.md`): a
+    /// unary `Check` call; healthy when the call ends with `grpc-status` 0 and the answer
+    /// says `SERVING`. It needs HTTP/2 to the backend (`upstream_protocol: "h2"`, or ALPN).
+    async fn check_grpc(&self, endpoint: &Endpoint, service: &str) -> CheckResult {
+        let uri = format!(
+            "{}://{}/grpc.health.v1.Health/Check",
+            endpoint.backend.scheme(),
+            endpoint.name()
+        );
+        let request = match Request::post(uri)
+            .header(http::header::CONTENT_TYPE, "application/grpc")
+            .header(http::header::TE, "trailers")
+            .header(http::header::USER_AGENT, "alb-health-check")
+            .body(Body::from(grpc_health_request(service)))
+        {
+            Ok(r) => r,
+            Err(e) => return CheckResult::Failed(e.to_string()),
+        };
+        let timeout = self.config.timeout;
+        let answer = tokio::time::timeout(timeout, async {
+            let response = self.client.request(request).await?;
+            let (head, body) = response.into_parts();
+            let collected = http_body_util::BodyExt::collect(body).await;
+            Ok::<_, hyper_util::client::legacy::Error>((head, collected.ok()))
+        })
+        .await;
+        let (head, collected) = match answer {
+            Err(_) => return CheckResult::Timeout(timeout),
+            Ok(Err(e)) => return self.failure(&e),
+            Ok(Ok(answer)) => answer,
+        };
+        if !head.status.is_success() {
+            return CheckResult::BadStatus(head.status);
+        }
+        let Some(collected) = collected else {
+            return CheckResult::Failed("gRPC health check: the answer broke off".to_owned());
+        };
+        let code = collected
+            .trailers()
+            .and_then(grpc::status)
+            .or_else(|| grpc::status(&head.headers));
+        match code {
+            Some(0) => {}
+            Some(code) => {
+                return CheckResult::Failed(format!(
+                    "gRPC health check: grpc-status {code} {}",
+                    grpc::code_name(code)
+                ))
+            }
+            None => {
+                return CheckResult::Failed(
+                    "gRPC health check: no grpc-status (is it a gRPC server?)".to_owned(),
+                )
+            }
+        }
+        match grpc_serving_status(&collected.to_bytes()) {
+            1 => CheckResult::Healthy,
+            status => CheckResult::Failed(format!(
+                "gRPC health check: service {service:?} is {}",
+                match status {
+                    2 => "NOT_SERVING",
+                    3 => "SERVICE_UNKNOWN",
+                    _ => "UNKNOWN",
+                }
+            )),
+        }
+    }
+}
+
+/// A length-prefixed `HealthCheckRequest { service }` message: the gRPC frame header (no
+/// compression, 4-byte big-endian length), then protobuf field 1 (a string) if not empty.
+fn grpc_health_request(service: &str) -> Vec<u8> {
+    let mut message = Vec::with_capacity(service.len() + 6);
+    if !service.is_empty() {
+        message.push(0x0a); // field 1, length-delimited
+        let mut len = service.len();
+        while len >= 0x80 {
+            message.push((len as u8 & 0x7f) | 0x80);
+            len >>= 7;
+        }
+        message.push(len as u8);
+        message.extend_from_slice(service.as_bytes());
+    }
+    let mut framed = Vec::with_capacity(message.len() + 5);
+    framed.push(0);
+    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&message);
+    framed
+}
+
+/// The `status` of a length-prefixed `HealthCheckResponse` (field 1, an enum: 1 is
+/// `SERVING`); 0 (`UNKNOWN`) when absent or unreadable.
+fn grpc_serving_status(framed: &[u8]) -> u64 {
+    let Some(message) = framed.get(5..) else {
+        return 0;
+    };
+    let mut i = 0;
+    while i < message.len() {
+        let key = message[i];
+        i += 1;
+        match key & 0x07 {
+            0 => {
+                let (mut value, mut shift) = (0u64, 0);
+                while let Some(&b) = message.get(i) {
+                    i += 1;
+                    value |= u64::from(b & 0x7f) << shift;
+                    shift += 7;
+                    if b & 0x80 == 0 || shift > 63 {
+                        break;
+                    }
+                }
+                if key >> 3 == 1 {
+                    return value;
+                }
+            }
+            // Other wire types do not appear in this message; stop rather than guess.
+            _ => return 0,
+        }
+    }
+    0
+}
+
+#[cfg(test)]
+mod grpc_tests {
+    use super::*;
+
+    #[test]
+    fn health_request_and_response_encoding() {
+        assert_eq!(grpc_health_request(""), vec![0, 0, 0, 0, 0]);
+        assert_eq!(
+            grpc_health_request("a.B"),
+            vec![0, 0, 0, 0, 5, 0x0a, 3, b'a', b'.', b'B']
+        );
+        assert_eq!(grpc_serving_status(&[0, 0, 0, 0, 2, 0x08, 1]), 1);
+        assert_eq!(grpc_serving_status(&[0, 0, 0, 0, 2, 0x08, 2]), 2);
+        assert_eq!(grpc_serving_status(&[0, 0, 0, 0, 0]), 0);
+        assert_eq!(grpc_serving_status(&[0, 0]), 0);
     }
 }

@@ -24,8 +24,8 @@
 //!                 ─► RateLimit ─► Backpressure ─► BodyLimit ─► Fault   (layer/, trace/)
 //!                 └─► Route: pick ─► overflow ─► shadows ─► attempt ─► retry ─► decision
 //!                      │     (balance/)  (balance/)   (balance/)        (retry)   (decision)
-//!                      └─► Forward ─┬─ no body: upstream, ALB's own pooled HTTP/1.1 ─► backend
-//!                                   └─ body or upgrade: hyper-util's client ─────────► backend
+//!                      └─► Forward ─┬─ no body, plain HTTP/1.1: upstream, ALB's own pool ─► backend
+//!                                   └─ body, upgrade, TLS or HTTP/2: hyper-util's client ─► backend
 //!
 //!  HealthChecker, OutlierDetector ── Change::Insert / Remove ─► Discover ─► Balancer snapshot
 //!  DnsDiscovery ── addresses changed ─► LiveProxy rebuilds as a reload would (new ones wait
@@ -36,7 +36,7 @@
 //! # Layers
 //!
 //! Imports point from the edge down to the core, never back (`tests/architecture.rs` checks
-//! it): leaves ([`semantics`], [`telemetry`], [`client_ip`], [`guarded_body`], [`sim`],
+//! it): leaves ([`semantics`], [`telemetry`], [`client_ip`], [`guarded_body`], [`grpc`], [`sim`],
 //! [`tls`]) → [`local_reply`], [`prometheus`] → the core, [`balance`] (identity, state,
 //! selection, discovery) → [`decision`], [`outlier`], [`retry`], [`upstream`], [`capacity`]
 //! → [`dns`], [`forward`], [`health`], [`layer`], [`redirect`] → [`route`] → [`config`]
@@ -56,6 +56,7 @@ pub mod decision;
 pub mod demo;
 pub mod dns;
 pub mod forward;
+pub mod grpc;
 pub mod guarded_body;
 pub mod headers;
 pub mod health;

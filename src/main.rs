@@ -79,6 +79,15 @@ enum Command {
         /// Start with `/health` answering 503.
         #[arg(long)]
         unhealthy: bool,
+        /// Serve HTTPS with this PEM certificate chain (ALPN h2 and http/1.1); needs --tls-key.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The private key (PEM) of --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Require client certificates issued by this CA (PEM); needs --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_client_ca: Option<PathBuf>,
     },
     /// Write a self-signed certificate for localhost (DIR/localhost.crt, DIR/localhost.key).
     GenCert {
@@ -290,6 +299,9 @@ fn main() -> ExitCode {
             error_rate,
             slots,
             unhealthy,
+            tls_cert,
+            tls_key,
+            tls_client_ca,
         } => {
             let settings = SimSettings {
                 service: service.unwrap_or(ServiceTime::constant(delay)),
@@ -297,6 +309,22 @@ fn main() -> ExitCode {
                 healthy: !unhealthy,
                 ..SimSettings::default()
             };
+            if let (Some(cert), Some(key)) = (tls_cert, tls_key) {
+                let tls = match &tls_client_ca {
+                    Some(ca) => alb::tls::load_server_config_with_client_auth(&cert, &key, ca),
+                    None => alb::tls::load_server_config(&cert, &key),
+                };
+                let tls = match tls {
+                    Ok(t) => std::sync::Arc::new(t),
+                    Err(e) => return fail(e),
+                };
+                return block_on(None, async move {
+                    let listener = std::net::TcpListener::bind(("127.0.0.1", port))?;
+                    tracing::info!("backend listening on https://127.0.0.1:{port}");
+                    sim::run_tls(listener, settings, slots, tls).await?;
+                    Ok(())
+                });
+            }
             block_on(None, async move {
                 let listener = tokio::net::TcpListener::bind((bind, port)).await?;
                 tracing::info!("backend listening on {}", listener.local_addr()?);

@@ -85,7 +85,7 @@ fn send(ep: &Arc<Endpoint>, client: &BackendClient, timeout: Duration) {
 
 /// One probe; returns its result label.
 async fn probe(ep: &Endpoint, client: &BackendClient, timeout: Duration) -> &'static str {
-    let uri = format!("http://{}{PROBE_PATH}", ep.name());
+    let uri = format!("{}://{}{PROBE_PATH}", ep.backend.scheme(), ep.name());
     let Ok(request) = Request::get(uri)
         .header(http::header::USER_AGENT, "alb-probe")
         .body(Body::empty())

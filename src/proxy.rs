@@ -57,7 +57,7 @@ use crate::{
     retry::RetryBudget,
     route::{Route, RouteOptions, Routing},
     trace::{ExportError, Trace, TraceConfig, TraceLayer},
-    upstream::{self, backend_client, BackendClient},
+    upstream::{self, backend_client, BackendClient, UpstreamConfig, UpstreamProtocol},
 };
 
 /// The whole request path: request id, trace context, access log, metrics, rate limit,
@@ -143,6 +143,8 @@ pub struct Proxy {
     ids: Arc<BackendIds>,
     changes: DiscoverSender,
     client: BackendClient,
+    /// The settings `client` was built with.
+    upstream: UpstreamConfig,
     pools: BackendPools,
     request_timeout: Duration,
     metrics: MetricsLayer,
@@ -246,10 +248,13 @@ impl Proxy {
                 Arc::new(ep)
             })
             .collect();
-        let client = previous.map_or_else(
-            || backend_client(config.connect_timeout),
-            |p| p.client.clone(),
-        );
+        // The pooled client (and its warm connections) carries over a reload that does not
+        // change how backends are reached.
+        let upstream = &config.upstream;
+        let client = match previous.filter(|p| p.upstream.same_settings(upstream)) {
+            Some(p) => p.client.clone(),
+            None => backend_client(config.connect_timeout, upstream.protocol, &upstream.loaded),
+        };
         let pools = BackendPools::new(
             &endpoints,
             config.connect_timeout,
@@ -259,7 +264,8 @@ impl Proxy {
         let (changes, stream) = discover::channel();
         let tasks = Arc::new(Tasks::default());
         tasks.add(spawn_pool_sweeping(pools.clone()));
-        let checker = HealthChecker::new(config.health.clone(), client.clone(), changes.clone());
+        let checker = HealthChecker::new(config.health.clone(), client.clone(), changes.clone())
+            .speaking_h2(upstream.protocol == UpstreamProtocol::H2);
         for task in checker.spawn(&endpoints) {
             tasks.add(task.abort_handle());
         }
@@ -338,6 +344,7 @@ impl Proxy {
             ids,
             changes,
             client,
+            upstream: upstream.clone(),
             pools,
             request_timeout: config.request_timeout,
             metrics: previous.map_or_else(MetricsLayer::new, |p| p.metrics.clone()),
@@ -375,6 +382,7 @@ impl Proxy {
                 self.pools.clone(),
                 proto,
                 self.request_timeout,
+                self.upstream.protocol,
             ),
         )
     }

@@ -36,6 +36,7 @@ use crate::{
     client_ip::ClientIp,
     decision::{self, CandidateState, DecisionLog, DecisionRecord, InjectedFault},
     forward::ForwardError,
+    grpc::{self, WatchStatus},
     guarded_body::GuardedBody,
     headers::{X_ALB_BACKEND, X_ALB_DECISION, X_ALB_EXPLAIN, X_REQUEST_ID},
     local_reply::{local_reply, overloaded},
@@ -70,6 +71,15 @@ pub struct RouteOptions {
     /// Note each request's `x-request-id` in its record (the request-id layer is on, so
     /// the value is a sane, short one).
     pub request_ids: bool,
+}
+
+/// A failed gRPC call, as outlier detection names its cause.
+struct GrpcFailure(u32);
+
+impl std::fmt::Display for GrpcFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "grpc-status {} {}", self.0, grpc::code_name(self.0))
+    }
 }
 
 /// A decision record not logged yet. Dropped unfinished (the client went away, or the
@@ -212,6 +222,10 @@ impl Routing {
     /// Records how an attempt on `endpoint` went: its load and latency estimate, its error
     /// counters, and outlier detection. Returns when it ended, whether it ejected the
     /// backend, and the response or the error to act on.
+    ///
+    /// A gRPC answer counts by its `grpc-status` (see [`crate::grpc`]): a trailers-only
+    /// answer carries it in its headers and is recorded here; otherwise nothing is recorded
+    /// yet, and [`Routing::observe_grpc`] records the call when its trailers arrive.
     fn observe<RB>(
         &self,
         endpoint: &Arc<Endpoint>,
@@ -221,6 +235,12 @@ impl Routing {
         let now = Instant::now();
         let latency = now.saturating_duration_since(started);
         let failed = match &result {
+            Ok(response) if grpc::is_grpc(response.headers()) => {
+                match grpc::status(response.headers()) {
+                    None if !response.status().is_server_error() => return (now, false, result),
+                    code => response.status().is_server_error() || code.is_some_and(|c| c != 0),
+                }
+            }
             Ok(response) => response.status().is_server_error(),
             // The client's body was too large or malformed: nothing the backend did.
             Err(ForwardError::BodyTooLarge | ForwardError::ClientBody) => {
@@ -230,6 +250,11 @@ impl Routing {
         };
         let streak = endpoint.record(latency, failed, now);
         let ejected = match &result {
+            Ok(response) if failed && !response.status().is_server_error() => {
+                endpoint.metrics.error("grpc_status");
+                let code = grpc::status(response.headers()).unwrap_or_default();
+                self.feed_outlier(endpoint, streak, &GrpcFailure(code))
+            }
             Ok(response) if failed => {
                 endpoint.metrics.error("status_5xx");
                 self.feed_outlier(endpoint, streak, &response.status())
@@ -241,6 +266,34 @@ impl Routing {
             }
         };
         (now, ejected, result)
+    }
+
+    /// Records a gRPC call whose status came in its trailers (or never came: `None`, the
+    /// stream broke or the client left, which says nothing about the backend). `latency` is
+    /// the time to its response headers, as for any other request.
+    fn observe_grpc(
+        &self,
+        endpoint: &Arc<Endpoint>,
+        latency: std::time::Duration,
+        code: Option<u32>,
+        decision: u64,
+    ) {
+        let failed = code.is_some_and(|c| c != 0);
+        let streak = endpoint.record(latency, failed, Instant::now());
+        if let Some(code) = code {
+            self.decisions.note_grpc_status(decision, code);
+        }
+        if failed {
+            endpoint.metrics.error("grpc_status");
+            let code = code.unwrap_or_default();
+            if self.feed_outlier(endpoint, streak, &GrpcFailure(code)) {
+                tracing::debug!(
+                    backend = endpoint.name(),
+                    code,
+                    "ejected after gRPC failures"
+                );
+            }
+        }
     }
 
     /// Tells outlier detection about a failure; returns whether it ejected the backend.
@@ -530,7 +583,12 @@ impl Routing {
             state.endpoint.backend.header_value.clone(),
         );
         let latency = answered.saturating_duration_since(started);
-        let record = record.take();
+        let mut record = record.take();
+        // A gRPC answer: its status now (trailers-only) or when its trailers come.
+        let grpc_pending = grpc::is_grpc(response.headers()) && {
+            record.grpc_status = grpc::status(response.headers());
+            record.grpc_status.is_none() && !response.status().is_server_error()
+        };
         let outcome = self.outcomes.then(|| decision::Outcome {
             decision_id: 0,
             backend: Some(state.endpoint.clone()),
@@ -544,6 +602,16 @@ impl Routing {
         if let Some(mut outcome) = outcome {
             outcome.decision_id = id;
             response.extensions_mut().insert(outcome);
+        }
+        if grpc_pending {
+            let upstream = answered.saturating_duration_since(attempt_started);
+            let endpoint = state.endpoint;
+            let routing = self;
+            response = response.map(|body| {
+                Body::new(WatchStatus::new(body, move |code| {
+                    routing.observe_grpc(&endpoint, upstream, code, id)
+                }))
+            });
         }
         Ok(response)
     }

@@ -73,7 +73,16 @@ pub const DNS_LOOKUPS_TOTAL: &str = "lb_dns_lookups_total";
 pub const DNS_ADDRESSES: &str = "lb_dns_addresses";
 
 /// Failure kinds counted in [`BACKEND_ERRORS_TOTAL`].
-pub const ERROR_KINDS: [&str; 4] = ["connect", "timeout", "upstream", "status_5xx"];
+/// (`tls`: the handshake with an `https://` backend failed; `grpc_status`: a gRPC answer with
+/// a `grpc-status` other than 0.)
+pub const ERROR_KINDS: [&str; 6] = [
+    "connect",
+    "timeout",
+    "upstream",
+    "status_5xx",
+    "tls",
+    "grpc_status",
+];
 
 /// Describes every metric and creates the series that must exist from the start.
 pub fn describe() {

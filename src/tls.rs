@@ -114,6 +114,64 @@ pub fn server_config_from_pem(
     Ok(config)
 }
 
+/// A server config that also requires a client certificate issued by a CA in `client_ca`
+/// (PEM), as a backend behind mutual TLS does (`alb backend --tls-client-ca`).
+pub fn load_server_config_with_client_auth(
+    cert: &Path,
+    key: &Path,
+    client_ca: &Path,
+) -> Result<ServerConfig, TlsError> {
+    let base = load_server_config(cert, key)?;
+    let pem = std::fs::read(client_ca).map_err(|source| TlsError::Read {
+        what: "client CA",
+        path: client_ca.to_owned(),
+        source,
+    })?;
+    let mut roots = rustls::RootCertStore::empty();
+    for der in CertificateDer::pem_slice_iter(&pem).filter_map(Result::ok) {
+        let _ = roots.add(der);
+    }
+    if roots.is_empty() {
+        return Err(TlsError::NoCertificate(client_ca.to_owned()));
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let invalid = |reason| TlsError::Invalid {
+        cert: cert.to_owned(),
+        key: key.to_owned(),
+        reason,
+    };
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| invalid(rustls::Error::General(e.to_string())))?;
+    let cert_pem = std::fs::read(cert).map_err(|source| TlsError::Read {
+        what: "certificate",
+        path: cert.to_owned(),
+        source,
+    })?;
+    let key_pem = std::fs::read(key).map_err(|source| TlsError::Read {
+        what: "key",
+        path: key.to_owned(),
+        source,
+    })?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+        .filter_map(Result::ok)
+        .collect();
+    let private_key =
+        PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| TlsError::NoKey(key.to_owned()))?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .and_then(|b| {
+            b.with_client_cert_verifier(verifier)
+                .with_single_cert(chain, private_key)
+        })
+        .map_err(invalid)?;
+    config.alpn_protocols = base.alpn_protocols;
+    Ok(config)
+}
+
 /// A self-signed certificate for `localhost` and `127.0.0.1`, as PEM (certificate, key).
 pub fn self_signed() -> Result<(String, String), TlsError> {
     let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];

@@ -17,6 +17,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "telemetry",
             "client_ip",
             "guarded_body",
+            "grpc",
             "load_report",
             "tls",
         ],

@@ -102,7 +102,8 @@ async fn chunked(w: &mut TcpStream) -> std::io::Result<()> {
     tokio::time::sleep(Duration::from_millis(20)).await;
     w.write_all(b"7;ext=1\r\n, world\r\n").await?;
     tokio::time::sleep(Duration::from_millis(20)).await;
-    w.write_all(b"0\r\nx-trailer: dropped\r\n\r\n").await
+    w.write_all(b"0\r\nx-trailer: kept\r\ncontent-length: 99\r\n\r\n")
+        .await
 }
 
 /// 3 MB of a repeating pattern, written in 64 KiB pieces.
@@ -232,4 +233,24 @@ async fn broken_answers_give_502_or_a_cut_body() {
     // The balancer still serves.
     let r = c.get(format!("{}/length", lb.url())).send().await.unwrap();
     assert_eq!(r.text().await.unwrap(), "hello");
+}
+
+#[tokio::test]
+async fn chunked_trailers_reach_an_http2_client() {
+    use http_body_util::BodyExt;
+    let (url, _) = scripted_backend().await;
+    let lb = alb(json!({"backends": [url], "health_check_path": "/"}));
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let response = h2
+        .get(format!("{}/chunked", lb.url()).parse().unwrap())
+        .await
+        .unwrap();
+    let collected = response.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned().expect("trailers");
+    assert_eq!(collected.to_bytes(), "hello, world");
+    assert_eq!(trailers["x-trailer"], "kept");
+    // A framing field is no trailer (RFC 9110 §6.5.1): dropped.
+    assert!(trailers.get("content-length").is_none(), "{trailers:?}");
 }

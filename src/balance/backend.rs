@@ -103,6 +103,8 @@ pub struct Backend {
     /// `Host` for a request that names none, when not `authority`: `dns_name:port` for a
     /// backend found by DNS (the name the config used, as nginx's `$proxy_host`).
     pub host: Option<HeaderValue>,
+    /// `https`: connections to it use TLS (the scheme is not part of its identity).
+    pub tls: bool,
 }
 
 impl Backend {
@@ -121,6 +123,22 @@ impl Backend {
                 let port = spec.authority.port_u16().unwrap_or(80);
                 HeaderValue::from_str(&format!("{dns}:{port}")).ok()
             }),
+            tls: spec
+                .url
+                .trim()
+                .parse::<http::Uri>()
+                .ok()
+                .and_then(|u| u.scheme().cloned())
+                == Some(http::uri::Scheme::HTTPS),
+        }
+    }
+
+    /// `https` or `http`, the scheme of requests to it.
+    pub fn scheme(&self) -> http::uri::Scheme {
+        if self.tls {
+            http::uri::Scheme::HTTPS
+        } else {
+            http::uri::Scheme::HTTP
         }
     }
 

@@ -239,6 +239,25 @@ async fn serve_on(listener: TcpListener, sim: Arc<Sim>) -> std::io::Result<()> {
     .await
 }
 
+/// Serves a simulated backend over TLS on `listener` (ALPN `h2` and `http/1.1`, as `tls`
+/// offers) until the task is dropped.
+pub async fn run_tls(
+    listener: std::net::TcpListener,
+    settings: SimSettings,
+    slots: Option<usize>,
+    tls: Arc<rustls::ServerConfig>,
+) -> std::io::Result<()> {
+    let port = listener.local_addr()?.port();
+    listener.set_nonblocking(true)?;
+    let config = axum_server::tls_rustls::RustlsConfig::from_config(tls);
+    axum_server::from_tcp_rustls(listener, config)?
+        .serve(
+            router_for(new_sim(port, settings, slots))
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+}
+
 /// Binds `127.0.0.1:port` (0 for any) and serves a simulated backend in a background task.
 pub async fn spawn(
     port: u16,

@@ -14,6 +14,7 @@ use std::{
 };
 
 use bytes::{Buf, Bytes, BytesMut};
+use http::{header, HeaderMap, HeaderName, HeaderValue};
 use http_body::{Frame, SizeHint};
 
 use super::{head::Framing, pool::Connection};
@@ -44,6 +45,8 @@ struct Streaming {
     connection: Connection,
     decoder: Decoder,
     reusable: bool,
+    /// Trailer fields of a chunked body, once the first arrives.
+    trailers: Option<HeaderMap>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,7 +65,8 @@ enum Chunk {
     Data(u64),
     /// Expecting the CRLF after a chunk's data.
     DataEnd,
-    /// After the last chunk: trailer lines up to an empty line (trailers are dropped).
+    /// After the last chunk: trailer lines up to an empty line (passed on as a trailers
+    /// frame, see [`keep_trailer`]).
     Trailers,
 }
 
@@ -93,6 +97,7 @@ impl PooledBody {
                 connection,
                 decoder,
                 reusable,
+                trailers: None,
             })),
         }
     }
@@ -132,8 +137,9 @@ impl http_body::Body for PooledBody {
                 }
                 Ok(Some(data)) => Poll::Ready(Some(Ok(Frame::data(data)))),
                 Ok(None) => {
+                    let trailers = streaming.trailers.take();
                     self.release();
-                    Poll::Ready(None)
+                    Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))))
                 }
                 Err(e) => {
                     // Dropping the connection closes it: its state is unknown.
@@ -204,18 +210,20 @@ impl Streaming {
                 }
                 Decoder::UntilClose if buffer.is_empty() => return Ok(None),
                 Decoder::UntilClose => return Ok(Some(Some(buffer.split().freeze()))),
-                Decoder::Chunked(chunk) => match decode_chunk(chunk, buffer)? {
-                    ChunkStep::Next(next) => self.decoder = Decoder::Chunked(next),
-                    ChunkStep::Data(data, next) => {
-                        self.decoder = Decoder::Chunked(next);
-                        return Ok(Some(Some(data)));
+                Decoder::Chunked(chunk) => {
+                    match decode_chunk_into(chunk, buffer, Some(&mut self.trailers))? {
+                        ChunkStep::Next(next) => self.decoder = Decoder::Chunked(next),
+                        ChunkStep::Data(data, next) => {
+                            self.decoder = Decoder::Chunked(next);
+                            return Ok(Some(Some(data)));
+                        }
+                        ChunkStep::End => {
+                            self.decoder = Decoder::Length(0);
+                            return Ok(Some(None));
+                        }
+                        ChunkStep::NeedMore => return Ok(None),
                     }
-                    ChunkStep::End => {
-                        self.decoder = Decoder::Length(0);
-                        return Ok(Some(None));
-                    }
-                    ChunkStep::NeedMore => return Ok(None),
-                },
+                }
             }
         }
     }
@@ -235,8 +243,18 @@ fn malformed(what: &str) -> io::Error {
     )
 }
 
-/// One step of the chunked decoder over what is buffered.
+/// One step of the chunked decoder over what is buffered, trailers dropped.
+#[cfg(test)]
 fn decode_chunk(chunk: Chunk, buffer: &mut BytesMut) -> io::Result<ChunkStep> {
+    decode_chunk_into(chunk, buffer, None)
+}
+
+/// One step of the chunked decoder over what is buffered; trailer fields go to `trailers`.
+fn decode_chunk_into(
+    chunk: Chunk,
+    buffer: &mut BytesMut,
+    trailers: Option<&mut Option<HeaderMap>>,
+) -> io::Result<ChunkStep> {
     match chunk {
         Chunk::Size => {
             let Some(line) = take_line(buffer)? else {
@@ -276,8 +294,44 @@ fn decode_chunk(chunk: Chunk, buffer: &mut BytesMut) -> io::Result<ChunkStep> {
         Chunk::Trailers => match take_line(buffer)? {
             None => Ok(ChunkStep::NeedMore),
             Some(line) if line.is_empty() => Ok(ChunkStep::End),
-            Some(_) => Ok(ChunkStep::Next(Chunk::Trailers)),
+            Some(line) => {
+                if let Some(trailers) = trailers {
+                    keep_trailer(trailers, &line);
+                }
+                Ok(ChunkStep::Next(Chunk::Trailers))
+            }
         },
+    }
+}
+
+/// Adds one trailer line (`name: value`) to `trailers`. Fields that frame, route or
+/// control the connection must not be trailers (RFC 9110 §6.5.1) and are dropped, as is a
+/// line that is not a field, and anything past [`super::MAX_RESPONSE_HEADERS`] fields.
+fn keep_trailer(trailers: &mut Option<HeaderMap>, line: &[u8]) {
+    let Some(colon) = line.iter().position(|b| *b == b':') else {
+        return;
+    };
+    let Ok(name) = HeaderName::from_bytes(&line[..colon]) else {
+        return;
+    };
+    let value = line[colon + 1..].trim_ascii();
+    let Ok(value) = HeaderValue::from_bytes(value) else {
+        return;
+    };
+    let forbidden = [
+        header::CONTENT_LENGTH,
+        header::TRANSFER_ENCODING,
+        header::HOST,
+        header::TRAILER,
+        header::CONTENT_TYPE,
+        header::CONTENT_ENCODING,
+    ];
+    if forbidden.contains(&name) || crate::semantics::HOP_BY_HOP.contains(&name) {
+        return;
+    }
+    let map = trailers.get_or_insert_with(HeaderMap::new);
+    if map.len() < super::MAX_RESPONSE_HEADERS {
+        map.append(name, value);
     }
 }
 
@@ -319,6 +373,24 @@ fn take_line(buffer: &mut BytesMut) -> io::Result<Option<BytesMut>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trailer_fields_are_kept_and_framing_ones_dropped() {
+        let mut buffer =
+            BytesMut::from(&b"x-checksum: abc \r\ncontent-length: 9\r\nnot a field\r\n\r\n"[..]);
+        let mut trailers = None;
+        let mut chunk = Chunk::Trailers;
+        loop {
+            match decode_chunk_into(chunk, &mut buffer, Some(&mut trailers)).unwrap() {
+                ChunkStep::Next(next) => chunk = next,
+                ChunkStep::End => break,
+                _ => panic!("only trailer lines here"),
+            }
+        }
+        let trailers = trailers.unwrap();
+        assert_eq!(trailers["x-checksum"], "abc");
+        assert_eq!(trailers.len(), 1, "{trailers:?}");
+    }
 
     /// Runs the chunked decoder over `wire`, fed in pieces of `step` bytes.
     fn dechunk(wire: &[u8], step: usize) -> io::Result<Vec<u8>> {

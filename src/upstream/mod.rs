@@ -21,6 +21,7 @@ mod head;
 #[cfg(test)]
 mod mutation;
 mod pool;
+pub mod tls;
 
 use std::{future::Future, io, sync::Arc};
 
@@ -31,12 +32,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::semantics::idempotent;
 
 pub use body::PooledBody;
-pub use client::{backend_client, root_cause, BackendClient};
+pub use client::{backend_client, caused_by_tls, root_cause, BackendClient};
 pub use head::{
     encode_request, parse_response, Framing, HeadError, ResponseHead, MAX_RESPONSE_HEADERS,
     MAX_RESPONSE_HEAD_BYTES,
 };
 pub use pool::{Connection, ConnectionPool, IDLE_SWEEPS, IDLE_TIMEOUT, MAX_IDLE, SWEEP_INTERVAL};
+pub use tls::{UpstreamConfig, UpstreamProtocol, UpstreamTls, UpstreamTlsConfig, UpstreamTlsError};
 
 /// Cases per parser property test (`head::fuzz`, `body::fuzz`): `ALB_FUZZ_CASES` when set
 /// (`ALB_FUZZ_CASES=100000` for a long run), else 2 000 so `cargo test` stays quick.

@@ -1,0 +1,134 @@
+//! HTTP/2 to backends: `upstream_protocol: "h2"` over plain connections (h2c with prior
+//! knowledge), driven by h2load through ALB, counted by the backends themselves.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use serde_json::{json, Value};
+
+/// Requests the simulated backend served (its own counter, on `GET /control`).
+async fn served(b: &Proc) -> u64 {
+    let report: Value = json_of(client().get(format!("{}/control", b.url()))).await;
+    report["served"].as_u64().unwrap()
+}
+
+/// Established TCP connections whose local end is `port` (the backend's side), from `ss`.
+fn connections_to(port: u16) -> usize {
+    let out = Command::new("ss")
+        .args([
+            "-Htn",
+            "state",
+            "established",
+            &format!("( sport = :{port} )"),
+        ])
+        .output()
+        .expect("ss runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count()
+}
+
+#[tokio::test]
+async fn h2load_multiplexed_through_alb_is_spread_per_request() {
+    let backends = [backend(&[]), backend(&[]), backend(&[])];
+    let lb = alb(json!({
+        "strategy": "round_robin",
+        "backends": urls(&backends.iter().collect::<Vec<_>>()),
+        "upstream_protocol": "h2",
+    }));
+    // One client connection, 100 streams at once, plain h2c on the client side too.
+    let out = Command::new("h2load")
+        .args([
+            "-c",
+            "1",
+            "-m",
+            "100",
+            "-n",
+            "20000",
+            &format!("{}/", lb.url()),
+        ])
+        .output()
+        .expect("h2load runs");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{report}");
+    assert!(
+        report.contains("20000 succeeded, 0 failed, 0 errored"),
+        "{report}"
+    );
+    assert!(report.contains("status codes: 20000 2xx"), "{report}");
+    let mut total = 0;
+    for b in &backends {
+        let n = served(b).await;
+        total += n;
+        // A third of 20 000, ± 5%.
+        assert!((6333..=7000).contains(&n), "backend {} served {n}", b.port);
+        // Multiplexed: a few connections (the shared one, maybe one being replaced), not one
+        // per request in flight.
+        let connections = connections_to(b.port);
+        assert!(
+            connections <= 3,
+            "backend {} has {connections} connections",
+            b.port
+        );
+    }
+    assert_eq!(total, 20000);
+}
+
+#[tokio::test]
+async fn h2_upstream_carries_http1_clients_and_bodies() {
+    let b = backend(&[]);
+    let lb = alb(json!({"backends": [b.url()], "upstream_protocol": "h2"}));
+    let client = client();
+    let echo: Value = json_of(client.get(format!("{}/_sim/echo", lb.url()))).await;
+    assert_eq!(echo["version"], "HTTP/2.0", "{echo}");
+    let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let mirrored = client
+        .post(format!("{}/_sim/mirror", lb.url()))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(mirrored.status(), 200);
+    assert_eq!(mirrored.bytes().await.unwrap(), body);
+}
+
+#[tokio::test]
+async fn h2_towards_a_backend_that_speaks_only_http1_is_a_health_check_cause() {
+    // A plain TCP server that answers HTTP/1.1 to anything: not HTTP/2.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut buf = [0u8; 1024];
+            let _ = stream.read(&mut buf);
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+        }
+    });
+    let lb = alb(json!({
+        "backends": [format!("http://127.0.0.1:{port}")],
+        "upstream_protocol": "h2",
+        "health_check_interval": 0.2,
+        "unhealthy_threshold": 1,
+    }));
+    wait_until(
+        "the HTTP/1-only backend is down",
+        std::time::Duration::from_secs(20),
+        || async { admin_json(&lb, "/backends").await["backends"][0]["up"] == false },
+    )
+    .await;
+    let view = admin_json(&lb, "/backends").await;
+    let cause = view["backends"][0]["last_transition"]["cause"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(cause.contains("health checks failed"), "{cause}");
+    assert!(cause.contains("upstream_protocol \"h2\""), "{cause}");
+    let answer = client().get(lb.url()).send().await.unwrap();
+    assert!(answer.status().is_server_error(), "{}", answer.status());
+}
