@@ -323,9 +323,10 @@ pub async fn run(
 }
 
 /// Backend names seen so far; names not known in advance are added as they appear.
-type BackendNames = std::sync::Mutex<Vec<String>>;
+pub type BackendNames = std::sync::Mutex<Vec<String>>;
 
-fn backend_index(names: &BackendNames, name: &str) -> Option<u16> {
+/// The index of `name` among the names seen so far, adding it if it is new.
+pub fn backend_index(names: &BackendNames, name: &str) -> Option<u16> {
     let mut names = names.lock().unwrap_or_else(|e| e.into_inner());
     let index = match names.iter().position(|b| b == name) {
         Some(i) => i,

@@ -13,11 +13,7 @@
 //! `Content-Length` are left to the client, and headers that were redacted when recorded
 //! are not sent at all: a recording never holds credentials to replay.
 
-use std::{
-    path::Path,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{path::Path, sync::Arc, time::Duration};
 
 use base64::{prelude::BASE64_STANDARD, Engine as _};
 use bytes::Bytes;
@@ -32,7 +28,7 @@ use tokio::{sync::mpsc, time::Instant};
 use crate::{
     headers::X_ALB_BACKEND,
     layer::record::{Recorded, REDACTED},
-    loadgen::{latency_histogram, RunResult, Sample, NO_ANSWER},
+    loadgen::{backend_index, latency_histogram, BackendNames, RunResult, Sample, NO_ANSWER},
 };
 
 /// Mismatches listed in the report (all are counted).
@@ -153,7 +149,7 @@ pub async fn replay(records: &[Recorded], target: &Uri, plan: ReplayPlan) -> Rep
     let offset_of = |r: &Recorded| {
         Duration::from_secs_f64((r.at_us.saturating_sub(first)) as f64 / 1e6 / plan.speed)
     };
-    let backends: Arc<Mutex<Vec<String>>> = Arc::default();
+    let backends: Arc<BackendNames> = Arc::default();
     let (tx, mut rx) = mpsc::unbounded_channel::<(usize, Sample)>();
     let mut lag = latency_histogram();
     let start = Instant::now() + Duration::from_millis(20);
@@ -266,7 +262,7 @@ fn replayable(name: &HeaderName) -> bool {
 async fn send(
     client: &ReplayClient,
     request: Request<Full<Bytes>>,
-    backends: &Mutex<Vec<String>>,
+    backends: &BackendNames,
     timeout: Duration,
 ) -> (u16, Option<u16>) {
     let exchange = async {
@@ -276,14 +272,7 @@ async fn send(
             .headers()
             .get(&X_ALB_BACKEND)
             .and_then(|v| v.to_str().ok())
-            .and_then(|name| {
-                let mut names = backends.lock().unwrap_or_else(|e| e.into_inner());
-                let index = names.iter().position(|b| b == name).unwrap_or_else(|| {
-                    names.push(name.to_owned());
-                    names.len() - 1
-                });
-                u16::try_from(index).ok()
-            });
+            .and_then(|name| backend_index(backends, name));
         response.into_body().collect().await.ok()?;
         Some((status, backend))
     };

@@ -163,14 +163,7 @@ async fn dashboard_lists_backends_and_counts_rise_under_load() {
 
 /// `/history` as JSON.
 async fn history(lb: &Proc) -> Value {
-    client()
-        .get(format!("{}/history", lb.admin_url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    admin_json(lb, "/history").await
 }
 
 #[tokio::test]

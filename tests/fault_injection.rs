@@ -6,17 +6,6 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 
-async fn metrics(lb: &Proc) -> String {
-    client()
-        .get(format!("{}/metrics", lb.admin_url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn aborts_and_delays_land_on_their_percent_and_are_counted() {
     let (a, b) = (backend(&[]), backend(&[]));
@@ -64,7 +53,7 @@ async fn aborts_and_delays_land_on_their_percent_and_are_counted() {
         (8.0..=12.0).contains(&share(delayed)),
         "delayed {delayed} of {total}"
     );
-    let m = metrics(&lb).await;
+    let m = scrape(&lb).await;
     let counted = |kind: &str| {
         sample(
             &m,
@@ -110,14 +99,7 @@ async fn a_client_asks_for_a_fault_only_when_allowed() {
         .starts_with("alb: x-alb-fault: unknown fault"));
 
     // The delayed request's decision says so.
-    let decisions: Value = client()
-        .get(format!("{}/decisions", allowed.admin_url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let decisions = admin_json(&allowed, "/decisions").await;
     let faulted: Vec<&Value> = decisions["decisions"]
         .as_array()
         .unwrap()

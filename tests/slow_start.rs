@@ -9,14 +9,7 @@ use serde_json::{json, Value};
 
 /// The `/backends` entry of `backend`.
 async fn backend_entry(lb: &Proc, backend: &str) -> Value {
-    let all: Value = client()
-        .get(format!("{}/backends", lb.admin_url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let all = admin_json(lb, "/backends").await;
     all["backends"]
         .as_array()
         .unwrap()
@@ -72,14 +65,7 @@ async fn a_returning_backend_starts_below_a_quarter_of_its_share() {
     assert!(got > 0, "the returning backend got nothing at all");
 
     // Its decisions say why it got so few.
-    let decisions: Value = client()
-        .get(format!("{}/decisions?backend={victim}", lb.admin_url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let decisions = admin_json(&lb, &format!("/decisions?backend={victim}")).await;
     let text = decisions.to_string();
     let warming = decisions["decisions"]
         .as_array()
