@@ -65,11 +65,11 @@ async fn h2load_multiplexed_through_alb_is_spread_per_request() {
         total += n;
         // A third of 20 000, ± 5%.
         assert!((6333..=7000).contains(&n), "backend {} served {n}", b.port);
-        // Multiplexed: a few connections (the shared one, maybe one being replaced), not one
-        // per request in flight.
+        // Multiplexed: a few connections (the shared one, maybe one being replaced, health
+        // checks' own; a loaded CI run counted 5), not one per request in flight (100).
         let connections = connections_to(b.port);
         assert!(
-            connections <= 3,
+            connections <= 10,
             "backend {} has {connections} connections",
             b.port
         );
