@@ -130,27 +130,32 @@ impl LoadBalancer {
     /// The routing service: any `Request<axum::body::Body>` in, the backend's response out,
     /// with `x-alb-backend`. Cheap to clone; put it behind a route or as a fallback.
     pub fn service(&self) -> Route<Forward> {
-        self.proxy.route(ClientProto::Http)
+        self.pool().route(ClientProto::Http)
+    }
+
+    /// The balancer's one pool.
+    fn pool(&self) -> &crate::proxy::Pool {
+        &self.proxy.pools[0]
     }
 
     /// The admin routes (`/backends`, `/decisions`, `/metrics`...) over this balancer,
     /// read-only, to nest wherever the app likes.
     pub fn admin_router(&self, prometheus: PrometheusHandle) -> Router {
         admin::router(AdminState::new(
-            self.proxy.routing.clone(),
-            self.proxy.endpoints.clone(),
+            self.pool().routing.clone(),
+            self.pool().endpoints.clone(),
             prometheus,
         ))
     }
 
     /// Every backend with its live state, in the order given.
     pub fn endpoints(&self) -> &[Arc<Endpoint>] {
-        &self.proxy.endpoints
+        &self.pool().endpoints
     }
 
     /// The balancer and its decision log.
     pub fn routing(&self) -> &Arc<Routing> {
-        &self.proxy.routing
+        &self.pool().routing
     }
 
     /// Stops the background tasks (health checks, pool sweeping). Services handed out keep

@@ -36,6 +36,9 @@ use crate::{
     },
     outlier::OutlierConfig,
     retry::RetryConfig,
+    router::{
+        CanaryConfig, HostMatch, MirrorConfig, RouteConfig, RouteMatch, RouteTarget, SplitTarget,
+    },
     trace::TraceConfig,
     upstream::{UpstreamConfig, UpstreamProtocol, UpstreamTlsConfig},
 };
@@ -111,11 +114,21 @@ impl Defaults {
     pub const RECORD_MIN_BYTES: u64 = 128 * 1024;
     /// `service.name` of exported spans.
     pub const SERVICE_NAME: &'static str = "alb";
-    /// The one pool of today's config (its top-level keys are the pool's keys).
+    /// The pool of the flat format (its top-level keys are the pool's keys).
     pub const POOL: &'static str = "default";
-    /// The one route of today's config: a catch-all to the pool `default` (what `record`
-    /// and `fault` name it).
+    /// The route of the flat format: a catch-all to the pool `default` (the top-level
+    /// `fault` is its fault).
     pub const ROUTE: &'static str = "default";
+    /// A canary's highest error rate.
+    pub const CANARY_MAX_ERROR_RATE: f64 = 0.05;
+    /// A canary's highest p99, as a multiple of the stable pools'.
+    pub const CANARY_MAX_LATENCY_RATIO: f64 = 2.0;
+    /// The window a canary is judged over.
+    pub const CANARY_WINDOW: Duration = Duration::from_secs(10);
+    /// Requests a canary serves in the window before it is judged.
+    pub const CANARY_MIN_REQUESTS: u64 = 50;
+    /// Share of a route's requests mirrored, percent.
+    pub const MIRROR_PERCENT: f64 = 100.0;
     /// Capacity signal: the utilization the recommendation aims at (the example of the
     /// Kubernetes HPA walkthrough uses 50% CPU; 70% leaves room for bursts of requests).
     pub const AUTOSCALE_TARGET_UTILIZATION: f64 = 0.7;
@@ -151,44 +164,18 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// With TLS on, whether the plain port redirects to HTTPS (or serves the proxy too).
     pub redirect_to_https: bool,
-    /// Balancing strategy.
-    pub strategy: StrategyKind,
-    /// Backends in file order.
-    pub backends: Vec<BackendConfig>,
-    /// Active health checking.
-    pub health: HealthConfig,
     /// Runtime worker threads.
     pub workers: usize,
-    /// TCP connect timeout towards backends.
-    #[serde(with = "humantime_serde")]
-    pub connect_timeout: Duration,
-    /// Time allowed for response headers from a backend; past it the client gets `504`.
-    #[serde(with = "humantime_serde")]
-    pub request_timeout: Duration,
     /// Where the admin routes listen.
     pub admin_addr: SocketAddr,
     /// Who may call the admin routes.
     pub admin_auth: AdminAuthConfig,
-    /// Tuning of the `adaptive` strategy.
-    pub adaptive: AdaptiveConfig,
-    /// Tuning of the `prequal` strategy.
-    pub prequal: PrequalConfig,
-    /// The ramp a backend returning to service follows (`slow_start`); off when absent.
-    pub slow_start: Option<SlowStart>,
     /// Peers whose `X-Forwarded-For` is believed (for stickiness and rate limits).
     pub trusted_proxies: Vec<IpNet>,
     /// Token-bucket rate limiting; `None` means no limit.
     pub rate_limit: Option<RateLimitConfig>,
     /// Requests in flight over all backends before new ones are shed with `503`.
     pub max_in_flight: Option<usize>,
-    /// Requests in flight on one backend before it counts as full.
-    pub max_connections: Option<usize>,
-    /// Answer requests carrying `x-alb-explain: 1` with an `x-alb-decision` header.
-    pub explain: bool,
-    /// Passive outlier detection; `None` when disabled.
-    pub outlier_detection: Option<OutlierConfig>,
-    /// Retries of requests that never reached a backend; `None` when disabled.
-    pub retries: Option<RetryConfig>,
     /// Time a client has to send a request's headers.
     #[serde(with = "humantime_serde")]
     pub client_header_timeout: Duration,
@@ -201,19 +188,58 @@ pub struct Config {
     pub max_headers: usize,
     /// Largest request body in bytes (413 past it); `None` for no limit.
     pub max_request_body: Option<usize>,
-    /// Evaluate the other strategies on every request, without acting on them.
-    pub shadow: bool,
     /// Keep or make an `x-request-id` for every request (default: on when `access_log` or
     /// `tracing` is).
     pub request_id: bool,
     /// The access log; `None` when off.
     pub access_log: Option<AccessLogConfig>,
-    /// Fault injection on the catch-all route (`fault`); off when absent.
-    pub fault: Option<FaultConfig>,
     /// Traffic recording for `alb replay` (`record`); off when absent.
     pub record: Option<RecordConfig>,
     /// Trace context and span export; `None` when off.
     pub tracing: Option<TraceConfig>,
+    /// The pools, in file order (the flat format: one, named `default`).
+    pub pools: Vec<PoolConfig>,
+    /// The routes, tried in order (the flat format: one catch-all route, `default`, to the
+    /// one pool).
+    pub routes: Vec<RouteConfig>,
+    /// What `check-config` and the start log warn about (a route that can never match).
+    #[serde(skip)]
+    pub warnings: Vec<String>,
+}
+
+/// One pool: its backends and how they are balanced, checked and reached.
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolConfig {
+    /// The pool's name (`default` in the flat format).
+    pub name: String,
+    /// Balancing strategy.
+    pub strategy: StrategyKind,
+    /// Backends in file order.
+    pub backends: Vec<BackendConfig>,
+    /// Active health checking.
+    pub health: HealthConfig,
+    /// TCP connect timeout towards backends.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Time allowed for response headers from a backend; past it the client gets `504`.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Tuning of the `adaptive` strategy.
+    pub adaptive: AdaptiveConfig,
+    /// Tuning of the `prequal` strategy.
+    pub prequal: PrequalConfig,
+    /// The ramp a backend returning to service follows (`slow_start`); off when absent.
+    pub slow_start: Option<SlowStart>,
+    /// Requests in flight on one backend before it counts as full.
+    pub max_connections: Option<usize>,
+    /// Answer requests carrying `x-alb-explain: 1` with an `x-alb-decision` header.
+    pub explain: bool,
+    /// Passive outlier detection; `None` when disabled.
+    pub outlier_detection: Option<OutlierConfig>,
+    /// Retries of requests that never reached a backend; `None` when disabled.
+    pub retries: Option<RetryConfig>,
+    /// Evaluate the other strategies on every request, without acting on them.
+    pub shadow: bool,
     /// The capacity signal for autoscalers; `None` when `autoscale` is absent.
     pub autoscale: Option<AutoscaleConfig>,
     /// Backends found by DNS names, and how to resolve them; `None` when no backend entry
@@ -452,31 +478,14 @@ pub struct RawConfig {
     cert_file: Option<String>,
     key_file: Option<String>,
     redirect_to_https: Option<bool>,
-    strategy: Option<String>,
-    backends: Option<Vec<serde_json::Value>>,
-    health_check_path: Option<String>,
-    health_check_interval: Option<DurationValue>,
-    health_check_timeout: Option<DurationValue>,
-    healthy_threshold: Option<u32>,
-    unhealthy_threshold: Option<u32>,
     workers: Option<usize>,
-    connect_timeout: Option<DurationValue>,
-    request_timeout: Option<DurationValue>,
     admin_addr: Option<String>,
     admin_token: Option<String>,
     admin_token_file: Option<String>,
     admin_auth: Option<String>,
-    adaptive: Option<RawAdaptive>,
-    prequal: Option<RawPrequal>,
-    slow_start: Option<RawSlowStart>,
     trusted_proxies: Option<Vec<String>>,
     rate_limit: Option<RawRateLimit>,
     max_in_flight: Option<usize>,
-    max_connections: Option<usize>,
-    explain: Option<bool>,
-    shadow: Option<bool>,
-    outlier_detection: Option<RawOutlier>,
-    retries: Option<RawRetries>,
     client_header_timeout: Option<DurationValue>,
     drain_timeout: Option<DurationValue>,
     max_header_bytes: Option<usize>,
@@ -487,6 +496,32 @@ pub struct RawConfig {
     record: Option<RawRecord>,
     fault: Option<RawFault>,
     tracing: Option<RawTracing>,
+    pools: Option<serde_json::Map<String, serde_json::Value>>,
+    routes: Option<Vec<serde_json::Value>>,
+}
+
+/// The keys a pool takes: the per-pool part of the file. At the top level they are the flat
+/// format's one pool, or, with `pools`, every pool's defaults.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPool {
+    strategy: Option<String>,
+    backends: Option<Vec<serde_json::Value>>,
+    health_check_path: Option<String>,
+    health_check_interval: Option<DurationValue>,
+    health_check_timeout: Option<DurationValue>,
+    healthy_threshold: Option<u32>,
+    unhealthy_threshold: Option<u32>,
+    connect_timeout: Option<DurationValue>,
+    request_timeout: Option<DurationValue>,
+    adaptive: Option<RawAdaptive>,
+    prequal: Option<RawPrequal>,
+    slow_start: Option<RawSlowStart>,
+    max_connections: Option<usize>,
+    explain: Option<bool>,
+    shadow: Option<bool>,
+    outlier_detection: Option<RawOutlier>,
+    retries: Option<RawRetries>,
     autoscale: Option<RawAutoscale>,
     dns: Option<RawDns>,
     upstream_protocol: Option<String>,
@@ -741,18 +776,130 @@ impl Config {
                 column: e.column(),
                 message: strip_position(&e.to_string()),
             })?;
-        let raw: RawConfig = serde_path_to_error::deserialize(value).map_err(|e| {
-            let key = match e.path().to_string() {
-                p if p == "." => "(top level)".to_owned(),
-                p => p,
-            };
-            ConfigError::Shape {
-                key,
-                message: e.into_inner().to_string(),
+        let serde_json::Value::Object(mut object) = value else {
+            return Err(ConfigError::Shape {
+                key: "(top level)".to_owned(),
+                message: "expected a JSON object".to_owned(),
+            });
+        };
+        // The pool keys go to the pool (or, with `pools`, are every pool's defaults).
+        let mut pool_keys = serde_json::Map::new();
+        for key in POOL_KEYS {
+            if let Some(v) = object.remove(*key) {
+                pool_keys.insert((*key).to_owned(), v);
             }
-        })?;
-        raw.validate()
+        }
+        let raw: RawConfig = shaped("", serde_json::Value::Object(object))?;
+        raw.validate(pool_keys)
     }
+}
+
+/// Deserializes `value`, naming the key of a type error (under `prefix`).
+fn shaped<T: serde::de::DeserializeOwned>(
+    prefix: &str,
+    value: serde_json::Value,
+) -> Result<T, ConfigError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let key = match (prefix, e.path().to_string()) {
+            ("", p) if p == "." => "(top level)".to_owned(),
+            (prefix, p) if p == "." => prefix.trim_end_matches('.').to_owned(),
+            (prefix, p) if p.starts_with('[') => format!("{}{p}", prefix.trim_end_matches('.')),
+            (prefix, p) => format!("{prefix}{p}"),
+        };
+        ConfigError::Shape {
+            key,
+            message: e.into_inner().to_string(),
+        }
+    })
+}
+
+/// The keys a pool takes (the fields of `RawPool`; a unit test keeps the two in step).
+pub const POOL_KEYS: &[&str] = &[
+    "strategy",
+    "backends",
+    "health_check_path",
+    "health_check_interval",
+    "health_check_timeout",
+    "healthy_threshold",
+    "unhealthy_threshold",
+    "connect_timeout",
+    "request_timeout",
+    "adaptive",
+    "prequal",
+    "slow_start",
+    "max_connections",
+    "explain",
+    "shadow",
+    "outlier_detection",
+    "retries",
+    "autoscale",
+    "dns",
+    "upstream_protocol",
+    "upstream_tls",
+    "health_check",
+];
+
+/// The root of a key path: `backends` for `backends[1].weight`, `adaptive` for
+/// `adaptive.decay`.
+fn key_root(key: &str) -> &str {
+    key.split(['.', '[']).next().unwrap_or(key)
+}
+
+impl ConfigError {
+    /// The error with its key moved under `prefix` (`pools.api.`) when `own` says the pool
+    /// itself wrote that key; a key inherited from the top level keeps its top-level name.
+    fn under(self, prefix: &str, own: impl Fn(&str) -> bool) -> Self {
+        let move_key = |key: String| {
+            if own(key_root(&key)) {
+                format!("{prefix}{key}")
+            } else {
+                key
+            }
+        };
+        match self {
+            ConfigError::Shape { key, message } => ConfigError::Shape {
+                key: move_key(key),
+                message,
+            },
+            ConfigError::Invalid {
+                key,
+                value,
+                expected,
+            } => ConfigError::Invalid {
+                key: move_key(key),
+                value,
+                expected,
+            },
+            other => other,
+        }
+    }
+}
+
+/// One pool from the top-level pool keys (`defaults`) overlaid with the pool's own object.
+fn pool_config(
+    name: &str,
+    defaults: &serde_json::Map<String, serde_json::Value>,
+    own: Option<&serde_json::Map<String, serde_json::Value>>,
+) -> Result<PoolConfig, ConfigError> {
+    let prefix = match own {
+        Some(_) => format!("pools.{name}."),
+        None => String::new(),
+    };
+    let mut merged = defaults.clone();
+    for (key, value) in own.into_iter().flatten() {
+        if !POOL_KEYS.contains(&key.as_str()) {
+            return Err(ConfigError::invalid(
+                format!("{prefix}{key}"),
+                format!("{key:?}"),
+                format!("a pool key, one of: {}", POOL_KEYS.join(", ")),
+            ));
+        }
+        merged.insert(key.clone(), value.clone());
+    }
+    let is_own = |key: &str| own.is_some_and(|o| o.contains_key(key));
+    let raw: RawPool =
+        shaped("", serde_json::Value::Object(merged)).map_err(|e| e.under(&prefix, is_own))?;
+    raw.validate(name).map_err(|e| e.under(&prefix, is_own))
 }
 
 /// serde_json appends " at line L column C"; the Syntax error reports those separately.
@@ -765,7 +912,14 @@ fn strip_position(message: &str) -> String {
 
 impl RawConfig {
     /// Applies defaults and checks every value.
-    pub fn validate(self) -> Result<Config, ConfigError> {
+    /// Applies defaults and checks every value; `pool_keys` are the top-level pool keys
+    /// (the flat format's one pool, or every pool's defaults).
+    pub fn validate(
+        self,
+        pool_keys: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Config, ConfigError> {
+        let (pools, routes, warnings) =
+            pools_and_routes(self.pools, self.routes, &pool_keys, self.fault)?;
         let port = match &self.port {
             Some(p) => port_value("port", p)?,
             None => Defaults::PORT,
@@ -815,6 +969,96 @@ impl RawConfig {
                 ));
             }
         };
+        let workers = match self.workers {
+            Some(0) => return Err(ConfigError::invalid("workers", 0, "at least 1")),
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        let admin_text = self
+            .admin_addr
+            .unwrap_or_else(|| Defaults::ADMIN_ADDR.to_owned());
+        let admin_addr = admin_text.parse::<SocketAddr>().map_err(|_| {
+            ConfigError::invalid(
+                "admin_addr",
+                format!("{admin_text:?}"),
+                "an address and port such as \"127.0.0.1:9901\"",
+            )
+        })?;
+        let admin_auth = admin_auth(
+            admin_addr,
+            self.admin_token,
+            self.admin_token_file,
+            self.admin_auth,
+        )?;
+        let trusted_proxies = self
+            .trusted_proxies
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .map(|(i, s)| cidr(&format!("trusted_proxies[{i}]"), s))
+            .collect::<Result<_, _>>()?;
+        let rate_limit = match self.rate_limit {
+            None => None,
+            Some(r) => Some(rate_limit(r)?),
+        };
+        if self.max_in_flight == Some(0) {
+            return Err(ConfigError::invalid(
+                "max_in_flight",
+                0,
+                "at least 1 (or leave it out)",
+            ));
+        }
+        let max_header_bytes = self.max_header_bytes.unwrap_or(Defaults::MAX_HEADER_BYTES);
+        if max_header_bytes < 8192 {
+            return Err(ConfigError::invalid(
+                "max_header_bytes",
+                max_header_bytes,
+                "at least 8192 (hyper's smallest read buffer)",
+            ));
+        }
+        let max_headers = self.max_headers.unwrap_or(Defaults::MAX_HEADERS);
+        if max_headers == 0 {
+            return Err(ConfigError::invalid("max_headers", 0, "at least 1"));
+        }
+        Ok(Config {
+            port,
+            bind_address,
+            tls,
+            redirect_to_https: self.redirect_to_https.unwrap_or(true),
+            workers,
+            admin_addr,
+            admin_auth,
+            trusted_proxies,
+            rate_limit,
+            max_in_flight: self.max_in_flight,
+            client_header_timeout: duration(
+                "client_header_timeout",
+                self.client_header_timeout,
+                Defaults::CLIENT_HEADER_TIMEOUT,
+            )?,
+            drain_timeout: duration("drain_timeout", self.drain_timeout, Defaults::DRAIN_TIMEOUT)?,
+            max_header_bytes,
+            max_headers,
+            max_request_body: self.max_request_body,
+            // Ids serve correlation: on by default when there is a log or a trace to
+            // correlate with (as Envoy), off otherwise (as nginx and HAProxy), where they
+            // would cost about 4% of a small GET's throughput for nothing.
+            request_id: self
+                .request_id
+                .unwrap_or(self.access_log.is_some() || self.tracing.is_some()),
+            access_log: self.access_log.map(access_log).transpose()?,
+            record: self.record.map(record).transpose()?,
+            pools,
+            routes,
+            warnings,
+            tracing: self.tracing.map(tracing).transpose()?,
+        })
+    }
+}
+
+impl RawPool {
+    /// Applies defaults and checks every value of one pool.
+    fn validate(self, name: &str) -> Result<PoolConfig, ConfigError> {
         let strategy = match &self.strategy {
             Some(s) => s.parse::<StrategyKind>().map_err(|_| {
                 ConfigError::invalid("strategy", format!("{s:?}"), StrategyKind::EXPECTED)
@@ -857,27 +1101,6 @@ impl RawConfig {
                 Defaults::UNHEALTHY_THRESHOLD,
             )?,
         };
-        let workers = match self.workers {
-            Some(0) => return Err(ConfigError::invalid("workers", 0, "at least 1")),
-            Some(n) => n,
-            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        };
-        let admin_text = self
-            .admin_addr
-            .unwrap_or_else(|| Defaults::ADMIN_ADDR.to_owned());
-        let admin_addr = admin_text.parse::<SocketAddr>().map_err(|_| {
-            ConfigError::invalid(
-                "admin_addr",
-                format!("{admin_text:?}"),
-                "an address and port such as \"127.0.0.1:9901\"",
-            )
-        })?;
-        let admin_auth = admin_auth(
-            admin_addr,
-            self.admin_token,
-            self.admin_token_file,
-            self.admin_auth,
-        )?;
         let raw_adaptive = self.adaptive.unwrap_or_default();
         let adaptive = AdaptiveConfig {
             decay: duration("adaptive.decay", raw_adaptive.decay, Defaults::EWMA_DECAY)?,
@@ -908,24 +1131,12 @@ impl RawConfig {
                 AdaptiveConfig::DEFAULT.probe_interval,
             )?,
         };
-        let trusted_proxies = self
-            .trusted_proxies
-            .unwrap_or_default()
-            .iter()
-            .enumerate()
-            .map(|(i, s)| cidr(&format!("trusted_proxies[{i}]"), s))
-            .collect::<Result<_, _>>()?;
-        let rate_limit = match self.rate_limit {
-            None => None,
-            Some(r) => Some(rate_limit(r)?),
-        };
-        for (key, value) in [
-            ("max_in_flight", self.max_in_flight),
-            ("max_connections", self.max_connections),
-        ] {
-            if value == Some(0) {
-                return Err(ConfigError::invalid(key, 0, "at least 1 (or leave it out)"));
-            }
+        if self.max_connections == Some(0) {
+            return Err(ConfigError::invalid(
+                "max_connections",
+                0,
+                "at least 1 (or leave it out)",
+            ));
         }
         let outlier_detection = outlier(self.outlier_detection.unwrap_or_default())?;
         let raw_retries = self.retries.unwrap_or_default();
@@ -938,27 +1149,17 @@ impl RawConfig {
                 .min_per_second
                 .unwrap_or(Defaults::RETRY_MIN_PER_SECOND),
         };
-        let max_header_bytes = self.max_header_bytes.unwrap_or(Defaults::MAX_HEADER_BYTES);
-        if max_header_bytes < 8192 {
-            return Err(ConfigError::invalid(
-                "max_header_bytes",
-                max_header_bytes,
-                "at least 8192 (hyper's smallest read buffer)",
-            ));
-        }
-        let max_headers = self.max_headers.unwrap_or(Defaults::MAX_HEADERS);
-        if max_headers == 0 {
-            return Err(ConfigError::invalid("max_headers", 0, "at least 1"));
-        }
-        Ok(Config {
-            port,
-            bind_address,
-            tls,
-            redirect_to_https: self.redirect_to_https.unwrap_or(true),
+        Ok(PoolConfig {
+            name: name.to_owned(),
             strategy,
             backends,
             health,
-            workers,
+            adaptive,
+            outlier_detection,
+            max_connections: self.max_connections,
+            explain: self.explain.unwrap_or(false),
+            shadow: self.shadow.unwrap_or(false),
+            dns,
             connect_timeout: duration(
                 "connect_timeout",
                 self.connect_timeout,
@@ -969,43 +1170,13 @@ impl RawConfig {
                 self.request_timeout,
                 Defaults::REQUEST_TIMEOUT,
             )?,
-            admin_addr,
-            admin_auth,
-            adaptive,
             prequal: prequal(self.prequal.unwrap_or_default())?,
             slow_start: self.slow_start.map(slow_start).transpose()?,
-            trusted_proxies,
-            rate_limit,
-            max_in_flight: self.max_in_flight,
-            max_connections: self.max_connections,
-            explain: self.explain.unwrap_or(false),
-            outlier_detection,
             retries: (retries.attempts > 0).then_some(retries),
-            client_header_timeout: duration(
-                "client_header_timeout",
-                self.client_header_timeout,
-                Defaults::CLIENT_HEADER_TIMEOUT,
-            )?,
-            drain_timeout: duration("drain_timeout", self.drain_timeout, Defaults::DRAIN_TIMEOUT)?,
-            max_header_bytes,
-            max_headers,
-            max_request_body: self.max_request_body,
-            shadow: self.shadow.unwrap_or(false),
-            // Ids serve correlation: on by default when there is a log or a trace to
-            // correlate with (as Envoy), off otherwise (as nginx and HAProxy), where they
-            // would cost about 4% of a small GET's throughput for nothing.
-            request_id: self
-                .request_id
-                .unwrap_or(self.access_log.is_some() || self.tracing.is_some()),
-            access_log: self.access_log.map(access_log).transpose()?,
-            record: self.record.map(record).transpose()?,
-            fault: self.fault.map(|f| fault("fault", f)).transpose()?,
-            tracing: self.tracing.map(tracing).transpose()?,
             autoscale: self
                 .autoscale
                 .map(|raw| autoscale(raw, self.max_connections))
                 .transpose()?,
-            dns,
             upstream: upstream(self.upstream_protocol, self.upstream_tls)?,
         })
     }
@@ -1756,6 +1927,407 @@ fn dns_config(
     }))
 }
 
+// === pools and routes ===
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    name: String,
+    #[serde(rename = "match")]
+    matcher: Option<RawMatch>,
+    pool: Option<String>,
+    split: Option<Vec<RawSplitTarget>>,
+    canary: Option<RawCanary>,
+    mirror: Option<RawMirror>,
+    fault: Option<RawFault>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "an object such as {\"host\": \"*.example.com\", \"path_prefix\": \"/api\"}"
+)]
+struct RawMatch {
+    host: Option<String>,
+    path_prefix: Option<String>,
+    path: Option<String>,
+    methods: Option<Vec<String>>,
+    headers: Option<std::collections::BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "an object such as {\"pool\": \"api\", \"weight\": 90}"
+)]
+struct RawSplitTarget {
+    pool: String,
+    weight: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "an object such as {\"pool\": \"api-v2\", \"max_error_rate\": 0.05}"
+)]
+struct RawCanary {
+    pool: String,
+    max_error_rate: Option<f64>,
+    max_latency_ratio: Option<f64>,
+    window: Option<DurationValue>,
+    min_requests: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "an object such as {\"pool\": \"shadow\", \"percent\": 50, \"compare\": true}"
+)]
+struct RawMirror {
+    pool: String,
+    percent: Option<f64>,
+    compare: Option<bool>,
+}
+
+/// A pool or route name: it goes into headers, metric labels and admin paths.
+fn name(key: &str, text: &str) -> Result<(), ConfigError> {
+    let ok = !text.is_empty()
+        && text.len() <= 64
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(
+            key,
+            format!("{text:?}"),
+            "a name of letters, digits, `-`, `_` and `.` (64 at most)",
+        ))
+    }
+}
+
+/// Pools, routes, and warnings about routes that can never match.
+type PoolsAndRoutes = (Vec<PoolConfig>, Vec<RouteConfig>, Vec<String>);
+
+/// The pools and routes: from `pools` and `routes`, or the flat format's one pool and
+/// catch-all route (which takes the top-level `fault`).
+fn pools_and_routes(
+    pools: Option<serde_json::Map<String, serde_json::Value>>,
+    routes: Option<Vec<serde_json::Value>>,
+    pool_keys: &serde_json::Map<String, serde_json::Value>,
+    fault_raw: Option<RawFault>,
+) -> Result<PoolsAndRoutes, ConfigError> {
+    let (pools, routes) = match (pools, routes) {
+        (None, None) => {
+            let pool = pool_config(Defaults::POOL, pool_keys, None)?;
+            let route = RouteConfig {
+                name: Defaults::ROUTE.to_owned(),
+                matcher: RouteMatch::default(),
+                target: RouteTarget::Pool(Defaults::POOL.to_owned()),
+                canary: None,
+                mirror: None,
+                fault: fault_raw.map(|f| fault("fault", f)).transpose()?,
+            };
+            return Ok((vec![pool], vec![route], Vec::new()));
+        }
+        (Some(_), None) => {
+            return Err(ConfigError::invalid(
+                "routes",
+                "nothing",
+                "with `pools`, a list of routes saying which requests go to which pool, \
+                 e.g. [{\"name\": \"default\", \"pool\": \"web\"}]",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::invalid(
+                "pools",
+                "nothing",
+                "with `routes`, the pools they name, e.g. {\"web\": {\"backends\": [...]}}",
+            ))
+        }
+        (Some(p), Some(r)) => (p, r),
+    };
+    if fault_raw.is_some() {
+        return Err(ConfigError::invalid(
+            "fault",
+            "a top-level fault",
+            "with `routes`, faults on a route (`routes[i].fault`)",
+        ));
+    }
+    if pools.is_empty() {
+        return Err(ConfigError::invalid("pools", "{}", "at least one pool"));
+    }
+    let mut pool_configs = Vec::with_capacity(pools.len());
+    for (pool_name, value) in &pools {
+        name(&format!("pools.{pool_name}"), pool_name)?;
+        let serde_json::Value::Object(own) = value else {
+            return Err(ConfigError::Shape {
+                key: format!("pools.{pool_name}"),
+                message: "expected an object of pool keys, such as {\"backends\": [...]}"
+                    .to_owned(),
+            });
+        };
+        pool_configs.push(pool_config(pool_name, pool_keys, Some(own))?);
+    }
+    let pool_names: Vec<&str> = pools.keys().map(String::as_str).collect();
+    let known = |key: String, pool: &str| -> Result<(), ConfigError> {
+        if pools.contains_key(pool) {
+            Ok(())
+        } else {
+            Err(ConfigError::invalid(
+                key,
+                format!("no pool named {pool:?}"),
+                format!("one of the pools: {}", pool_names.join(", ")),
+            ))
+        }
+    };
+    if routes.is_empty() {
+        return Err(ConfigError::invalid("routes", "[]", "at least one route"));
+    }
+    let mut route_configs: Vec<RouteConfig> = Vec::with_capacity(routes.len());
+    for (i, value) in routes.into_iter().enumerate() {
+        let at = format!("routes[{i}]");
+        let raw: RawRoute = shaped(&format!("{at}."), value)?;
+        name(&format!("{at}.name"), &raw.name)?;
+        if route_configs.iter().any(|r| r.name == raw.name) {
+            return Err(ConfigError::invalid(
+                format!("{at}.name"),
+                format!("{:?}", raw.name),
+                "a name no other route has",
+            ));
+        }
+        let target = match (raw.pool, raw.split) {
+            (Some(pool), None) => {
+                known(format!("{at}.pool"), &pool)?;
+                RouteTarget::Pool(pool)
+            }
+            (None, Some(split)) => {
+                if split.is_empty() {
+                    return Err(ConfigError::invalid(
+                        format!("{at}.split"),
+                        "[]",
+                        "at least one {\"pool\", \"weight\"}",
+                    ));
+                }
+                for (j, t) in split.iter().enumerate() {
+                    known(format!("{at}.split[{j}].pool"), &t.pool)?;
+                    if split[..j].iter().any(|o| o.pool == t.pool) {
+                        return Err(ConfigError::invalid(
+                            format!("{at}.split[{j}].pool"),
+                            format!("{:?} a second time", t.pool),
+                            "each pool once in a split",
+                        ));
+                    }
+                }
+                let weights: Vec<u32> = split.iter().map(|t| t.weight).collect();
+                if let Err(e) = crate::router::Split::new(&weights) {
+                    return Err(ConfigError::invalid(
+                        format!("{at}.split"),
+                        format!("weights {weights:?}"),
+                        format!("usable weights ({e})"),
+                    ));
+                }
+                RouteTarget::Split(
+                    split
+                        .into_iter()
+                        .map(|t| SplitTarget {
+                            pool: t.pool,
+                            weight: t.weight,
+                        })
+                        .collect(),
+                )
+            }
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::invalid(
+                    at.clone(),
+                    "both `pool` and `split`",
+                    "one of `pool` (one pool) or `split` (pools by weight)",
+                ))
+            }
+            (None, None) => {
+                return Err(ConfigError::invalid(
+                    format!("{at}.pool"),
+                    "nothing",
+                    "`pool` (one pool) or `split` (pools by weight)",
+                ))
+            }
+        };
+        let canary = match raw.canary {
+            None => None,
+            Some(c) => {
+                let pools_of_split = match &target {
+                    RouteTarget::Split(t) if t.len() > 1 => t,
+                    _ => {
+                        return Err(ConfigError::invalid(
+                            format!("{at}.canary"),
+                            "a canary on a route without a split of two pools or more",
+                            "`canary` only with a `split` (the canary and a stable pool)",
+                        ))
+                    }
+                };
+                if !pools_of_split.iter().any(|t| t.pool == c.pool) {
+                    return Err(ConfigError::invalid(
+                        format!("{at}.canary.pool"),
+                        format!("{:?}", c.pool),
+                        "one of the route's split pools",
+                    ));
+                }
+                let max_error_rate = fraction(
+                    &format!("{at}.canary.max_error_rate"),
+                    c.max_error_rate,
+                    Defaults::CANARY_MAX_ERROR_RATE,
+                )?;
+                let max_latency_ratio = c
+                    .max_latency_ratio
+                    .unwrap_or(Defaults::CANARY_MAX_LATENCY_RATIO);
+                if !(max_latency_ratio >= 1.0 && max_latency_ratio.is_finite()) {
+                    return Err(ConfigError::invalid(
+                        format!("{at}.canary.max_latency_ratio"),
+                        max_latency_ratio,
+                        "a ratio of at least 1 (the canary's p99 over the stable pools')",
+                    ));
+                }
+                Some(CanaryConfig {
+                    pool: c.pool,
+                    max_error_rate,
+                    max_latency_ratio,
+                    window: duration(
+                        &format!("{at}.canary.window"),
+                        c.window,
+                        Defaults::CANARY_WINDOW,
+                    )?,
+                    min_requests: c.min_requests.unwrap_or(Defaults::CANARY_MIN_REQUESTS),
+                })
+            }
+        };
+        let mirror = match raw.mirror {
+            None => None,
+            Some(m) => {
+                known(format!("{at}.mirror.pool"), &m.pool)?;
+                let percent = m.percent.unwrap_or(Defaults::MIRROR_PERCENT);
+                if !(0.0..=100.0).contains(&percent) {
+                    return Err(ConfigError::invalid(
+                        format!("{at}.mirror.percent"),
+                        percent,
+                        "a percentage from 0 to 100",
+                    ));
+                }
+                Some(MirrorConfig {
+                    pool: m.pool,
+                    percent,
+                    compare: m.compare.unwrap_or(false),
+                })
+            }
+        };
+        route_configs.push(RouteConfig {
+            matcher: route_match(&format!("{at}.match"), raw.matcher.unwrap_or_default())?,
+            name: raw.name,
+            target,
+            canary,
+            mirror,
+            fault: raw
+                .fault
+                .map(|f| fault(&format!("{at}.fault"), f))
+                .transpose()?,
+        });
+    }
+    let mut warnings = Vec::new();
+    for (j, later) in route_configs.iter().enumerate() {
+        if let Some((i, earlier)) = route_configs[..j]
+            .iter()
+            .enumerate()
+            .find(|(_, e)| e.matcher.covers(&later.matcher))
+        {
+            warnings.push(format!(
+                "routes[{j}] ({:?}) can never match: routes[{i}] ({:?}) takes every request it would",
+                later.name, earlier.name
+            ));
+        }
+    }
+    Ok((pool_configs, route_configs, warnings))
+}
+
+/// Checks a route's `match`.
+fn route_match(key: &str, raw: RawMatch) -> Result<RouteMatch, ConfigError> {
+    let host = match raw.host {
+        None => None,
+        Some(h) => Some(HostMatch::parse(&h).ok_or_else(|| {
+            ConfigError::invalid(
+                format!("{key}.host"),
+                format!("{h:?}"),
+                "a host name such as \"www.example.com\" or a wildcard such as \"*.example.com\"",
+            )
+        })?),
+    };
+    for (k, p) in [("path_prefix", &raw.path_prefix), ("path", &raw.path)] {
+        if let Some(p) = p {
+            if !p.starts_with('/')
+                || p.parse::<http::uri::PathAndQuery>().is_err()
+                || p.contains('?')
+            {
+                return Err(ConfigError::invalid(
+                    format!("{key}.{k}"),
+                    format!("{p:?}"),
+                    "a path starting with `/`, without a query",
+                ));
+            }
+        }
+    }
+    let methods = match raw.methods {
+        None => None,
+        Some(list) if list.is_empty() => {
+            return Err(ConfigError::invalid(
+                format!("{key}.methods"),
+                "[]",
+                "at least one method, or no `methods` key for any",
+            ))
+        }
+        Some(list) => Some(
+            list.iter()
+                .enumerate()
+                .map(|(i, m)| {
+                    http::Method::from_bytes(m.as_bytes())
+                        .ok()
+                        .filter(|_| m.bytes().all(|b| b.is_ascii_uppercase()))
+                        .ok_or_else(|| {
+                            ConfigError::invalid(
+                                format!("{key}.methods[{i}]"),
+                                format!("{m:?}"),
+                                "a method in capitals, such as \"GET\"",
+                            )
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+    };
+    let headers = raw
+        .headers
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(n, v)| {
+            let name = http::HeaderName::from_bytes(n.as_bytes()).map_err(|_| {
+                ConfigError::invalid(format!("{key}.headers"), format!("{n:?}"), "a header name")
+            })?;
+            let value = http::HeaderValue::from_str(&v).map_err(|_| {
+                ConfigError::invalid(
+                    format!("{key}.headers.{n}"),
+                    format!("{v:?}"),
+                    "a header value of visible ASCII",
+                )
+            })?;
+            Ok((name, value))
+        })
+        .collect::<Result<Vec<_>, ConfigError>>()?;
+    Ok(RouteMatch {
+        host,
+        path_prefix: raw.path_prefix,
+        path: raw.path,
+        methods,
+        headers,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1776,9 +2348,9 @@ mod tests {
     fn weights_and_default_port() {
         let c =
             parse(r#"{"backends": [{"url": "http://a", "weight": 3}, "http://b:2/"]}"#).unwrap();
-        assert_eq!(c.backends[0].authority.as_str(), "a:80");
-        assert_eq!(c.backends[0].weight, 3);
-        assert_eq!(c.backends[1].authority.as_str(), "b:2");
+        assert_eq!(c.pools[0].backends[0].authority.as_str(), "a:80");
+        assert_eq!(c.pools[0].backends[0].weight, 3);
+        assert_eq!(c.pools[0].backends[1].authority.as_str(), "b:2");
     }
 
     #[test]
@@ -1821,11 +2393,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            c.backends.len(),
+            c.pools[0].backends.len(),
             1,
             "only the URL is a backend before lookups"
         );
-        let dns = c.dns.unwrap();
+        let dns = c.pools[0].dns.clone().unwrap();
         assert_eq!(
             dns.servers.unwrap(),
             [
@@ -1852,7 +2424,7 @@ mod tests {
         );
         // Without DNS entries the `dns` key is checked, and there is nothing to resolve.
         let c = parse(r#"{"backends": ["http://a:1"], "dns": {"refresh": "2s"}}"#).unwrap();
-        assert!(c.dns.is_none());
+        assert!(c.pools[0].dns.is_none());
         let e = parse(r#"{"backends": ["http://a:1"], "dns": {"servers": ["x"]}}"#);
         assert!(e.unwrap_err().to_string().contains("dns.servers[0]"));
     }
@@ -1867,7 +2439,7 @@ mod tests {
     fn autoscale_defaults_concurrency_source_and_errors() {
         let c = parse(r#"{"backends": ["http://a:1"], "autoscale": {"backend_concurrency": 4}}"#)
             .unwrap();
-        let a = c.autoscale.unwrap();
+        let a = c.pools[0].autoscale.clone().unwrap();
         assert_eq!(a.backend_concurrency, 4);
         assert_eq!(a.concurrency_from, ConcurrencySource::BackendConcurrency);
         assert_eq!(a.target_utilization, Defaults::AUTOSCALE_TARGET_UTILIZATION);
@@ -1880,14 +2452,13 @@ mod tests {
         // Without backend_concurrency, max_connections gives it.
         let c = parse(r#"{"backends": ["http://a:1"], "max_connections": 8, "autoscale": {"scale_down_delay": 0}}"#)
             .unwrap();
-        let a = c.autoscale.unwrap();
+        let a = c.pools[0].autoscale.clone().unwrap();
         assert_eq!(
             (a.backend_concurrency, a.concurrency_from),
             (8, ConcurrencySource::MaxConnections)
         );
         assert_eq!(a.scale_down_delay, Duration::ZERO);
-        assert!(parse(r#"{"backends": ["http://a:1"]}"#)
-            .unwrap()
+        assert!(parse(r#"{"backends": ["http://a:1"]}"#).unwrap().pools[0]
             .autoscale
             .is_none());
         let cases = [

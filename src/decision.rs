@@ -56,6 +56,11 @@ pub struct Outcome {
     pub why: Option<String>,
 }
 
+/// The route a request matched, put in its extensions by the router for the pool's
+/// routing to note in the decision record.
+#[derive(Debug, Clone)]
+pub struct RouteName(pub Arc<str>);
+
 /// A fault injected into one request, noted in its decision record (injected by
 /// `layer::fault`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,6 +129,10 @@ pub struct DecisionRecord {
     pub slow_start: Option<f64>,
     /// A fault injected into the request before routing (a delay; aborts are not routed).
     pub fault: Option<InjectedFault>,
+    /// The route that matched, when the request came through the router.
+    pub route: Option<Arc<str>>,
+    /// The pool that decided.
+    pub pool: Option<Arc<str>>,
     /// Shadow strategies' choices, by `StrategyKind::ALL` order (`None`: not evaluated).
     pub shadow: [Option<BackendId>; StrategyKind::ALL.len()],
     /// The backend a failed first attempt went to, if the request was retried.
@@ -160,6 +169,8 @@ impl DecisionRecord {
             prequal: None,
             slow_start: None,
             fault: None,
+            route: None,
+            pool: None,
             shadow: [None; StrategyKind::ALL.len()],
             retried_from: None,
             request_id: None,
@@ -308,6 +319,12 @@ pub struct DecisionView {
     /// A fault injected before routing, as `x-alb-fault` writes it (`delay=100ms`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fault: Option<String>,
+    /// The route that matched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    /// The pool that decided.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
     /// Shadow strategies' choices.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub shadow: Vec<ShadowView>,
@@ -435,6 +452,8 @@ impl DecisionView {
             }),
             slow_start: r.slow_start,
             fault: r.fault.map(InjectedFault::header_text),
+            route: r.route.as_deref().map(str::to_owned),
+            pool: r.pool.as_deref().map(str::to_owned),
             shadow,
             retried_from: r.retried_from.map(|id| r.name(id)),
             request_id: r

@@ -74,6 +74,7 @@ pub mod redirect;
 pub mod replay;
 pub mod retry;
 pub mod route;
+pub mod router;
 pub mod semantics;
 pub mod server;
 pub mod sim;

@@ -173,6 +173,9 @@ fn main() -> ExitCode {
             Ok(config) => {
                 let text = serde_json::to_string_pretty(&config).expect("config serialises");
                 println!("{text}");
+                for warning in &config.warnings {
+                    eprintln!("warning: {warning}");
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => fail(e),

@@ -40,7 +40,8 @@ use crate::{
     },
     capacity::PoolCapacity,
     client_ip::ClientIp,
-    config::{Config, Defaults},
+    config::{Config, PoolConfig},
+    decision::DecisionLog,
     dns::{DnsDiscovery, SourceStatus},
     forward::{BackendPools, ClientProto, Forward},
     health::HealthChecker,
@@ -49,23 +50,28 @@ use crate::{
         rate_limit::{spawn_pruning, store::StoreError, Limiter, RedisStore},
         record::RecordConfig,
         AccessLog, AccessLogLayer, Backpressure, BackpressureLayer, BodyLimit, BodyLimitLayer,
-        Fault, FaultLayer, Metrics, MetricsLayer, Normalize, NormalizeLayer, RateLimit,
-        RateLimitLayer, Record, RecordLayer, RequestId, RequestIdLayer,
+        Metrics, MetricsLayer, Normalize, NormalizeLayer, RateLimit, RateLimitLayer, Record,
+        RecordLayer, RequestId, RequestIdLayer,
     },
     outlier::OutlierDetector,
     probe,
     retry::RetryBudget,
     route::{Route, RouteOptions, Routing},
+    router::{MirrorService, RouteState, Router, SplitError},
     trace::{ExportError, Trace, TraceConfig, TraceLayer},
     upstream::{self, backend_client, BackendClient, UpstreamConfig, UpstreamProtocol},
 };
 
+/// One pool's routing service: pick, retry, forward.
+pub type PoolService = Route<Forward>;
+
 /// The whole request path: request id, trace context, access log, metrics, rate limit,
-/// backpressure, body limit, route, forward.
+/// backpressure, body limit, then the router (route match, fault, split, mirror) to a
+/// pool's routing and forwarding.
 pub type ProxyService = RequestId<
     Trace<
         AccessLog<
-            Record<Metrics<Normalize<RateLimit<Backpressure<BodyLimit<Fault<Route<Forward>>>>>>>>,
+            Record<Metrics<Normalize<RateLimit<Backpressure<BodyLimit<Router<PoolService>>>>>>>,
         >,
     >,
 >;
@@ -100,6 +106,9 @@ pub enum BuildError {
     /// The rate-limit store's client could not be set up.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A route's split weights were refused.
+    #[error("routes: {0}")]
+    Split(#[from] SplitError),
 }
 
 /// Why a proxy is built from a previous one.
@@ -130,30 +139,199 @@ impl Tasks {
     }
 }
 
-/// The assembled data plane, independent of listeners.
+/// One pool's data plane: its endpoints, health checks, balancer and connections.
 #[derive(Debug, Clone)]
-pub struct Proxy {
+pub struct Pool {
+    /// The pool's name.
+    pub name: Arc<str>,
     /// The balancer and the steps around its pick.
     pub routing: Arc<Routing>,
     /// Every configured backend, in service or not, in config order.
     pub endpoints: Vec<Arc<Endpoint>>,
     /// The pool's capacity signal (`autoscale`), if configured.
     capacity: Option<Arc<PoolCapacity>>,
-    /// Stable backend ids, handed from each proxy to the next on reload.
-    ids: Arc<BackendIds>,
     changes: DiscoverSender,
     client: BackendClient,
     /// The settings `client` was built with.
     upstream: UpstreamConfig,
-    pools: BackendPools,
+    connections: BackendPools,
     request_timeout: Duration,
+}
+
+/// What every pool of one proxy shares.
+struct PoolContext<'a> {
+    config: &'a Config,
+    ids: &'a Arc<BackendIds>,
+    decisions: &'a Arc<DecisionLog>,
+    tasks: &'a Tasks,
+    why: Rebuild,
+    first_build: bool,
+}
+
+// === impl Pool ===
+
+impl Pool {
+    /// Builds a pool's endpoints and starts its health checks and balancer; backends also
+    /// in `previous` (the same pool of the proxy being replaced) keep their state.
+    fn build(pool: &PoolConfig, cx: &PoolContext<'_>, previous: Option<&Pool>) -> Pool {
+        let config = cx.config;
+        let endpoints: Vec<Arc<Endpoint>> = pool
+            .backends
+            .iter()
+            .map(|spec| {
+                let backend = Backend::new(cx.ids.id_of(&spec.authority), spec);
+                let old = previous.and_then(|p| p.endpoints.iter().find(|o| o.id() == backend.id));
+                let ep = Endpoint::new(backend, &pool.adaptive).with_slow_start(pool.slow_start);
+                match (old, &spec.dns_name) {
+                    (Some(old), _) => {
+                        ep.inherit(old);
+                        if cx.why == Rebuild::Reload {
+                            ep.availability.note_reload("config reloaded".to_owned());
+                        }
+                    }
+                    // Found by discovery: out until a check passes, which starts its slow start.
+                    (None, Some(name)) => ep.availability.await_first_check(format!(
+                        "found in DNS under {name}; in service once a health check passes"
+                    )),
+                    // Added by a reload: it joins now, so a slow start ramps from here.
+                    (None, None) if !cx.first_build => ep.availability.joined(),
+                    (None, None) => {}
+                }
+                Arc::new(ep)
+            })
+            .collect();
+        // The pooled client (and its warm connections) carries over a reload that does not
+        // change how backends are reached.
+        let upstream = &pool.upstream;
+        let client = match previous.filter(|p| p.upstream.same_settings(upstream)) {
+            Some(p) => p.client.clone(),
+            None => backend_client(pool.connect_timeout, upstream.protocol, &upstream.loaded),
+        };
+        let connections = BackendPools::new(
+            &endpoints,
+            pool.connect_timeout,
+            previous.map_or(&BackendPools::default(), |p| &p.connections),
+        );
+        let (changes, stream) = discover::channel();
+        cx.tasks.add(spawn_pool_sweeping(connections.clone()));
+        let checker = HealthChecker::new(pool.health.clone(), client.clone(), changes.clone())
+            .speaking_h2(upstream.protocol == UpstreamProtocol::H2);
+        for task in checker.spawn(&endpoints) {
+            cx.tasks.add(task.abort_handle());
+        }
+        let outlier = pool
+            .outlier_detection
+            .clone()
+            .map(|c| OutlierDetector::new(c, endpoints.clone(), changes.clone()));
+        let balancer = Balancer::new(
+            Strategy::configured(pool.strategy, &pool.prequal),
+            endpoints.clone(),
+            stream,
+        );
+        if pool.strategy == StrategyKind::Prequal {
+            cx.tasks
+                .add(probe::spawn(balancer.clone(), client.clone()).abort_handle());
+        }
+        let routing = Routing::new(
+            balancer,
+            RouteOptions {
+                client_ip: ClientIp::new(&config.trusted_proxies),
+                max_connections: pool.max_connections,
+                explain: pool.explain,
+                shadow: pool.shadow,
+                outlier,
+                retry: pool.retries.clone().map(|r| Arc::new(RetryBudget::new(r))),
+                decisions: Some(cx.decisions.clone()),
+                outcomes: config.access_log.is_some()
+                    || config.tracing.is_some()
+                    || config.record.is_some(),
+                // Only exported spans show the strategy's reason.
+                outcome_why: config
+                    .tracing
+                    .as_ref()
+                    .is_some_and(|t| t.otlp_endpoint.is_some()),
+                request_ids: config.request_id,
+                pool: Some(pool.name.as_str().into()),
+            },
+        );
+        // The capacity signal: the previous pool's (its window and stabilization history)
+        // when a reload keeps the `autoscale` settings, else a fresh one.
+        let capacity = pool.autoscale.as_ref().map(|wanted| {
+            match previous.and_then(|p| p.capacity.as_ref()) {
+                Some(old) if old.config() == *wanted => old.clone(),
+                _ => PoolCapacity::new(&pool.name, wanted.clone()),
+            }
+        });
+        if let Some(capacity) = &capacity {
+            cx.tasks.add(capacity.spawn(routing.balancer()));
+        }
+        Pool {
+            name: pool.name.as_str().into(),
+            routing,
+            endpoints,
+            capacity,
+            changes,
+            client,
+            upstream: upstream.clone(),
+            connections,
+            request_timeout: pool.request_timeout,
+        }
+    }
+
+    /// The pool's routing service for requests arriving over `proto`.
+    pub fn route(&self, proto: ClientProto) -> PoolService {
+        Route::new(
+            self.routing.clone(),
+            Forward::new(
+                self.client.clone(),
+                self.connections.clone(),
+                proto,
+                self.request_timeout,
+                self.upstream.protocol,
+            ),
+        )
+    }
+
+    /// Drains a backend (no new requests; in-flight ones finish) or enables it again.
+    pub fn set_drained(&self, endpoint: &Arc<Endpoint>, drained: bool) {
+        endpoint.availability.set_drained(drained);
+        self.changes.sync(endpoint);
+        tracing::info!(
+            pool = %self.name,
+            backend = endpoint.name(),
+            "backend {}",
+            if drained { "DRAINED" } else { "ENABLED" }
+        );
+    }
+
+    /// The pool's capacity signal, when `autoscale` is configured.
+    pub fn capacity(&self) -> Option<&Arc<PoolCapacity>> {
+        self.capacity.as_ref()
+    }
+
+    /// The balancer.
+    pub fn balancer(&self) -> &Arc<Balancer> {
+        self.routing.balancer()
+    }
+}
+
+/// The assembled data plane, independent of listeners.
+#[derive(Debug, Clone)]
+pub struct Proxy {
+    /// The pools, in config order.
+    pub pools: Vec<Pool>,
+    /// The routes, in config order.
+    pub routes: Vec<Arc<RouteState>>,
+    /// Stable backend ids, handed from each proxy to the next on reload.
+    ids: Arc<BackendIds>,
+    /// Every pool's decisions, in one log.
+    decisions: Arc<DecisionLog>,
     metrics: MetricsLayer,
     rate_limit: RateLimitLayer,
     /// The rate limiter's buckets, kept through DNS changes.
     limiter: Option<Arc<Limiter>>,
     backpressure: BackpressureLayer,
     body_limit: BodyLimitLayer,
-    fault: FaultLayer,
     request_id: RequestIdLayer,
     /// The access log resolves clients with these (a change needs a new layer).
     trusted_proxies: Vec<ipnet::IpNet>,
@@ -166,10 +344,10 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Builds endpoints and starts health checks, the balancer and the rate limiter's
-    /// pruning. Needs a Tokio runtime; install the metrics recorder first
+    /// Builds every pool's endpoints and starts health checks, the balancers and the rate
+    /// limiter's pruning. Needs a Tokio runtime; install the metrics recorder first
     /// ([`crate::prometheus::install`]) if metrics are wanted, since handles are resolved here.
-    /// Only `config.backends` are served: DNS entries are looked up by [`LiveProxy`].
+    /// Only the pools' `backends` are served: DNS entries are looked up by [`LiveProxy`].
     pub fn build(config: &Config) -> Result<Proxy, BuildError> {
         Proxy::build_from(config, None, Rebuild::Reload)
     }
@@ -204,14 +382,10 @@ impl Proxy {
             Some(p) => p.record.1.clone(),
             None => match &config.record {
                 None => RecordLayer::off(),
-                Some(c) => {
-                    RecordLayer::new(c, Defaults::ROUTE, Defaults::POOL).map_err(|source| {
-                        BuildError::Record {
-                            path: c.path.display().to_string(),
-                            source,
-                        }
-                    })?
-                }
+                Some(c) => RecordLayer::new(c).map_err(|source| BuildError::Record {
+                    path: c.path.display().to_string(),
+                    source,
+                })?,
             },
         };
         let trace = match previous.filter(|p| p.trace.0 == config.tracing) {
@@ -222,95 +396,45 @@ impl Proxy {
             },
         };
         let ids = previous.map_or_else(BackendIds::new, |p| p.ids.clone());
-        let endpoints: Vec<Arc<Endpoint>> = config
-            .backends
+        let decisions = previous.map_or_else(DecisionLog::new, |p| p.decisions.clone());
+        let tasks = Arc::new(Tasks::default());
+        let cx = PoolContext {
+            config,
+            ids: &ids,
+            decisions: &decisions,
+            tasks: &tasks,
+            why,
+            first_build: previous.is_none(),
+        };
+        let pools: Vec<Pool> = config
+            .pools
             .iter()
-            .map(|spec| {
-                let backend = Backend::new(ids.id_of(&spec.authority), spec);
-                let old = previous.and_then(|p| p.endpoints.iter().find(|o| o.id() == backend.id));
-                let ep =
-                    Endpoint::new(backend, &config.adaptive).with_slow_start(config.slow_start);
-                match (old, &spec.dns_name) {
-                    (Some(old), _) => {
-                        ep.inherit(old);
-                        if why == Rebuild::Reload {
-                            ep.availability.note_reload("config reloaded".to_owned());
-                        }
-                    }
-                    // Found by discovery: out until a check passes, which starts its slow start.
-                    (None, Some(name)) => ep.availability.await_first_check(format!(
-                        "found in DNS under {name}; in service once a health check passes"
-                    )),
-                    // Added by a reload: it joins now, so a slow start ramps from here.
-                    (None, None) if previous.is_some() => ep.availability.joined(),
-                    (None, None) => {}
-                }
-                Arc::new(ep)
+            .map(|pool| {
+                let old = previous.and_then(|p| p.pools.iter().find(|o| *o.name == *pool.name));
+                Pool::build(pool, &cx, old)
             })
             .collect();
-        // The pooled client (and its warm connections) carries over a reload that does not
-        // change how backends are reached.
-        let upstream = &config.upstream;
-        let client = match previous.filter(|p| p.upstream.same_settings(upstream)) {
-            Some(p) => p.client.clone(),
-            None => backend_client(config.connect_timeout, upstream.protocol, &upstream.loaded),
+        let index = |name: &str| {
+            pools
+                .iter()
+                .position(|p| &*p.name == name)
+                .expect("the config names only its own pools")
         };
-        let pools = BackendPools::new(
-            &endpoints,
-            config.connect_timeout,
-            previous.map_or(&BackendPools::default(), |p| &p.pools),
-        );
-        let client_ip = ClientIp::new(&config.trusted_proxies);
-        let (changes, stream) = discover::channel();
-        let tasks = Arc::new(Tasks::default());
-        tasks.add(spawn_pool_sweeping(pools.clone()));
-        let checker = HealthChecker::new(config.health.clone(), client.clone(), changes.clone())
-            .speaking_h2(upstream.protocol == UpstreamProtocol::H2);
-        for task in checker.spawn(&endpoints) {
-            tasks.add(task.abort_handle());
-        }
-        let outlier = config
-            .outlier_detection
-            .clone()
-            .map(|c| OutlierDetector::new(c, endpoints.clone(), changes.clone()));
-        let balancer = Balancer::new(
-            Strategy::configured(config.strategy, &config.prequal),
-            endpoints.clone(),
-            stream,
-        );
-        if config.strategy == StrategyKind::Prequal {
-            tasks.add(probe::spawn(balancer.clone(), client.clone()).abort_handle());
-        }
-        let routing = Routing::new(
-            balancer,
-            RouteOptions {
-                client_ip: client_ip.clone(),
-                max_connections: config.max_connections,
-                explain: config.explain,
-                shadow: config.shadow,
-                outlier,
-                retry: config
-                    .retries
-                    .clone()
-                    .map(|r| Arc::new(RetryBudget::new(r))),
-                decisions: previous.map(|p| p.routing.decisions().clone()),
-                outcomes: config.access_log.is_some()
-                    || config.tracing.is_some()
-                    || config.record.is_some(),
-                // Only exported spans show the strategy's reason.
-                outcome_why: config
-                    .tracing
+        let routes = config
+            .routes
+            .iter()
+            .map(|route| {
+                let mirror = route
+                    .mirror
                     .as_ref()
-                    .is_some_and(|t| t.otlp_endpoint.is_some()),
-                request_ids: config.request_id,
-            },
-        );
-        let capacity = pool_capacity(config, previous);
-        if let Some(capacity) = &capacity {
-            tasks.add(capacity.spawn(routing.balancer()));
-        }
+                    .map(|m| MirrorService::new(pools[index(&m.pool)].route(ClientProto::Http)));
+                let old = previous.and_then(|p| p.routes.iter().find(|r| r.name() == route.name));
+                RouteState::new(route.clone(), index, mirror, old.map(|r| &**r))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         // A DNS change keeps the buckets (the config did not change); a reload starts afresh,
         // except that a store with the same URL and timeout keeps its connection and state.
+        let client_ip = ClientIp::new(&config.trusted_proxies);
         let limiter = match (
             previous.filter(|_| why == Rebuild::Discovery),
             &config.rate_limit,
@@ -338,21 +462,15 @@ impl Proxy {
             tasks.add(spawn_pruning(limiter.clone()));
         }
         let mut proxy = Proxy {
-            routing,
-            endpoints,
-            capacity,
-            ids,
-            changes,
-            client,
-            upstream: upstream.clone(),
             pools,
-            request_timeout: config.request_timeout,
+            routes,
+            ids,
+            decisions,
             metrics: previous.map_or_else(MetricsLayer::new, |p| p.metrics.clone()),
             rate_limit: RateLimitLayer::new(limiter.clone()),
             limiter,
             backpressure: BackpressureLayer::new(config.max_in_flight),
             body_limit: BodyLimitLayer::new(config.max_request_body),
-            fault: FaultLayer::new(config.fault.clone(), Defaults::ROUTE),
             request_id: RequestIdLayer::new(config.request_id),
             trusted_proxies: config.trusted_proxies.clone(),
             access_log: (config.access_log.clone(), access_log),
@@ -373,26 +491,18 @@ impl Proxy {
         self.stacks[proto as usize].clone()
     }
 
-    /// The routing service alone (no edge layers) for requests arriving over `proto`.
-    pub fn route(&self, proto: ClientProto) -> Route<Forward> {
-        Route::new(
-            self.routing.clone(),
-            Forward::new(
-                self.client.clone(),
-                self.pools.clone(),
-                proto,
-                self.request_timeout,
-                self.upstream.protocol,
-            ),
-        )
+    /// The router alone (routes to pools, no edge layers) for requests arriving over
+    /// `proto`.
+    pub fn router(&self, proto: ClientProto) -> Router<PoolService> {
+        let pools: Arc<[PoolService]> = self.pools.iter().map(|p| p.route(proto)).collect();
+        Router::new(&self.routes, pools)
     }
 
     fn build_stack(&self, proto: ClientProto) -> ProxyService {
-        let route = self.route(proto);
-        let limited = self.rate_limit.layer(
-            self.backpressure
-                .layer(self.body_limit.layer(self.fault.layer(route))),
-        );
+        let router = self.router(proto);
+        let limited = self
+            .rate_limit
+            .layer(self.backpressure.layer(self.body_limit.layer(router)));
         let scheme = match proto {
             ClientProto::Http => "http",
             ClientProto::Https => "https",
@@ -421,20 +531,19 @@ impl Proxy {
         self.trace.1.flush();
     }
 
-    /// Drains a backend (no new requests; in-flight ones finish) or enables it again.
-    pub fn set_drained(&self, endpoint: &Arc<Endpoint>, drained: bool) {
-        endpoint.availability.set_drained(drained);
-        self.changes.sync(endpoint);
-        tracing::info!(
-            backend = endpoint.name(),
-            "backend {}",
-            if drained { "DRAINED" } else { "ENABLED" }
-        );
+    /// The pool named `name`.
+    pub fn pool(&self, name: &str) -> Option<&Pool> {
+        self.pools.iter().find(|p| &*p.name == name)
     }
 
-    /// The pool's capacity signal, when `autoscale` is configured.
-    pub fn capacity(&self) -> Option<&Arc<PoolCapacity>> {
-        self.capacity.as_ref()
+    /// The route named `name`.
+    pub fn route_named(&self, name: &str) -> Option<&Arc<RouteState>> {
+        self.routes.iter().find(|r| r.name() == name)
+    }
+
+    /// Every pool's decisions.
+    pub fn decisions(&self) -> &Arc<DecisionLog> {
+        &self.decisions
     }
 
     /// The rate limit's Redis store, when the config has one.
@@ -442,24 +551,9 @@ impl Proxy {
         self.rate_limit.limiter().and_then(|l| l.store())
     }
 
-    /// The balancer.
-    pub fn balancer(&self) -> &Arc<Balancer> {
-        self.routing.balancer()
-    }
-
     /// Stops the background tasks (health checks, pruning).
     pub(crate) fn stop(&self) {
         self.tasks.stop();
-    }
-}
-
-/// The pool's capacity signal: the previous proxy's (its window and stabilization history)
-/// when a reload keeps the `autoscale` settings, else a fresh one.
-fn pool_capacity(config: &Config, previous: Option<&Proxy>) -> Option<Arc<PoolCapacity>> {
-    let wanted = config.autoscale.as_ref()?;
-    match previous.and_then(|p| p.capacity.as_ref()) {
-        Some(old) if old.config() == *wanted => Some(old.clone()),
-        _ => Some(PoolCapacity::new(Defaults::POOL, wanted.clone())),
     }
 }
 
@@ -498,8 +592,8 @@ pub struct LiveProxy {
     /// so reloads and DNS changes take turns.
     config: Mutex<Config>,
     path: Option<PathBuf>,
-    /// The running config's DNS lookups; `None` when no backend is a DNS name.
-    dns: Mutex<Option<DnsDiscovery>>,
+    /// Each pool's DNS lookups (by pool index); `None` when no backend is a DNS name.
+    dns: Mutex<Vec<Option<DnsDiscovery>>>,
     /// Woken by the DNS lookups when a name's addresses change.
     dns_changed: Arc<Notify>,
 }
@@ -511,10 +605,15 @@ impl LiveProxy {
     pub fn new(config: Config, path: Option<PathBuf>) -> Result<Arc<Self>, BuildError> {
         let dns_changed = Arc::new(Notify::new());
         let dns = config
-            .dns
-            .as_ref()
-            .map(|c| DnsDiscovery::start(c, None, dns_changed.clone()))
-            .transpose()?;
+            .pools
+            .iter()
+            .map(|pool| {
+                pool.dns
+                    .as_ref()
+                    .map(|c| DnsDiscovery::start(c, None, dns_changed.clone()))
+                    .transpose()
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let live = Arc::new(LiveProxy {
             current: ArcSwap::from_pointee(Proxy::build(&config)?),
             config: Mutex::new(config),
@@ -539,7 +638,10 @@ impl LiveProxy {
     /// What each DNS backend entry resolved to and how its lookups go.
     pub fn discovery(&self) -> Vec<SourceStatus> {
         let dns = self.dns.lock().unwrap_or_else(|e| e.into_inner());
-        dns.as_ref().map(DnsDiscovery::statuses).unwrap_or_default()
+        dns.iter()
+            .flatten()
+            .flat_map(DnsDiscovery::statuses)
+            .collect()
     }
 
     /// Builds a proxy from the running config and the addresses DNS gave now, as a reload
@@ -548,15 +650,21 @@ impl LiveProxy {
         let running = self.config.lock().unwrap_or_else(|e| e.into_inner());
         let effective = {
             let dns = self.dns.lock().unwrap_or_else(|e| e.into_inner());
-            with_discovered(&running, dns.as_ref())
+            with_discovered(&running, &dns)
         };
         let old = self.current.load_full();
-        let same = effective.backends.len() == old.endpoints.len()
-            && effective
-                .backends
-                .iter()
-                .zip(&old.endpoints)
-                .all(|(b, e)| b.authority == e.backend.authority);
+        let same = effective
+            .pools
+            .iter()
+            .zip(&old.pools)
+            .all(|(config, pool)| {
+                config.backends.len() == pool.endpoints.len()
+                    && config
+                        .backends
+                        .iter()
+                        .zip(&pool.endpoints)
+                        .all(|(b, e)| b.authority == e.backend.authority)
+            });
         if same {
             return;
         }
@@ -598,20 +706,42 @@ impl LiveProxy {
         let mut running = self.config.lock().unwrap_or_else(|e| e.into_inner());
         let old = self.current.load_full();
         let mut notes = Vec::new();
-        if new.strategy != running.strategy {
-            notes.push(format!("strategy {} -> {}", running.strategy, new.strategy));
+        for pool in &new.pools {
+            let Some(was) = running.pools.iter().find(|p| p.name == pool.name) else {
+                notes.push(format!("pool {} added", pool.name));
+                continue;
+            };
+            // The flat format's one pool goes unnamed, as before pools existed.
+            let of = match new.pools.len() {
+                1 => String::new(),
+                _ => format!(" of pool {}", pool.name),
+            };
+            if pool.strategy != was.strategy {
+                notes.push(format!(
+                    "strategy{of} {} -> {}",
+                    was.strategy, pool.strategy
+                ));
+            }
+            let names = |p: &PoolConfig| -> Vec<String> {
+                p.backends.iter().map(|b| b.authority.to_string()).collect()
+            };
+            let (before, after) = (names(was), names(pool));
+            let added: Vec<&String> = after.iter().filter(|b| !before.contains(b)).collect();
+            let removed: Vec<&String> = before.iter().filter(|b| !after.contains(b)).collect();
+            if !added.is_empty() {
+                notes.push(format!("backends{of} added: {added:?}"));
+            }
+            if !removed.is_empty() {
+                notes.push(format!("backends{of} removed: {removed:?}"));
+            }
         }
-        let names = |c: &Config| -> Vec<String> {
-            c.backends.iter().map(|b| b.authority.to_string()).collect()
-        };
-        let (before, after) = (names(&running), names(&new));
-        let added: Vec<&String> = after.iter().filter(|b| !before.contains(b)).collect();
-        let removed: Vec<&String> = before.iter().filter(|b| !after.contains(b)).collect();
-        if !added.is_empty() {
-            notes.push(format!("backends added: {added:?}"));
+        for was in &running.pools {
+            if !new.pools.iter().any(|p| p.name == was.name) {
+                notes.push(format!("pool {} removed", was.name));
+            }
         }
-        if !removed.is_empty() {
-            notes.push(format!("backends removed: {removed:?}"));
+        if new.routes != running.routes {
+            notes.push("routes changed".to_owned());
         }
         let listeners = |c: &Config| {
             (
@@ -629,12 +759,19 @@ impl LiveProxy {
         }
         let mut dns = self.dns.lock().unwrap_or_else(|e| e.into_inner());
         let new_dns = new
-            .dns
-            .as_ref()
-            .map(|c| DnsDiscovery::start(c, dns.as_ref(), self.dns_changed.clone()))
-            .transpose()
+            .pools
+            .iter()
+            .map(|pool| {
+                let old_index = running.pools.iter().position(|p| p.name == pool.name);
+                let previous = old_index.and_then(|i| dns.get(i)).and_then(Option::as_ref);
+                pool.dns
+                    .as_ref()
+                    .map(|c| DnsDiscovery::start(c, previous, self.dns_changed.clone()))
+                    .transpose()
+            })
+            .collect::<Result<Vec<_>, _>>()
             .map_err(BuildError::from)?;
-        let effective = with_discovered(&new, new_dns.as_ref());
+        let effective = with_discovered(&new, &new_dns);
         let proxy = Proxy::build_from(&effective, Some(&old), Rebuild::Reload)?;
         self.current.store(Arc::new(proxy));
         old.stop();
@@ -662,17 +799,15 @@ impl LiveProxy {
     }
 }
 
-/// `config` with the backends `dns` found appended (an address already listed is not
-/// added twice).
-fn with_discovered(config: &Config, dns: Option<&DnsDiscovery>) -> Config {
+/// `config` with the backends each pool's `dns` found appended (an address already listed
+/// in the pool is not added twice).
+fn with_discovered(config: &Config, dns: &[Option<DnsDiscovery>]) -> Config {
     let mut effective = config.clone();
-    for spec in dns.map(DnsDiscovery::backends).unwrap_or_default() {
-        if !effective
-            .backends
-            .iter()
-            .any(|b| b.authority == spec.authority)
-        {
-            effective.backends.push(spec);
+    for (pool, dns) in effective.pools.iter_mut().zip(dns) {
+        for spec in dns.as_ref().map(DnsDiscovery::backends).unwrap_or_default() {
+            if !pool.backends.iter().any(|b| b.authority == spec.authority) {
+                pool.backends.push(spec);
+            }
         }
     }
     effective

@@ -34,7 +34,7 @@ use crate::{
         PickTrace, Routed,
     },
     client_ip::ClientIp,
-    decision::{self, CandidateState, DecisionLog, DecisionRecord, InjectedFault},
+    decision::{self, CandidateState, DecisionLog, DecisionRecord, InjectedFault, RouteName},
     forward::ForwardError,
     grpc::{self, WatchStatus},
     guarded_body::GuardedBody,
@@ -71,6 +71,8 @@ pub struct RouteOptions {
     /// Note each request's `x-request-id` in its record (the request-id layer is on, so
     /// the value is a sane, short one).
     pub request_ids: bool,
+    /// The pool's name, noted in every record.
+    pub pool: Option<Arc<str>>,
 }
 
 /// A failed gRPC call, as outlier detection names its cause.
@@ -149,6 +151,7 @@ pub struct Routing {
     outcomes: bool,
     outcome_why: bool,
     request_ids: bool,
+    pool: Option<Arc<str>>,
 }
 
 // === impl Routing ===
@@ -171,6 +174,7 @@ impl Routing {
             outcomes: options.outcomes,
             outcome_why: options.outcome_why,
             request_ids: options.request_ids,
+            pool: options.pool,
         })
     }
 
@@ -462,6 +466,8 @@ where
         }
         record.shadow = shadow;
         record.fault = request.extensions().get::<InjectedFault>().copied();
+        record.route = request.extensions().get::<RouteName>().map(|r| r.0.clone());
+        record.pool = routing.pool.clone();
         let index = match choice {
             Choice::NoBackend => {
                 let reply = local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy backend");

@@ -139,12 +139,18 @@ impl Server {
         let config = self.config.clone();
         let live = LiveProxy::new(self.config, self.path)?;
         spawn_reopen_on_usr1(live.clone());
-        tracing::info!(
-            strategy = %config.strategy,
-            backends = ?config.backends.iter().map(|b| b.authority.as_str()).collect::<Vec<_>>(),
-            dns = ?config.dns.iter().flat_map(|d| &d.sources).map(|s| s.query.name()).collect::<Vec<_>>(),
-            "load balancer configured"
-        );
+        for pool in &config.pools {
+            tracing::info!(
+                pool = %pool.name,
+                strategy = %pool.strategy,
+                backends = ?pool.backends.iter().map(|b| b.authority.as_str()).collect::<Vec<_>>(),
+                dns = ?pool.dns.iter().flat_map(|d| &d.sources).map(|s| s.query.name()).collect::<Vec<_>>(),
+                "load balancer configured"
+            );
+        }
+        for warning in &config.warnings {
+            tracing::warn!("config: {warning}");
+        }
         let shutdown_handle = axum_server::Handle::new();
         let mut listeners = tokio::task::JoinSet::new();
         let http_addr = local_addr(&self.http);

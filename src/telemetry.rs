@@ -65,6 +65,16 @@ pub const POOL_UTILIZATION: &str = "lb_pool_utilization";
 /// pool.
 pub const POOL_RECOMMENDED_BACKENDS: &str = "lb_pool_recommended_backends";
 
+// === traffic management ===
+
+/// Canary rollbacks, by route.
+pub const CANARY_ROLLBACKS_TOTAL: &str = "lb_canary_rollbacks_total";
+/// Mirrored requests, by route and result (`match`, `status_mismatch`, `body_mismatch`,
+/// `ok` (not compared), `error`, `dropped`, `skipped`).
+pub const MIRROR_REQUESTS_TOTAL: &str = "lb_mirror_requests_total";
+/// Requests that matched no route (answered `404`).
+pub const ROUTE_NOT_FOUND_TOTAL: &str = "lb_route_not_found_total";
+
 // === DNS discovery ===
 
 /// DNS lookups of a backend name, by result (`ok`, `error`).

@@ -38,7 +38,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "dns", "forward", "health", "layer", "probe", "redirect", "trace",
         ],
     ),
-    ("composition of one request", &["route"]),
+    ("composition of one request", &["route", "router"]),
     ("config file", &["config"]),
     ("assembly", &["proxy", "loadgen"]),
     ("replay, on the load generator", &["replay"]),

@@ -121,11 +121,10 @@ pub async fn guard_change(state: State<AdminState>, request: Request, next: Next
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Config, RawConfig};
+    use crate::config::Config;
 
     fn auth(json: &str) -> AdminAuthConfig {
-        let raw: RawConfig = serde_json::from_str(json).unwrap();
-        let config: Config = raw.validate().unwrap();
+        let config: Config = Config::parse(json, std::path::Path::new("t.json")).unwrap();
         config.admin_auth
     }
 

@@ -33,14 +33,15 @@ use metrics::{counter, gauge};
 use history::{History, Point};
 
 use crate::{
-    balance::{availability::Transition, BackendId, Balancer, Endpoint},
+    balance::{availability::Transition, BackendId, Endpoint},
     capacity::CapacityView,
     config::AdminAuthConfig,
     decision::{DecisionLog, DecisionRecord, DecisionView},
     dns::SourceStatus,
     layer::rate_limit::{store::StoreView, RedisStore},
-    proxy::LiveProxy,
+    proxy::{LiveProxy, Proxy},
     route::Routing,
+    router::{MirrorView, RouteState, RouteView},
     telemetry::{
         BACKENDS_ALIVE, BACKEND_IN_FLIGHT, BACKEND_LATENCY_EWMA, BACKEND_SCORE, BACKEND_UP,
         TLS_INVALID_SNI_TOTAL,
@@ -68,13 +69,22 @@ enum Source {
     Live(Arc<LiveProxy>),
 }
 
-/// The routing and backends that a request to the admin routes looks at.
+/// The pools, routes and decisions that a request to the admin routes looks at.
 #[derive(Clone, Debug)]
 struct Snapshot {
-    routing: Arc<Routing>,
-    endpoints: Vec<Arc<Endpoint>>,
+    pools: Vec<PoolSnapshot>,
+    routes: Vec<Arc<RouteState>>,
+    decisions: Arc<DecisionLog>,
     /// The rate limit's Redis store, for `/health`.
     store: Option<Arc<RedisStore>>,
+}
+
+/// One pool's routing and backends.
+#[derive(Clone, Debug)]
+struct PoolSnapshot {
+    name: Arc<str>,
+    routing: Arc<Routing>,
+    endpoints: Vec<Arc<Endpoint>>,
 }
 
 impl AdminState {
@@ -87,8 +97,13 @@ impl AdminState {
     ) -> Self {
         AdminState {
             source: Source::Fixed(Snapshot {
-                routing,
-                endpoints,
+                decisions: routing.decisions().clone(),
+                pools: vec![PoolSnapshot {
+                    name: crate::config::Defaults::POOL.into(),
+                    routing,
+                    endpoints,
+                }],
+                routes: Vec::new(),
                 store: None,
             }),
             prometheus,
@@ -124,14 +139,7 @@ impl Source {
     fn snapshot(&self) -> Snapshot {
         match self {
             Source::Fixed(s) => s.clone(),
-            Source::Live(live) => {
-                let proxy = live.current();
-                Snapshot {
-                    routing: proxy.routing.clone(),
-                    endpoints: proxy.endpoints.clone(),
-                    store: proxy.rate_limit_store().cloned(),
-                }
-            }
+            Source::Live(live) => Snapshot::of(&live.current()),
         }
     }
 }
@@ -143,15 +151,20 @@ pub fn router(state: AdminState) -> Router {
     let sampled = state.source.clone();
     History::spawn_sampler(&state.history, move |now| {
         let s = sampled.snapshot();
-        s.endpoints
+        s.pools
             .iter()
-            .map(|ep| (ep.name().to_owned(), s.point(ep, now)))
+            .flat_map(|pool| {
+                pool.endpoints
+                    .iter()
+                    .map(move |ep| (ep.name().to_owned(), pool.point(ep, now)))
+            })
             .collect()
     });
     let changes = Router::new()
         .route("/backends/{id}/drain", post(drain))
         .route("/backends/{id}/enable", post(enable))
         .route("/reload", post(reload))
+        .route("/routes/{name}/split", post(set_split))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::guard_change,
@@ -165,6 +178,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/decisions", get(decisions))
         .route("/decisions/stream", get(decision_stream))
         .route("/capacity", get(capacity))
+        .route("/routes", get(routes))
+        .route("/mirror", get(mirror))
         .route("/", get(dashboard))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
@@ -175,7 +190,7 @@ pub fn router(state: AdminState) -> Router {
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
     let s = state.snapshot();
-    publish_backend_gauges(s.routing.balancer(), &s.endpoints);
+    publish_backend_gauges(&s.pools);
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -198,7 +213,8 @@ struct Health {
 
 async fn health(State(state): State<AdminState>) -> impl IntoResponse {
     let state = state.snapshot();
-    let alive = state.endpoints.iter().filter(|e| e.in_service()).count();
+    let endpoints = || state.pools.iter().flat_map(|p| &p.endpoints);
+    let alive = endpoints().filter(|e| e.in_service()).count();
     let status = if alive > 0 {
         StatusCode::OK
     } else {
@@ -207,17 +223,20 @@ async fn health(State(state): State<AdminState>) -> impl IntoResponse {
     let body = Health {
         status: if alive > 0 { "ok" } else { "no backend alive" },
         backends_alive: alive,
-        backends_total: state.endpoints.len(),
+        backends_total: endpoints().count(),
         rate_limit_store: state.store.as_ref().map(|s| s.view()),
     };
     (status, Json(body))
 }
 
 /// Sets the per-backend gauges from the endpoints' live state, at scrape time.
-fn publish_backend_gauges(balancer: &Balancer, endpoints: &[Arc<Endpoint>]) {
+fn publish_backend_gauges(pools: &[PoolSnapshot]) {
     let now = Instant::now();
     let mut alive = 0;
-    for ep in endpoints {
+    for (balancer, ep) in pools
+        .iter()
+        .flat_map(|p| p.endpoints.iter().map(|ep| (p.routing.balancer(), ep)))
+    {
         let backend = ep.name().to_owned();
         let up = ep.is_up();
         alive += usize::from(up);
@@ -236,6 +255,8 @@ fn publish_backend_gauges(balancer: &Balancer, endpoints: &[Arc<Endpoint>]) {
 pub struct BackendView {
     /// Stable id: the same for the same `host:port` across reloads.
     pub id: BackendId,
+    /// The pool it is in.
+    pub pool: String,
     /// URL as configured.
     pub url: String,
     /// `host:port`.
@@ -265,8 +286,16 @@ pub struct BackendView {
 }
 
 #[derive(Serialize)]
-struct Backends {
+struct PoolSummary {
+    name: String,
     strategy: &'static str,
+}
+
+#[derive(Serialize)]
+struct Backends {
+    /// The first pool's strategy (the flat format's one pool).
+    strategy: &'static str,
+    pools: Vec<PoolSummary>,
     backends: Vec<BackendView>,
     /// DNS backend entries: name, last good addresses, last error, next lookup.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -274,9 +303,43 @@ struct Backends {
 }
 
 impl Snapshot {
+    fn of(proxy: &Proxy) -> Snapshot {
+        Snapshot {
+            pools: proxy
+                .pools
+                .iter()
+                .map(|p| PoolSnapshot {
+                    name: p.name.clone(),
+                    routing: p.routing.clone(),
+                    endpoints: p.endpoints.clone(),
+                })
+                .collect(),
+            routes: proxy.routes.clone(),
+            decisions: proxy.decisions().clone(),
+            store: proxy.rate_limit_store().cloned(),
+        }
+    }
+
+    fn log(&self) -> &Arc<DecisionLog> {
+        &self.decisions
+    }
+
+    /// The backend named by `id` (its stable id, `/backends/0`, or its `host:port`) in
+    /// every pool that has it.
+    fn find(&self, id: &str) -> Vec<(&PoolSnapshot, &Arc<Endpoint>)> {
+        self.pools
+            .iter()
+            .flat_map(|p| p.endpoints.iter().map(move |ep| (p, ep)))
+            .filter(|(_, ep)| ep.name() == id || id.parse::<BackendId>() == Ok(ep.id()))
+            .collect()
+    }
+}
+
+impl PoolSnapshot {
     fn view(&self, ep: &Endpoint, now: Instant) -> BackendView {
         BackendView {
             id: ep.id(),
+            pool: self.name.to_string(),
             url: ep.backend.url.clone(),
             backend: ep.name().to_owned(),
             dns_name: ep.backend.dns_name.as_deref().map(str::to_owned),
@@ -302,17 +365,6 @@ impl Snapshot {
             up: ep.is_up(),
         }
     }
-
-    fn log(&self) -> &Arc<DecisionLog> {
-        self.routing.decisions()
-    }
-
-    /// The backend named by `id`: its stable id (`/backends/0`) or its `host:port`.
-    fn find(&self, id: &str) -> Option<&Arc<Endpoint>> {
-        self.endpoints
-            .iter()
-            .find(|ep| ep.name() == id || id.parse::<BackendId>() == Ok(ep.id()))
-    }
 }
 
 #[derive(Serialize)]
@@ -337,11 +389,19 @@ async fn backends(State(state): State<AdminState>) -> Json<Backends> {
     let state = state.snapshot();
     let now = Instant::now();
     Json(Backends {
-        strategy: state.routing.balancer().strategy().kind().as_str(),
-        backends: state
-            .endpoints
+        strategy: state.pools[0].routing.balancer().strategy().kind().as_str(),
+        pools: state
+            .pools
             .iter()
-            .map(|ep| state.view(ep, now))
+            .map(|p| PoolSummary {
+                name: p.name.to_string(),
+                strategy: p.routing.balancer().strategy().kind().as_str(),
+            })
+            .collect(),
+        backends: state
+            .pools
+            .iter()
+            .flat_map(|p| p.endpoints.iter().map(move |ep| p.view(ep, now)))
             .collect(),
         discovery,
     })
@@ -358,9 +418,9 @@ struct BackendDetail {
 /// recent state transitions.
 async fn backend_detail(State(state): State<AdminState>, Path(id): Path<String>) -> Response {
     let state = state.snapshot();
-    match state.find(&id) {
-        Some(ep) => Json(BackendDetail {
-            backend: state.view(ep, Instant::now()),
+    match state.find(&id).first() {
+        Some((pool, ep)) => Json(BackendDetail {
+            backend: pool.view(ep, Instant::now()),
             transitions: ep.availability.transitions(),
         })
         .into_response(),
@@ -374,6 +434,10 @@ async fn backend_detail(State(state): State<AdminState>, Path(id): Path<String>)
 struct DecisionFilter {
     /// Only decisions that chose this backend (`host:port`).
     backend: Option<String>,
+    /// Only decisions of requests that matched this route.
+    route: Option<String>,
+    /// Only decisions made in this pool.
+    pool: Option<String>,
     /// `ok` (2xx/3xx), `error` (anything else), or a status code.
     outcome: Option<String>,
     /// Most recent N (default 1000).
@@ -386,6 +450,12 @@ impl DecisionFilter {
             if view.chosen.as_deref() != Some(b.as_str()) {
                 return false;
             }
+        }
+        if self.route.is_some() && view.route != self.route {
+            return false;
+        }
+        if self.pool.is_some() && view.pool != self.pool {
+            return false;
         }
         match self.outcome.as_deref() {
             None => true,
@@ -477,16 +547,19 @@ fn set_drained(state: &AdminState, id: &str, drained: bool) -> Response {
         return not_here("drain and enable");
     };
     let proxy = live.current();
-    let snapshot = Snapshot {
-        routing: proxy.routing.clone(),
-        endpoints: proxy.endpoints.clone(),
-        store: None,
-    };
-    let Some(ep) = snapshot.find(id) else {
+    let snapshot = Snapshot::of(&proxy);
+    let found = snapshot.find(id);
+    if found.is_empty() {
         return (StatusCode::NOT_FOUND, format!("no backend {id:?}\n")).into_response();
-    };
-    proxy.set_drained(ep, drained);
-    Json(snapshot.view(ep, Instant::now())).into_response()
+    }
+    // A backend in several pools is one server: drained in each.
+    for (pool, ep) in &found {
+        if let Some(live_pool) = proxy.pool(&pool.name) {
+            live_pool.set_drained(ep, drained);
+        }
+    }
+    let (pool, ep) = found[0];
+    Json(pool.view(ep, Instant::now())).into_response()
 }
 
 fn not_here(what: &str) -> Response {
@@ -504,18 +577,84 @@ struct Capacity {
 }
 
 async fn capacity(State(state): State<AdminState>) -> Response {
-    let view = match &state.source {
-        Source::Live(live) => live.current().capacity().map(|c| c.view()),
-        Source::Fixed(_) => None,
+    let views: Vec<CapacityView> = match &state.source {
+        Source::Live(live) => live
+            .current()
+            .pools
+            .iter()
+            .filter_map(|p| p.capacity().map(|c| c.view()))
+            .collect(),
+        Source::Fixed(_) => Vec::new(),
     };
-    match view {
-        Some(view) => Json(Capacity { pools: vec![view] }).into_response(),
-        None => (
+    match views.is_empty() {
+        false => Json(Capacity { pools: views }).into_response(),
+        true => (
             StatusCode::NOT_FOUND,
             "no capacity signal: add an \"autoscale\" block to the config \
              (e.g. {\"backend_concurrency\": 4})\n",
         )
             .into_response(),
+    }
+}
+
+#[derive(Serialize)]
+struct Routes {
+    routes: Vec<RouteView>,
+}
+
+/// `GET /routes`: each route's match, pools, split in force, canary state and faults.
+async fn routes(State(state): State<AdminState>) -> Json<Routes> {
+    let state = state.snapshot();
+    Json(Routes {
+        routes: state.routes.iter().map(|r| r.view()).collect(),
+    })
+}
+
+#[derive(Serialize)]
+struct Mirrors {
+    routes: Vec<MirrorView>,
+}
+
+/// `GET /mirror`: each mirrored route's counts, latencies and last mismatches.
+async fn mirror(State(state): State<AdminState>) -> Json<Mirrors> {
+    let state = state.snapshot();
+    Json(Mirrors {
+        routes: state
+            .routes
+            .iter()
+            .filter_map(|r| r.mirror().map(|m| m.view()))
+            .collect(),
+    })
+}
+
+/// `POST /routes/{name}/split` with `{"api": 50, "api-v2": 50}`: new weights, in force for
+/// the next request; a rolled-back canary is watched again.
+async fn set_split(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let Source::Live(live) = &state.source else {
+        return not_here("setting a split");
+    };
+    let weights: std::collections::BTreeMap<String, u32> = match serde_json::from_slice(&body) {
+        Ok(w) => w,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("expected weights by pool, such as {{\"api\": 50, \"api-v2\": 50}}: {e}\n"),
+            )
+                .into_response()
+        }
+    };
+    let proxy = live.current();
+    let Some(route) = proxy.route_named(&name) else {
+        return (StatusCode::NOT_FOUND, format!("no route named {name:?}\n")).into_response();
+    };
+    let weights: Vec<(String, u32)> = weights.into_iter().collect();
+    match route.set_split(&weights) {
+        Ok(()) => Json(route.view()).into_response(),
+        Err(e) => (StatusCode::UNPROCESSABLE_ENTITY, format!("{e}\n")).into_response(),
     }
 }
 

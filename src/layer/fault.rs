@@ -120,16 +120,16 @@ pub const MAX_HEADER_DELAY: Duration = Duration::from_secs(60);
 /// Adds fault injection to a service; [`FaultLayer::off`] passes requests through.
 #[derive(Debug, Clone)]
 pub struct FaultLayer {
-    config: Option<std::sync::Arc<(FaultConfig, &'static str)>>,
+    config: Option<std::sync::Arc<(FaultConfig, std::sync::Arc<str>)>>,
 }
 
 // === impl FaultLayer ===
 
 impl FaultLayer {
     /// Faults as `config` says, counted under `route`.
-    pub fn new(config: Option<FaultConfig>, route: &'static str) -> Self {
+    pub fn new(config: Option<FaultConfig>, route: &str) -> Self {
         FaultLayer {
-            config: config.map(|c| std::sync::Arc::new((c, route))),
+            config: config.map(|c| std::sync::Arc::new((c, route.into()))),
         }
     }
 
@@ -156,7 +156,7 @@ impl<S> Layer<S> for FaultLayer {
 #[derive(Debug, Clone)]
 pub struct Fault<S> {
     inner: S,
-    config: Option<std::sync::Arc<(FaultConfig, &'static str)>>,
+    config: Option<std::sync::Arc<(FaultConfig, std::sync::Arc<str>)>>,
 }
 
 fn chance(percent: f64) -> bool {
@@ -181,7 +181,7 @@ where
         let Some(config) = &self.config else {
             return Either::Left(self.inner.call(request));
         };
-        let (config, route) = (&config.0, config.1);
+        let (config, route) = (&config.0, config.1.clone());
         let mut faults = Faults {
             delay: config
                 .delay
@@ -213,14 +213,14 @@ where
             let mut applied = Vec::with_capacity(2);
             if let Some(delay) = faults.delay {
                 let fault = InjectedFault::Delay(delay);
-                count(route, fault);
+                count(&route, fault);
                 tokio::time::sleep(delay).await;
                 applied.push(fault);
             }
             let mut response = match faults.abort {
                 Some(status) => {
                     let fault = InjectedFault::Abort(status);
-                    count(route, fault);
+                    count(&route, fault);
                     applied.push(fault);
                     local_reply(status, "fault injected: abort")
                 }
@@ -239,8 +239,9 @@ where
     }
 }
 
-fn count(route: &'static str, fault: InjectedFault) {
-    metrics::counter!(FAULTS_INJECTED_TOTAL, "route" => route, "kind" => fault.kind()).increment(1);
+fn count(route: &str, fault: InjectedFault) {
+    metrics::counter!(FAULTS_INJECTED_TOTAL, "route" => route.to_owned(), "kind" => fault.kind())
+        .increment(1);
 }
 
 #[cfg(test)]

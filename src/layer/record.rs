@@ -100,16 +100,15 @@ struct Shared {
     writer: LogWriter,
     percent: f64,
     bodies: bool,
-    route: &'static str,
-    pool: &'static str,
 }
 
 // === impl RecordLayer ===
 
 impl RecordLayer {
-    /// Records as `config` says, naming the route and pool the requests take. Opens the
-    /// file now, so a path that cannot be written fails before the proxy starts.
-    pub fn new(config: &RecordConfig, route: &'static str, pool: &'static str) -> io::Result<Self> {
+    /// Records as `config` says. Opens the file now, so a path that cannot be written fails
+    /// before the proxy starts. The route and pool are read from the answer's `x-alb-route`
+    /// and `x-alb-pool` (`-` when ALB answered before routing, a `429` say).
+    pub fn new(config: &RecordConfig) -> io::Result<Self> {
         let writer = LogWriter::open_rotating(
             &config.path,
             config.max_bytes,
@@ -121,8 +120,6 @@ impl RecordLayer {
                 writer,
                 percent: config.percent,
                 bodies: config.bodies,
-                route,
-                pool,
             })),
         })
     }
@@ -257,8 +254,8 @@ where
             let outcome = response.extensions().get::<Outcome>();
             let line = Recorded {
                 at_us: p.at_us,
-                route: p.shared.route.to_owned(),
-                pool: p.shared.pool.to_owned(),
+                route: alb_header(&response, "x-alb-route"),
+                pool: alb_header(&response, "x-alb-pool"),
                 backend: outcome
                     .and_then(|o| o.backend.as_deref())
                     .map(|b| b.name().to_owned()),
@@ -283,6 +280,16 @@ where
         }
         Poll::Ready(Ok(response))
     }
+}
+
+/// A response header ALB set, or `-`.
+fn alb_header(response: &Response<Body>, name: &str) -> String {
+    response
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_owned()
 }
 
 fn write(shared: &Shared, line: &Recorded) {
