@@ -197,7 +197,7 @@ pub struct Config {
     pub record: Option<RecordConfig>,
     /// Trace context and span export; `None` when off.
     pub tracing: Option<TraceConfig>,
-    /// The pools, in file order (the flat format: one, named `default`).
+    /// The pools, in name order (the flat format: one, named `default`).
     pub pools: Vec<PoolConfig>,
     /// The routes, tried in order (the flat format: one catch-all route, `default`, to the
     /// one pool).

@@ -318,7 +318,7 @@ impl Pool {
 /// The assembled data plane, independent of listeners.
 #[derive(Debug, Clone)]
 pub struct Proxy {
-    /// The pools, in config order.
+    /// The pools, in name order (the flat format: the one pool, `default`).
     pub pools: Vec<Pool>,
     /// The routes, in config order.
     pub routes: Vec<Arc<RouteState>>,

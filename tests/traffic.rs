@@ -83,7 +83,7 @@ async fn hosts_paths_methods_and_a_header_pin_route_to_their_pools() {
         .iter()
         .map(|b| b["pool"].as_str().unwrap())
         .collect();
-    assert_eq!(pools, ["web", "api", "api-v2"]);
+    assert_eq!(pools, ["api", "api-v2", "web"], "pools in name order");
     let m = scrape(&lb).await;
     assert_eq!(sample(&m, "lb_route_not_found_total"), Some(2.0));
 }
@@ -202,7 +202,8 @@ async fn a_failing_canary_is_rolled_back_and_a_healthy_one_is_not() {
     let answers = load(&lb.url(), 400, 4).await;
     assert!(answers.iter().all(|a| a.status == 200));
     let routes = admin_json(&lb, "/routes").await;
-    assert_eq!(routes["routes"][0]["canary"]["state"], "watching");
+    let canary = &routes["routes"][0]["canary"];
+    assert_eq!(canary["state"], "watching", "{canary}");
     assert_eq!(routes["routes"][0]["canary"]["requests"], 200);
 }
 
@@ -216,8 +217,11 @@ async fn a_stuck_mirror_leaves_the_client_alone_and_a_failing_one_shows_mismatch
     let lb = alb(json!({
         "pools": {
             "web": {"backends": urls(&[&primary])},
-            "stuck": {"backends": urls(&[&stuck]), "request_timeout": "900s"},
-            "failing": {"backends": urls(&[&failing])}
+            // Its health checks time out too: checked once at start, then not for 10 minutes.
+            "stuck": {"backends": urls(&[&stuck]), "request_timeout": "900s",
+                      "health_check_interval": "600s"},
+            // Not ejected, so each copy gets the backend's own 503 (not ALB's).
+            "failing": {"backends": urls(&[&failing]), "outlier_detection": {"enabled": false}}
         },
         "routes": [
             {"name": "stuck-mirror", "match": {"path_prefix": "/a"}, "pool": "web",
@@ -295,10 +299,10 @@ async fn a_mirror_compares_bodies_and_copies_short_request_bodies() {
                     "mirror": {"pool": "twin", "percent": 100, "compare": true}}]
     }));
     let c = client();
-    // `/_sim/echo` answers the request body: same body, same answer, on both sides.
+    // `/_sim/mirror` answers the request body: same body, same answer, on both sides.
     for i in 0..10 {
         let r = c
-            .post(format!("{}/_sim/echo", lb.url()))
+            .post(format!("{}/_sim/mirror", lb.url()))
             .body(format!("payload {i}"))
             .send()
             .await
@@ -413,4 +417,65 @@ async fn the_flat_format_is_one_pool_and_one_catch_all_route() {
     let lb = alb(json!({"backends": urls(&[&b])}));
     let r = client().get(lb.url()).send().await.unwrap();
     assert_eq!(names(&r), ("default".into(), "default".into(), name(&b)));
+}
+
+#[tokio::test]
+async fn pools_and_routes_reload_without_a_failed_request_and_a_live_split_survives() {
+    let (a, b, c) = (backend(&[]), backend(&[]), backend(&[]));
+    let config = |extra_route: bool| {
+        let mut routes = vec![
+            json!({"name": "api", "split": [{"pool": "api", "weight": 50},
+                                                               {"pool": "api-v2", "weight": 50}]}),
+        ];
+        if extra_route {
+            routes.insert(
+                0,
+                json!({"name": "web", "match": {"path_prefix": "/web"}, "pool": "web"}),
+            );
+        }
+        json!({
+            "pools": {"api": {"backends": urls(&[&a])}, "api-v2": {"backends": urls(&[&b])},
+                      "web": {"backends": urls(&[&c])}},
+            "routes": routes
+        })
+    };
+    let lb = alb(config(false));
+    // Promote the canary live.
+    let set = client()
+        .post(format!("{}/routes/api/split", lb.admin_url()))
+        .json(&json!({"api": 0, "api-v2": 100}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(set.status(), 200);
+    // Under load, reload with a route added (the split's settings unchanged).
+    let url = lb.url();
+    let load = tokio::spawn(async move { load(&url, 600, 4).await });
+    let mut second = config(true);
+    second["port"] = lb.port.into();
+    second["admin_addr"] = format!("127.0.0.1:{}", lb.admin_port).into();
+    std::fs::write(lb.config_path(), second.to_string()).unwrap();
+    lb.signal("HUP");
+    wait_until(
+        "the reload to be logged",
+        Duration::from_secs(30),
+        || async { lb.log_text().contains("config reloaded") },
+    )
+    .await;
+    let answers = load.await.unwrap();
+    assert!(
+        answers.iter().all(|a| a.status == 200),
+        "a request failed across the reload"
+    );
+    let cl = client();
+    let web = get(&cl, &format!("{}/web/x", lb.url())).await;
+    assert_eq!(web.backend, Some(name(&c)), "the new route serves");
+    for _ in 0..10 {
+        let api = get(&cl, &format!("{}/api", lb.url())).await;
+        assert_eq!(
+            api.backend,
+            Some(name(&b)),
+            "the live weights survived the reload"
+        );
+    }
 }

@@ -10,8 +10,11 @@
 //! ```text
 //! rollback  ⇐  errors / requests > max_error_rate
 //!          or  p99(canary) > max_latency_ratio × p99(stable)   (when the stable pools served
-//!                                                              `min_requests` too)
+//!              and p99(canary) − p99(stable) > 5 ms            `min_requests` too)
 //! ```
+//!
+//! The 5 ms floor keeps the jitter of two fast pools (0.4 ms against 0.1 ms is 4x) from
+//! counting as a regression.
 //!
 //! as Flagger and Argo Rollouts judge a canary step, but continuously rather than per step.
 //! A rollback sets the canary's weight to 0, logs `canary rolled back` with the numbers,
@@ -47,6 +50,9 @@ pub struct CanaryConfig {
     /// Requests the canary must have served in the window before it is judged.
     pub min_requests: u64,
 }
+
+/// The least p99 difference, in milliseconds, that can roll a canary back on latency.
+pub const LATENCY_FLOOR_MS: f64 = 5.0;
 
 /// Latency buckets: four per doubling from 1 µs, so bucket 127 starts near 3.6 minutes.
 const BUCKETS: usize = 128;
@@ -277,7 +283,9 @@ impl CanaryGuard {
         let (Some(p99), Some(stable_p99)) = (canary.p99_ms(), stable.p99_ms()) else {
             return None;
         };
-        (p99 > c.max_latency_ratio * stable_p99).then(|| {
+        // Two fast pools differ by noise: a p99 within LATENCY_FLOOR_MS of the stable one is
+        // never a regression, whatever the ratio (0.4 ms against 0.1 ms is 4x).
+        (p99 > c.max_latency_ratio * stable_p99 && p99 - stable_p99 > LATENCY_FLOOR_MS).then(|| {
             format!(
                 "p99 {p99:.1} ms is {:.2}x the stable pools' {stable_p99:.1} ms, above {}x",
                 p99 / stable_p99,

@@ -434,24 +434,28 @@ impl http_body::Body for HashingBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        let this = self.project();
-        let polled = this.inner.poll_frame(cx);
-        match &polled {
+        let mut this = self.project();
+        let polled = this.inner.as_mut().poll_frame(cx);
+        let ended = match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.hasher.write(data);
                 }
+                // hyper stops polling once the body says it ended (a known length was
+                // read): the answer is complete now.
+                this.inner.is_end_stream()
             }
-            Poll::Ready(None) => {
-                if let Some(done) = this.done.take() {
-                    let _ = done.send(PrimaryAnswer {
-                        status: *this.status,
-                        body_hash: this.hasher.finish(),
-                        latency: *this.latency,
-                    });
-                }
+            Poll::Ready(None) => true,
+            _ => false,
+        };
+        if ended {
+            if let Some(done) = this.done.take() {
+                let _ = done.send(PrimaryAnswer {
+                    status: *this.status,
+                    body_hash: this.hasher.finish(),
+                    latency: *this.latency,
+                });
             }
-            _ => {}
         }
         polled
     }
