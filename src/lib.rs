@@ -21,8 +21,9 @@
 //! ```text
 //!  client ─► listener (axum-server: HTTP/1.1, h2c, TLS)
 //!            └─► RequestId ─► Trace ─► AccessLog ─► Record ─► Metrics ─► Normalize
-//!                 ─► RateLimit ─► Backpressure ─► BodyLimit ─► Fault   (layer/, trace/)
-//!                 └─► Route: pick ─► overflow ─► shadows ─► attempt ─► retry ─► decision
+//!                 ─► RateLimit ─► Backpressure ─► BodyLimit            (layer/, trace/)
+//!                 └─► Router: route match ─► Fault ─► split ─► mirror ─► pool  (router/)
+//!                 └─► Route (the pool's): pick ─► overflow ─► shadows ─► attempt ─► retry ─► decision
 //!                      │     (balance/)  (balance/)   (balance/)        (retry)   (decision)
 //!                      └─► Forward ─┬─ no body, plain HTTP/1.1: upstream, ALB's own pool ─► backend
 //!                                   └─ body, upgrade, TLS or HTTP/2: hyper-util's client ─► backend
@@ -39,7 +40,7 @@
 //! it): leaves ([`semantics`], [`telemetry`], [`client_ip`], [`guarded_body`], [`grpc`], [`sim`],
 //! [`tls`]) → [`local_reply`], [`prometheus`] → the core, [`balance`] (identity, state,
 //! selection, discovery) → [`decision`], [`outlier`], [`retry`], [`upstream`], [`capacity`]
-//! → [`dns`], [`forward`], [`health`], [`layer`], [`redirect`] → [`route`] → [`config`]
+//! → [`dns`], [`forward`], [`health`], [`layer`], [`redirect`] → [`route`], [`router`] → [`config`]
 //! (parses the file into the types below it) → [`proxy`], [`loadgen`] → [`replay`] →
 //! [`admin`], [`lab`] → [`builder`], [`server`] → [`demo`].
 

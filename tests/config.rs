@@ -11,11 +11,16 @@ fn shipped_config_parses() {
     let effective: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(effective["port"], 8080);
     assert_eq!(effective["tls"]["port"], 8443);
-    assert_eq!(effective["backends"].as_array().unwrap().len(), 3);
-    assert_eq!(effective["health"]["path"], "/health");
+    // The flat format is one pool, `default`, behind one catch-all route.
+    let pool = &effective["pools"][0];
+    assert_eq!(pool["name"], "default");
+    assert_eq!(pool["backends"].as_array().unwrap().len(), 3);
+    assert_eq!(pool["health"]["path"], "/health");
     // defaults are printed too
-    assert_eq!(effective["health"]["unhealthy_threshold"], 2);
-    assert_eq!(effective["request_timeout"], "1m");
+    assert_eq!(pool["health"]["unhealthy_threshold"], 2);
+    assert_eq!(pool["request_timeout"], "1m");
+    assert_eq!(effective["routes"][0]["name"], "default");
+    assert_eq!(effective["routes"][0]["pool"], "default");
 }
 
 /// `alb run` on a bad file: exit status 2, one message naming the key, and the port stays free.

@@ -5,12 +5,12 @@
 //! [`normalize`] (one reading of each request's host and framing: `400`, `405`),
 //! [`rate_limit`] (token buckets in process or in Redis, `429`), [`backpressure`] (a global
 //! in-flight cap, fast `503`), [`body_limit`] (`413` for oversized bodies), [`fault`]
-//! (injected delays and aborts, chaos testing). Each is a `Layer` + `Service` pair
-//! that any axum or tower app can stack:
+//! (injected delays and aborts, chaos testing; the router puts one on each route). Each is a
+//! `Layer` + `Service` pair that any axum or tower app can stack:
 //!
 //! ```text
 //! RequestId ─► Trace ─► AccessLog ─► Record ─► Metrics ─► Normalize ─► RateLimit ─► Backpressure
-//!           ─► BodyLimit ─► Fault ─► Route ─► Forward
+//!           ─► BodyLimit ─► Router (per route: Fault ─► split, mirror) ─► Route ─► Forward
 //! ```
 
 pub mod access_log;

@@ -9,9 +9,11 @@
 //!
 //! ```text
 //! rollback  ⇐  errors / requests > max_error_rate
-//!          or  p99(canary) > max_latency_ratio × p99(stable)   (when the stable pools served
-//!              and p99(canary) − p99(stable) > 5 ms            `min_requests` too)
+//!          or  p99(canary) > max_latency_ratio × p99(stable)   (when both sides served
+//!              and p99(canary) − p99(stable) > 5 ms            `min_requests` and 100 answers)
 //! ```
+//!
+//! A p99 of fewer than 100 answers is their maximum, which one stall decides.
 //!
 //! The 5 ms floor keeps the jitter of two fast pools (0.4 ms against 0.1 ms is 4x) from
 //! counting as a regression.
@@ -50,6 +52,9 @@ pub struct CanaryConfig {
     /// Requests the canary must have served in the window before it is judged.
     pub min_requests: u64,
 }
+
+/// Answers each side needs in the window before their p99s are compared.
+pub const P99_MIN_ANSWERS: u64 = 100;
 
 /// The least p99 difference, in milliseconds, that can roll a canary back on latency.
 pub const LATENCY_FLOOR_MS: f64 = 5.0;
@@ -277,7 +282,9 @@ impl CanaryGuard {
                 c.max_error_rate * 100.0
             ));
         }
-        if stable.requests < c.min_requests.max(1) {
+        // A p99 of fewer than 100 answers is their maximum: one stall would decide.
+        let judged = c.min_requests.max(P99_MIN_ANSWERS);
+        if canary.requests < judged || stable.requests < judged {
             return None;
         }
         let (Some(p99), Some(stable_p99)) = (canary.p99_ms(), stable.p99_ms()) else {
@@ -402,7 +409,7 @@ mod tests {
             guard.observe(0, false, Duration::from_millis(10), at);
         }
         let mut reason = None;
-        for _ in 0..50 {
+        for _ in 0..100 {
             reason = reason.or(guard.observe(1, false, Duration::from_millis(50), at));
         }
         let reason = reason.expect("5x slower than allowed");

@@ -5,7 +5,7 @@
 //!             └─► Fault (the route's injected delays and aborts, layer::fault)
 //!                 └─► RouteTarget: pool, or weighted choice of pool (split)
 //!                      ├─ mirror: a copy to the mirror pool, fire-and-forget (mirror)
-//!                      ├─► the pool's routing (pick, retry, forward: crate::route)
+//!                      ├─► the pool's routing (pick, retry, forward: `Route`)
 //!                      └─ canary guard: the answer tallied, the canary judged (canary)
 //!             ◄─ x-alb-route, x-alb-pool
 //! ```
@@ -18,7 +18,7 @@
 //! a live weight change or a rollback survives an unrelated reload.
 //!
 //! The router is generic over the pool's service, so it does not depend on how a pool
-//! routes ([`crate::route::Route`] in the binary).
+//! routes (the `route` module's `Route` in the binary).
 
 pub mod canary;
 pub mod matcher;
@@ -35,6 +35,7 @@ use std::{
 };
 
 use axum::body::Body;
+use futures_util::future::Either;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body::Body as _;
 use serde::Serialize;
@@ -329,15 +330,15 @@ where
 {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = RouterFuture;
+    type Future = Either<AddHeader<S::Future>, RouterFuture>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         // Pools' services are always ready (they answer refusals themselves).
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut request: Request<Body>) -> RouterFuture {
-        let route = self.route.clone();
+    fn call(&mut self, mut request: Request<Body>) -> Self::Future {
+        let route = &self.route;
         let target = route.split.as_ref().map_or(0, |s| s.choose());
         let (pool, pool_header) = route.targets[target].clone();
         let mut service = self.pools[pool].clone();
@@ -345,7 +346,16 @@ where
             .extensions_mut()
             .insert(RouteName(route.name.clone()));
         let mirror = route.mirror.as_ref().filter(|m| m.sample()).cloned();
-        Box::pin(async move {
+        if mirror.is_none() && route.canary.is_none() {
+            // Nothing to do after the answer but name the pool: no box, no task.
+            return Either::Left(AddHeader::new(
+                service.call(request),
+                &X_ALB_POOL,
+                pool_header,
+            ));
+        }
+        let route = route.clone();
+        Either::Right(Box::pin(async move {
             let (request, primary) = match &mirror {
                 Some(mirror) => {
                     let (request, copy) = mirror.copy(request).await;
@@ -383,7 +393,41 @@ where
                 }
             }
             Ok(response)
-        })
+        }))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An answer with one more header (`x-alb-route`, `x-alb-pool`), without a box.
+    pub struct AddHeader<F> {
+        #[pin]
+        inner: F,
+        header: Option<(&'static HeaderName, HeaderValue)>,
+    }
+}
+
+impl<F> AddHeader<F> {
+    fn new(inner: F, name: &'static HeaderName, value: HeaderValue) -> Self {
+        AddHeader {
+            inner,
+            header: Some((name, value)),
+        }
+    }
+}
+
+impl<F> Future for AddHeader<F>
+where
+    F: Future<Output = Result<Response<Body>, Infallible>>,
+{
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Ok(mut response) = std::task::ready!(this.inner.poll(cx));
+        if let Some((name, value)) = this.header.take() {
+            response.headers_mut().insert(name.clone(), value);
+        }
+        Poll::Ready(Ok(response))
     }
 }
 
