@@ -162,7 +162,8 @@ impl From<UpstreamError> for ForwardError {
 }
 
 /// Whether the client's body passed the body limit (see `layer::body_limit`).
-fn caused_by_length_limit(error: &(dyn std::error::Error + 'static)) -> bool {
+/// Whether `error` comes from the body-limit layer's cap (`max_request_body`): a `413`.
+pub fn caused_by_length_limit(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut cause = Some(error);
     while let Some(e) = cause {
         if e.is::<http_body_util::LengthLimitError>() {

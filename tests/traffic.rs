@@ -322,6 +322,21 @@ async fn a_mirror_compares_bodies_and_copies_short_request_bodies() {
     let v = &admin_json(&lb, "/mirror").await["routes"][0];
     assert_eq!(v["status_mismatches"], 0, "{v}");
     assert_eq!(v["body_mismatches"], 5, "{v}");
+    // A body over 64 KiB is forwarded whole and not copied.
+    let big = "x".repeat(100 * 1024);
+    let r = c
+        .post(format!("{}/_sim/mirror", lb.url()))
+        .body(big.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), big);
+    let v = &admin_json(&lb, "/mirror").await["routes"][0];
+    assert_eq!(
+        (&v["skipped"], &v["compared"]),
+        (&json!(1), &json!(15)),
+        "{v}"
+    );
 }
 
 #[tokio::test]

@@ -36,14 +36,18 @@ use std::{
 use axum::body::Body;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use http::{Method, Request, Response, Uri};
+use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::{Body as _, Frame};
 use http_body_util::BodyExt;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tower::{util::BoxCloneSyncService, ServiceExt};
 
-use crate::{local_reply::LocalReply, telemetry::MIRROR_REQUESTS_TOTAL};
+use crate::{
+    forward::caused_by_length_limit,
+    local_reply::{local_reply, LocalReply},
+    telemetry::MIRROR_REQUESTS_TOTAL,
+};
 
 /// Largest request body copied to the mirror.
 pub const MIRROR_BODY_CAP: u64 = 64 * 1024;
@@ -220,14 +224,19 @@ impl Mirror {
     }
 
     /// The request and a copy for the mirror, if its body can be copied; the body is read
-    /// first when there is one. `None` for the copy when it was skipped.
-    pub async fn copy(&self, request: Request<Body>) -> (Request<Body>, Option<Request<Body>>) {
+    /// first when there is one. `None` for the copy when it was skipped. A body that cannot
+    /// be read is answered here as the forwarder would: `413` past `max_request_body`, else
+    /// `400`.
+    pub async fn copy(
+        &self,
+        request: Request<Body>,
+    ) -> Result<(Request<Body>, Option<Request<Body>>), Response<Body>> {
         let hint = request.body().size_hint();
         let short = hint.exact().is_some_and(|n| n <= MIRROR_BODY_CAP);
         if !short {
             self.skipped.fetch_add(1, Ordering::Relaxed);
             count(&self.route, "skipped");
-            return (request, None);
+            return Ok((request, None));
         }
         let (parts, body) = request.into_parts();
         let bytes = if hint.exact() == Some(0) {
@@ -235,13 +244,17 @@ impl Mirror {
         } else {
             match body.collect().await {
                 Ok(collected) => collected.to_bytes(),
-                // The client's body broke: the primary gets the same broken body.
-                Err(e) => {
-                    let failing =
-                        Body::new(http_body_util::Empty::<Bytes>::new().map_err(
-                            move |_: Infallible| -> axum::BoxError { e.to_string().into() },
-                        ));
-                    return (Request::from_parts(parts, failing), None);
+                Err(e) if caused_by_length_limit(&e) => {
+                    return Err(local_reply(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "request body too large",
+                    ))
+                }
+                Err(_) => {
+                    return Err(local_reply(
+                        StatusCode::BAD_REQUEST,
+                        "malformed or incomplete request body",
+                    ))
                 }
             }
         };
@@ -256,7 +269,7 @@ impl Mirror {
         {
             copy.extensions_mut().insert(*peer);
         }
-        (Request::from_parts(parts, Body::from(bytes)), Some(copy))
+        Ok((Request::from_parts(parts, Body::from(bytes)), Some(copy)))
     }
 
     /// Queues a copy; with `compare`, returns the sender the primary's answer goes to.

@@ -357,10 +357,10 @@ where
         let route = route.clone();
         Either::Right(Box::pin(async move {
             let (request, primary) = match &mirror {
-                Some(mirror) => {
-                    let (request, copy) = mirror.copy(request).await;
-                    (request, copy.and_then(|c| mirror.send(c)))
-                }
+                Some(mirror) => match mirror.copy(request).await {
+                    Ok((request, copy)) => (request, copy.and_then(|c| mirror.send(c))),
+                    Err(reply) => return Ok(reply),
+                },
                 None => (request, None),
             };
             let started = Instant::now();
