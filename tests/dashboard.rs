@@ -222,3 +222,49 @@ async fn a_page_opened_later_starts_from_what_alb_kept() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn dashboard_shows_routes_with_the_split_in_force_the_canary_and_the_mirror() {
+    let (stable, failing, shadow) = (
+        backend(&[]),
+        backend(&["--error-rate", "1.0"]),
+        backend(&[]),
+    );
+    let lb = alb(json!({
+        "pools": {
+            "api": {"backends": urls(&[&stable])},
+            "api-v2": {"backends": urls(&[&failing])},
+            "shadow": {"backends": urls(&[&shadow])}
+        },
+        "routes": [{"name": "api",
+                    "split": [{"pool": "api", "weight": 50}, {"pool": "api-v2", "weight": 50}],
+                    "canary": {"pool": "api-v2", "min_requests": 10},
+                    "mirror": {"pool": "shadow", "percent": 100, "compare": true}}]
+    }));
+    // Enough for the canary to be judged and rolled back.
+    load(&lb.url(), 60, 2).await;
+    let browser = Browser::start().await;
+    browser.open(&format!("{}/", lb.admin_url())).await;
+    let mut text = String::new();
+    for _ in 0..200 {
+        text = browser
+            .run("return document.getElementById('routes').textContent;")
+            .await
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if text.contains("rolled back") && text.contains("compared") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let hidden = browser
+        .run("return document.getElementById('routes-panel').hidden;")
+        .await;
+    assert_eq!(hidden, json!(false));
+    let compact: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(compact.contains("api 50 / api-v2 0"), "{compact}");
+    assert!(compact.contains("rolled back"), "{compact}");
+    assert!(compact.contains("error rate 100.0%"), "{compact}");
+    assert!(compact.contains("shadow 100%"), "{compact}");
+}
