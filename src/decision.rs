@@ -608,6 +608,9 @@ pub fn explain(record: &DecisionRecord, candidates: &[CandidateState]) -> String
             let _ = write!(out, "{}({})", e.backend, e.reason);
         }
     }
+    if let (Some(route), Some(pool)) = (&record.route, &record.pool) {
+        let _ = write!(out, "; route={route}; pool={pool}");
+    }
     // Header values must be visible ASCII; causes come from errors and could hold anything.
     out.chars()
         .map(|c| {
