@@ -54,6 +54,10 @@ pub struct Outcome {
     /// The strategy's reason, in the words of `x-alb-decision`'s `why=` (only when tracing
     /// asks for it: building the text costs an allocation).
     pub why: Option<String>,
+    /// The route that matched, when the request came through the router.
+    pub route: Option<Arc<str>>,
+    /// The pool that decided.
+    pub pool: Option<Arc<str>>,
 }
 
 /// The route a request matched, put in its extensions by the router for the pool's

@@ -377,6 +377,8 @@ impl Routing {
             why: self
                 .outcome_why
                 .then(|| "no backend could take it".to_owned()),
+            route: record.route.clone(),
+            pool: record.pool.clone(),
         });
         let id = self.finish(record, started.elapsed(), explanation, &mut reply);
         if let Some(mut outcome) = outcome {
@@ -603,6 +605,8 @@ impl Routing {
             ejected,
             upstream: answered.saturating_duration_since(attempt_started),
             why: self.outcome_why.then(|| decision::why(&record)),
+            route: record.route.clone(),
+            pool: record.pool.clone(),
         });
         let id = self.finish(record, latency, explanation, &mut response);
         if let Some(mut outcome) = outcome {

@@ -12,7 +12,8 @@
 //! OpenTelemetry SDK's batch processor, on its own thread: the request path only records
 //! the span. A span carries the OpenTelemetry HTTP server conventions
 //! (`http.request.method`, `url.path`, `http.response.status_code`, ...) plus ALB's
-//! `alb.backend`, `alb.strategy`, `alb.decision_id` and `alb.decision.why`, and it ends when
+//! `alb.backend`, `alb.strategy`, `alb.decision_id`, `alb.decision.why`, `alb.route` and
+//! `alb.pool`, and it ends when
 //! the response body has been sent.
 
 pub mod context;
@@ -369,6 +370,12 @@ where
         if let Some(outcome) = response.extensions().get::<Outcome>() {
             span.set_attribute(KeyValue::new("alb.strategy", outcome.strategy.as_str()));
             span.set_attribute(KeyValue::new("alb.decision_id", outcome.decision_id as i64));
+            if let Some(route) = &outcome.route {
+                span.set_attribute(KeyValue::new("alb.route", route.to_string()));
+            }
+            if let Some(pool) = &outcome.pool {
+                span.set_attribute(KeyValue::new("alb.pool", pool.to_string()));
+            }
             if let Some(why) = &outcome.why {
                 span.set_attribute(KeyValue::new("alb.decision.why", why.clone()));
             }

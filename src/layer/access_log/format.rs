@@ -40,6 +40,10 @@ pub struct Entry<'a> {
     pub backend: Option<&'a str>,
     /// The routing decision's id, as in `/decisions`.
     pub decision_id: Option<u64>,
+    /// The route that matched.
+    pub route: Option<&'a str>,
+    /// The pool that decided.
+    pub pool: Option<&'a str>,
     /// The request id (`x-request-id`).
     pub request_id: Option<&'a str>,
     /// The request went to a second backend after the first failed.
@@ -137,6 +141,8 @@ mod tests {
             duration_ms: 1.5,
             upstream_ms: Some(1.25),
             backend: Some("127.0.0.1:8081"),
+            route: Some("api"),
+            pool: Some("api-v2"),
             decision_id: Some(7),
             request_id: Some("abc"),
             retried: false,
@@ -179,6 +185,10 @@ mod tests {
         assert_eq!(v["time"], "2026-11-27T13:26:40.123Z");
         assert_eq!(v["status"], 200);
         assert_eq!(v["backend"], "127.0.0.1:8081");
+        assert_eq!(
+            (&v["route"], &v["pool"]),
+            (&serde_json::json!("api"), &serde_json::json!("api-v2"))
+        );
         assert_eq!(v["decision_id"], 7);
     }
 }

@@ -289,6 +289,8 @@ impl Line {
                 .map(|o| format::millis(o.upstream)),
             backend: outcome.and_then(|o| o.backend.as_deref()).map(|b| b.name()),
             decision_id: outcome.map(|o| o.decision_id),
+            route: outcome.and_then(|o| o.route.as_deref()),
+            pool: outcome.and_then(|o| o.pool.as_deref()),
             request_id: text(&p.request_id),
             retried: outcome.is_some_and(|o| o.retried),
             outlier_ejected: outcome.is_some_and(|o| o.ejected),
