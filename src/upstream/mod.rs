@@ -12,7 +12,7 @@
 //!
 //! Requests without a body take this path (GET, HEAD, DELETE..., the bulk of proxied
 //! traffic), and so do requests whose body has a `Content-Length` ([`send_with_body`]): the
-//! body is written as it arrives ([`upload`]), a small one in the same write as the head,
+//! body is written as it arrives (module `upload`), a small one in the same write as the head,
 //! while the response head is read, so a backend may answer before the upload ends; the rest
 //! of the upload then goes on as the response body is pulled ([`PooledBody`]). Chunked
 //! bodies, upgrades (connection hand-over), TLS and HTTP/2 backends stay on hyper-util's

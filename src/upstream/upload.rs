@@ -150,3 +150,54 @@ impl Upload {
 fn mismatch(how: &str) -> UploadError {
     UploadError::Client(format!("request body {how} than its Content-Length").into())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::task::Waker;
+
+    use super::*;
+
+    fn coalesced(body: Body, length: u64) -> (Result<(), String>, BytesMut, Upload) {
+        let mut upload = Upload::new(body, length);
+        let mut head = BytesMut::from(&b"HEAD\r\n\r\n"[..]);
+        let mut cx = Context::from_waker(Waker::noop());
+        let result = upload.coalesce(&mut cx, &mut head).map_err(|e| match e {
+            UploadError::Client(e) => e.to_string(),
+            UploadError::Backend(e) => format!("backend: {e}"),
+        });
+        (result, head, upload)
+    }
+
+    #[test]
+    fn a_body_in_hand_goes_behind_the_head() {
+        let (result, head, upload) = coalesced(Body::from("hello"), 5);
+        assert!(result.is_ok());
+        assert_eq!(&head[..], b"HEAD\r\n\r\nhello");
+        assert!(upload.is_done() && !upload.wrote());
+    }
+
+    #[test]
+    fn a_body_past_the_limit_stays_pending() {
+        let big = vec![b'x'; COALESCE_LIMIT + 1];
+        let (result, head, upload) = coalesced(Body::from(big), COALESCE_LIMIT as u64 + 1);
+        assert!(result.is_ok());
+        assert_eq!(&head[..], b"HEAD\r\n\r\n");
+        assert!(!upload.is_done());
+    }
+
+    #[test]
+    fn a_body_that_disagrees_with_its_length_is_the_clients_failure() {
+        let (longer, head, _) = coalesced(Body::from("hello world"), 5);
+        assert_eq!(
+            longer.unwrap_err(),
+            "request body longer than its Content-Length"
+        );
+        // Not a byte of it went behind the head: the backend never sees a wrong body.
+        assert_eq!(&head[..], b"HEAD\r\n\r\n");
+        let (shorter, _, _) = coalesced(Body::from("abc"), 5);
+        assert_eq!(
+            shorter.unwrap_err(),
+            "request body shorter than its Content-Length"
+        );
+    }
+}
