@@ -27,7 +27,12 @@ mod pool;
 pub mod tls;
 mod upload;
 
-use std::{future::Future, io, sync::Arc};
+use std::{
+    future::{poll_fn, Future},
+    io,
+    sync::Arc,
+    task::{ready, Poll},
+};
 
 use axum::{body::Body, BoxError};
 use bytes::BytesMut;
@@ -135,7 +140,7 @@ pub fn send_with_body(
     let mut upload = Upload::new(request.into_body(), length);
     async move {
         // The body bytes already here go out with the head.
-        std::future::poll_fn(|cx| std::task::Poll::Ready(upload.coalesce(cx, &mut head)))
+        poll_fn(|cx| Poll::Ready(upload.coalesce(cx, &mut head)))
             .await
             .map_err(upload_error)?;
         let connection = pool.checkout().await.map_err(UpstreamError::Connect)?;
@@ -236,17 +241,15 @@ async fn exchange_with_body(
     // Set when a write failed: the backend may still answer (and close), so read on.
     let mut write_failed = None;
     let mut uploading = !upload.is_done();
-    let parsed = std::future::poll_fn(|cx| {
+    let parsed = poll_fn(|cx| {
         if uploading {
             match upload.poll_write(&mut connection.stream, cx) {
-                std::task::Poll::Pending => {}
-                std::task::Poll::Ready(Ok(())) => uploading = false,
-                std::task::Poll::Ready(Err(UploadError::Client(e))) => {
-                    return std::task::Poll::Ready(Err(Failure::Other(UpstreamError::ClientBody(
-                        e,
-                    ))))
+                Poll::Pending => {}
+                Poll::Ready(Ok(())) => uploading = false,
+                Poll::Ready(Err(UploadError::Client(e))) => {
+                    return Poll::Ready(Err(Failure::Other(UpstreamError::ClientBody(e))))
                 }
-                std::task::Poll::Ready(Err(UploadError::Backend(e))) => {
+                Poll::Ready(Err(UploadError::Backend(e))) => {
                     uploading = false;
                     write_failed = Some(e);
                 }
@@ -254,12 +257,12 @@ async fn exchange_with_body(
         }
         loop {
             match parse_response(&mut connection.buffer, method) {
-                Ok(Some(head)) => return std::task::Poll::Ready(Ok(head)),
+                Ok(Some(head)) => return Poll::Ready(Ok(head)),
                 Ok(None) => {}
-                Err(e) => return std::task::Poll::Ready(Err(Failure::Other(e.into()))),
+                Err(e) => return Poll::Ready(Err(Failure::Other(e.into()))),
             }
             let answered = !connection.buffer.is_empty();
-            match std::task::ready!(connection.poll_read(cx, HEAD_READ)) {
+            match ready!(connection.poll_read(cx, HEAD_READ)) {
                 Ok(0) => {
                     let closed = io::Error::new(
                         io::ErrorKind::UnexpectedEof,
@@ -270,7 +273,7 @@ async fn exchange_with_body(
                         },
                     );
                     let error = write_failed.take().unwrap_or(closed);
-                    return std::task::Poll::Ready(Err(if answered {
+                    return Poll::Ready(Err(if answered {
                         Failure::Other(UpstreamError::Io(error))
                     } else {
                         Failure::Unanswered(error, reused)
@@ -278,9 +281,9 @@ async fn exchange_with_body(
                 }
                 Ok(_) => {}
                 Err(e) if answered => {
-                    return std::task::Poll::Ready(Err(Failure::Other(UpstreamError::Io(e))))
+                    return Poll::Ready(Err(Failure::Other(UpstreamError::Io(e))))
                 }
-                Err(e) => return std::task::Poll::Ready(Err(Failure::Unanswered(e, reused))),
+                Err(e) => return Poll::Ready(Err(Failure::Unanswered(e, reused))),
             }
         }
     })
