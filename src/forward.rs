@@ -16,9 +16,9 @@
 //! - `X-Forwarded-For` gets the peer appended; `X-Forwarded-Proto` and `X-Forwarded-Host`
 //!   are set.
 //!
-//! Two ways out: a request without a body (the common case) to a plain HTTP/1.1 backend goes
-//! over ALB's own pooled HTTP/1.1 connections ([`crate::upstream`]); a request with a body,
-//! an upgrade, and every request to an `https://` backend or over HTTP/2
+//! Two ways out: a request without a body (the common case) or with a `Content-Length` body
+//! to a plain HTTP/1.1 backend goes over ALB's own pooled HTTP/1.1 connections
+//! ([`crate::upstream`]); a chunked body, an upgrade, and every request to an `https://` backend or over HTTP/2
 //! (`upstream_protocol`) goes through hyper-util's pooled client, which streams both ways at
 //! once and speaks TLS and HTTP/2. A gRPC call's `grpc-timeout` shortens the request timeout. Bodies are never
 //! buffered whole. A `101 Switching Protocols` answer to an upgrade request joins the two
@@ -156,6 +156,10 @@ impl From<UpstreamError> for ForwardError {
     fn from(error: UpstreamError) -> Self {
         match error {
             UpstreamError::Connect(e) => ForwardError::Connect(e.into()),
+            UpstreamError::ClientBody(e) if caused_by_length_limit(&*e) => {
+                ForwardError::BodyTooLarge
+            }
+            UpstreamError::ClientBody(_) => ForwardError::ClientBody,
             other => ForwardError::Upstream(other.into()),
         }
     }
@@ -353,6 +357,16 @@ impl Service<Routed<Body>> for Forward {
                         Ok(result) => result?,
                     };
                     // The head parser already left the hop-by-hop headers out.
+                    Ok(response.map(ResponseBody::Pooled))
+                });
+            }
+            if let Some(length) = upstream::declared_length(&request) {
+                let sent = upstream::send_with_body(pool, request, length);
+                return Box::pin(async move {
+                    let response = match tokio::time::timeout(timeout, sent).await {
+                        Err(_) => return Err(ForwardError::Timeout(timeout)),
+                        Ok(result) => result?,
+                    };
                     Ok(response.map(ResponseBody::Pooled))
                 });
             }

@@ -6,6 +6,12 @@
 //! body owns the connection and decodes `Content-Length`, chunked or until-close framing
 //! as the client's side pulls frames; the connection returns to the pool at the body's end
 //! and is closed if the body is dropped early (the client went away).
+//!
+//! A backend may answer before it has read the whole request body (an early `413`, or an
+//! echo that streams back as it reads): the rest of the upload then goes on as the response
+//! body is pulled, both on the same connection, so neither side waits for the other. The
+//! connection is reused only if both ended cleanly; an answer that ends before the upload
+//! does closes it (its framing would be out of step).
 
 use std::{
     io,
@@ -17,7 +23,11 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderName, HeaderValue};
 use http_body::{Frame, SizeHint};
 
-use super::{head::Framing, pool::Connection};
+use super::{
+    head::Framing,
+    pool::Connection,
+    upload::{Upload, UploadError},
+};
 
 /// Bytes asked of the socket per read while streaming a body.
 const READ_CHUNK: usize = 16 * 1024;
@@ -45,6 +55,8 @@ struct Streaming {
     connection: Connection,
     decoder: Decoder,
     reusable: bool,
+    /// The rest of the request body, when the answer came before all of it was sent.
+    upload: Option<Upload>,
     /// Trailer fields of a chunked body, once the first arrives.
     trailers: Option<HeaderMap>,
 }
@@ -73,17 +85,26 @@ enum Chunk {
 impl PooledBody {
     /// The body that follows a response head. `connection.buffer` holds whatever was read
     /// past the head; the connection is returned to its pool as soon as the body is read.
-    pub(crate) fn new(mut connection: Connection, framing: Framing, reusable: bool) -> Self {
+    /// `upload` is the part of the request body still to be sent, if any.
+    pub(crate) fn new(
+        mut connection: Connection,
+        framing: Framing,
+        reusable: bool,
+        upload: Option<Upload>,
+    ) -> Self {
+        // An answer that is complete before the upload is: the upload stops, the connection
+        // closes.
+        let complete_reusable = reusable && upload.is_none();
         let decoder = match framing {
             Framing::Empty => {
-                connection.release(reusable);
+                connection.release(complete_reusable);
                 return PooledBody {
                     state: State::Whole(None),
                 };
             }
             Framing::Length(n) if connection.buffer.len() as u64 >= n => {
                 let whole = connection.buffer.split_to(n as usize).freeze();
-                connection.release(reusable);
+                connection.release(complete_reusable);
                 return PooledBody {
                     state: State::Whole(Some(whole).filter(|b| !b.is_empty())),
                 };
@@ -97,6 +118,7 @@ impl PooledBody {
                 connection,
                 decoder,
                 reusable,
+                upload,
                 trailers: None,
             })),
         }
@@ -107,7 +129,7 @@ impl PooledBody {
     /// The body is complete: the connection goes back to its pool (if reusable).
     fn release(&mut self) {
         if let State::Streaming(streaming) = std::mem::replace(&mut self.state, State::Done) {
-            let reusable = streaming.reusable;
+            let reusable = streaming.reusable && streaming.upload.is_none();
             streaming.connection.release(reusable);
         }
     }
@@ -173,6 +195,7 @@ impl http_body::Body for PooledBody {
 impl Streaming {
     /// The next piece of body data; `None` at the end of the body.
     fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
+        self.poll_upload(cx)?;
         loop {
             if let Some(step) = self.decode()? {
                 return Poll::Ready(Ok(step));
@@ -190,6 +213,28 @@ impl Streaming {
                     )),
                 });
             }
+        }
+    }
+
+    /// Sends what it can of the rest of the request body. A failed write ends the upload but
+    /// not the answer (the backend may have closed its reading side after answering early);
+    /// a failure of the client's body ends both.
+    fn poll_upload(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        let Some(upload) = &mut self.upload else {
+            return Ok(());
+        };
+        match upload.poll_write(&mut self.connection.stream, cx) {
+            Poll::Pending => Ok(()),
+            Poll::Ready(Ok(())) => {
+                self.upload = None;
+                Ok(())
+            }
+            Poll::Ready(Err(UploadError::Backend(_))) => {
+                self.upload = None;
+                self.reusable = false;
+                Ok(())
+            }
+            Poll::Ready(Err(UploadError::Client(e))) => Err(io::Error::other(e)),
         }
     }
 

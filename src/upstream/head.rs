@@ -23,14 +23,26 @@ pub const MAX_RESPONSE_HEAD_BYTES: usize = 64 * 1024;
 /// Writes `METHOD path HTTP/1.1`, the headers, and the blank line into `out`.
 ///
 /// The request must already be rewritten for the backend (`forward::rewrite_request`):
-/// `Host` set, hop-by-hop headers gone. Its body is empty (requests with a body go through
-/// hyper's client, see the module docs of `upstream`); methods whose requests normally carry
-/// a body get `Content-Length: 0`, so the backend does not wait for one.
+/// `Host` set, hop-by-hop headers gone. Its body is empty (for one with a body see
+/// [`encode_request_with_length`]); methods whose requests normally carry a body get
+/// `Content-Length: 0`, so the backend does not wait for one.
 ///
 /// Exactly one `Host` goes out (RFC 9112 §3.2): the first when the client sent several (the
 /// one `X-Forwarded-Host` copies), the URI's authority when it sent none (what hyper's
 /// client writes on the other path).
 pub fn encode_request<B>(request: &Request<B>, out: &mut BytesMut) {
+    encode_head(request, None, out)
+}
+
+/// [`encode_request`] for a request whose body of `length` bytes follows the head: exactly
+/// one `content-length: <length>` goes out, whatever `Content-Length` fields the request
+/// carried (they were checked against `length`, see `upstream::declared_length`; two equal
+/// fields forwarded as they came would be two framings to a strict recipient).
+pub fn encode_request_with_length<B>(request: &Request<B>, length: u64, out: &mut BytesMut) {
+    encode_head(request, Some(length), out)
+}
+
+fn encode_head<B>(request: &Request<B>, length: Option<u64>, out: &mut BytesMut) {
     let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
     let headers = request.headers();
     out.reserve(64 + path.len() + headers.len() * 48);
@@ -46,6 +58,9 @@ pub fn encode_request<B>(request: &Request<B>, out: &mut BytesMut) {
             }
             host_written = true;
         }
+        if length.is_some() && name == header::CONTENT_LENGTH {
+            continue;
+        }
         out.put_slice(name.as_str().as_bytes());
         out.put_slice(b": ");
         out.put_slice(value.as_bytes());
@@ -58,14 +73,52 @@ pub fn encode_request<B>(request: &Request<B>, out: &mut BytesMut) {
             out.put_slice(b"\r\n");
         }
     }
-    let expects_body = matches!(
-        *request.method(),
-        Method::POST | Method::PUT | Method::PATCH
-    );
-    if expects_body && !headers.contains_key(header::CONTENT_LENGTH) {
-        out.put_slice(b"content-length: 0\r\n");
+    match length {
+        Some(length) => {
+            out.put_slice(b"content-length: ");
+            put_decimal(out, length);
+            out.put_slice(b"\r\n");
+        }
+        None => {
+            let expects_body = matches!(
+                *request.method(),
+                Method::POST | Method::PUT | Method::PATCH
+            );
+            if expects_body && !headers.contains_key(header::CONTENT_LENGTH) {
+                out.put_slice(b"content-length: 0\r\n");
+            }
+        }
     }
     out.put_slice(b"\r\n");
+}
+
+/// Writes `n` in decimal (no `fmt`, no allocation).
+fn put_decimal(out: &mut BytesMut, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.put_slice(&digits[start..]);
+}
+
+/// The length a request's `Content-Length` fields announce: every field 1*DIGIT, all equal.
+/// `None` when there is none, or one is malformed or disagrees.
+pub fn request_content_length(headers: &HeaderMap) -> Option<u64> {
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        let n = content_length(value.as_bytes())?;
+        if length.is_some_and(|l| l != n) {
+            return None;
+        }
+        length = Some(n);
+    }
+    length
 }
 
 /// How the response body is delimited (RFC 9112 §6.3).
@@ -390,6 +443,44 @@ mod tests {
             &out[..],
             b"POST /a?b=1 HTTP/1.1\r\nhost: svc\r\ncontent-length: 0\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn a_body_length_goes_out_once_whatever_the_request_carried() {
+        let request = Request::put("http://10.0.0.1:80/x")
+            .header("host", "svc")
+            .header("content-length", "1024")
+            .header("content-length", "1024")
+            .header("x-a", "1")
+            .body(())
+            .unwrap();
+        assert_eq!(request_content_length(request.headers()), Some(1024));
+        let mut out = BytesMut::new();
+        encode_request_with_length(&request, 1024, &mut out);
+        assert_eq!(
+            &out[..],
+            b"PUT /x HTTP/1.1\r\nhost: svc\r\nx-a: 1\r\ncontent-length: 1024\r\n\r\n"
+        );
+        for n in [0, 7, 10, 99, 1 << 20, u64::MAX] {
+            let mut out = BytesMut::new();
+            put_decimal(&mut out, n);
+            assert_eq!(&out[..], n.to_string().as_bytes());
+        }
+        // Fields that disagree or are not plain digits give no length (the request then
+        // takes hyper's client, which refuses or frames it itself).
+        let lengths = |values: &[&str]| {
+            let mut headers = HeaderMap::new();
+            for v in values {
+                headers.append(header::CONTENT_LENGTH, HeaderValue::from_str(v).unwrap());
+            }
+            request_content_length(&headers)
+        };
+        assert_eq!(lengths(&[]), None);
+        assert_eq!(lengths(&["5", "6"]), None);
+        assert_eq!(lengths(&["+5"]), None);
+        assert_eq!(lengths(&["5, 5"]), None);
+        assert_eq!(lengths(&["99999999999999999999999"]), None);
+        assert_eq!(lengths(&[" 5 "]), Some(5));
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! ALB's own HTTP/1.1 client for the hot path: requests without a body over pooled
-//! connections that the request owns (the pingora model).
+//! ALB's own HTTP/1.1 client for the hot path: requests without a body or with a
+//! `Content-Length` one, over pooled connections that the request owns (the pingora model).
 //!
 //! hyper-util's pooled client runs every connection as its own task and hands each request
 //! to it through a channel, then hands the response back through another: two task wake-ups,
@@ -10,10 +10,13 @@
 //! [`ConnectionPool`], writes its head, reads the response head in its own task, and gives
 //! the connection back when the body has been read ([`PooledBody`]).
 //!
-//! Only requests without a body take this path (GET, HEAD, DELETE..., the bulk of proxied
-//! traffic). Requests with a body need full-duplex streaming (a backend may answer before
-//! the upload ends) and upgrades need connection hand-over: those stay on hyper-util's
-//! client ([`backend_client`]), which does both well; `forward` chooses between the two.
+//! Requests without a body take this path (GET, HEAD, DELETE..., the bulk of proxied
+//! traffic), and so do requests whose body has a `Content-Length` ([`send_with_body`]): the
+//! body is written as it arrives (module `upload`), a small one in the same write as the head,
+//! while the response head is read, so a backend may answer before the upload ends; the rest
+//! of the upload then goes on as the response body is pulled ([`PooledBody`]). Chunked
+//! bodies, upgrades (connection hand-over), TLS and HTTP/2 backends stay on hyper-util's
+//! client ([`backend_client`]); `forward` chooses between the two.
 
 mod body;
 mod client;
@@ -22,9 +25,16 @@ mod head;
 mod mutation;
 mod pool;
 pub mod tls;
+mod upload;
 
-use std::{future::Future, io, sync::Arc};
+use std::{
+    future::{poll_fn, Future},
+    io,
+    sync::Arc,
+    task::{ready, Poll},
+};
 
+use axum::{body::Body, BoxError};
 use bytes::BytesMut;
 use http::{Method, Request, Response};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -34,11 +44,14 @@ use crate::semantics::idempotent;
 pub use body::PooledBody;
 pub use client::{backend_client, caused_by_tls, root_cause, BackendClient};
 pub use head::{
-    encode_request, parse_response, Framing, HeadError, ResponseHead, MAX_RESPONSE_HEADERS,
-    MAX_RESPONSE_HEAD_BYTES,
+    encode_request, encode_request_with_length, parse_response, request_content_length, Framing,
+    HeadError, ResponseHead, MAX_RESPONSE_HEADERS, MAX_RESPONSE_HEAD_BYTES,
 };
 pub use pool::{Connection, ConnectionPool, IDLE_SWEEPS, IDLE_TIMEOUT, MAX_IDLE, SWEEP_INTERVAL};
 pub use tls::{UpstreamConfig, UpstreamProtocol, UpstreamTls, UpstreamTlsConfig, UpstreamTlsError};
+pub use upload::COALESCE_LIMIT;
+
+use upload::{Upload, UploadError};
 
 /// Cases per parser property test (`head::fuzz`, `body::fuzz`): `ALB_FUZZ_CASES` when set
 /// (`ALB_FUZZ_CASES=100000` for a long run), else 2 000 so `cargo test` stays quick.
@@ -62,6 +75,10 @@ pub enum UpstreamError {
     /// The backend's response head was unusable.
     #[error("{0}")]
     Head(#[from] HeadError),
+    /// The client's body failed before the answer came (it broke off, passed the body
+    /// limit, or did not match its `Content-Length`): nothing the backend did.
+    #[error("client body: {0}")]
+    ClientBody(BoxError),
 }
 
 /// Bytes asked of the socket per read while waiting for a response head.
@@ -92,6 +109,57 @@ pub fn send<B>(
             }
             done => done.map_err(Failure::into_error),
         }
+    }
+}
+
+/// The body length of a request that [`send_with_body`] can carry: its `Content-Length`
+/// fields all agree and the body's own size hint says the same (hyper's server framed it by
+/// that length). `None` sends it the other way (chunked, or no length known).
+pub fn declared_length<B: http_body::Body>(request: &Request<B>) -> Option<u64> {
+    let length = request_content_length(request.headers())?;
+    (request.body().size_hint().exact() == Some(length)).then_some(length)
+}
+
+/// Sends a request whose body has `length` bytes (see [`declared_length`]) over a pooled
+/// connection to `pool`'s backend, streaming the body as it arrives, and reads the response
+/// head; the response body streams afterwards, with whatever of the upload is left.
+///
+/// A reused connection that fails before any answer and before any body byte was written
+/// past the head's own write is retried once on a new connection, for idempotent methods
+/// only, as [`send`] does: the client's body has not been consumed beyond what the head
+/// buffer holds.
+pub fn send_with_body(
+    pool: Arc<ConnectionPool>,
+    request: Request<Body>,
+    length: u64,
+) -> impl Future<Output = Result<Response<PooledBody>, UpstreamError>> + Send + 'static {
+    // Room for the head and the body bytes that may be copied behind it, in one allocation.
+    let mut head = BytesMut::with_capacity(512 + length.min(COALESCE_LIMIT as u64) as usize);
+    encode_request_with_length(&request, length, &mut head);
+    let method = request.method().clone();
+    let mut upload = Upload::new(request.into_body(), length);
+    async move {
+        // The body bytes already here go out with the head.
+        poll_fn(|cx| Poll::Ready(upload.coalesce(cx, &mut head)))
+            .await
+            .map_err(upload_error)?;
+        let connection = pool.checkout().await.map_err(UpstreamError::Connect)?;
+        match exchange_with_body(connection, &head, &method, &mut upload).await {
+            Err(Failure::Unanswered(_, true)) if idempotent(&method) && !upload.wrote() => {
+                let connection = pool.connect().await.map_err(UpstreamError::Connect)?;
+                exchange_with_body(connection, &head, &method, &mut upload)
+                    .await
+                    .map_err(Failure::into_error)
+            }
+            done => done.map_err(Failure::into_error),
+        }
+    }
+}
+
+fn upload_error(error: UploadError) -> UpstreamError {
+    match error {
+        UploadError::Client(e) => UpstreamError::ClientBody(e),
+        UploadError::Backend(e) => UpstreamError::Io(e),
     }
 }
 
@@ -130,7 +198,7 @@ async fn exchange(
                 framing,
                 reusable,
             } = head;
-            return Ok(response.map(|()| PooledBody::new(connection, framing, reusable)));
+            return Ok(response.map(|()| PooledBody::new(connection, framing, reusable, None)));
         }
         connection.buffer.reserve(HEAD_READ);
         let read = connection.stream.read_buf(&mut connection.buffer).await;
@@ -155,4 +223,78 @@ async fn exchange(
             Err(e) => return Err(Failure::Other(UpstreamError::Io(e))),
         }
     }
+}
+
+/// Writes the request head (with the body bytes [`Upload::coalesce`] put behind it), then
+/// writes the rest of the body while reading the response head: whichever is ready is
+/// done, so a backend that answers before reading the whole body is heard.
+async fn exchange_with_body(
+    mut connection: Connection,
+    head: &[u8],
+    method: &Method,
+    upload: &mut Upload,
+) -> Result<Response<PooledBody>, Failure> {
+    let reused = connection.reused;
+    if let Err(e) = connection.stream.write_all(head).await {
+        return Err(Failure::Unanswered(e, reused));
+    }
+    // Set when a write failed: the backend may still answer (and close), so read on.
+    let mut write_failed = None;
+    let mut uploading = !upload.is_done();
+    let parsed = poll_fn(|cx| {
+        if uploading {
+            match upload.poll_write(&mut connection.stream, cx) {
+                Poll::Pending => {}
+                Poll::Ready(Ok(())) => uploading = false,
+                Poll::Ready(Err(UploadError::Client(e))) => {
+                    return Poll::Ready(Err(Failure::Other(UpstreamError::ClientBody(e))))
+                }
+                Poll::Ready(Err(UploadError::Backend(e))) => {
+                    uploading = false;
+                    write_failed = Some(e);
+                }
+            }
+        }
+        loop {
+            match parse_response(&mut connection.buffer, method) {
+                Ok(Some(head)) => return Poll::Ready(Ok(head)),
+                Ok(None) => {}
+                Err(e) => return Poll::Ready(Err(Failure::Other(e.into()))),
+            }
+            let answered = !connection.buffer.is_empty();
+            match ready!(connection.poll_read(cx, HEAD_READ)) {
+                Ok(0) => {
+                    let closed = io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        if answered {
+                            "backend closed the connection mid-head"
+                        } else {
+                            "backend closed the connection without answering"
+                        },
+                    );
+                    let error = write_failed.take().unwrap_or(closed);
+                    return Poll::Ready(Err(if answered {
+                        Failure::Other(UpstreamError::Io(error))
+                    } else {
+                        Failure::Unanswered(error, reused)
+                    }));
+                }
+                Ok(_) => {}
+                Err(e) if answered => {
+                    return Poll::Ready(Err(Failure::Other(UpstreamError::Io(e))))
+                }
+                Err(e) => return Poll::Ready(Err(Failure::Unanswered(e, reused))),
+            }
+        }
+    })
+    .await?;
+    let ResponseHead {
+        response,
+        framing,
+        reusable,
+    } = parsed;
+    // A failed write leaves the backend's view of the request unknown: not reused.
+    let reusable = reusable && write_failed.is_none();
+    let rest = uploading.then(|| std::mem::replace(upload, Upload::new(Body::empty(), 0)));
+    Ok(response.map(|()| PooledBody::new(connection, framing, reusable, rest)))
 }
