@@ -57,8 +57,8 @@ use crate::{
     local_reply::local_reply,
     semantics::{strip_hop_by_hop, upgrade_protocol, ClientUpgrade},
     upstream::{
-        self, caused_by_tls, root_cause, BackendClient, ConnectionPool, PooledBody, UpstreamError,
-        UpstreamProtocol,
+        self, caused_by_tls, root_cause, BackendClient, ConnectionPool, H2Body, H2Error, H2Pool,
+        PooledBody, UpstreamConfig, UpstreamError, UpstreamProtocol,
     },
 };
 
@@ -178,12 +178,55 @@ fn caused_by_length_limit(error: &(dyn std::error::Error + 'static)) -> bool {
 #[derive(Debug, Clone, Default)]
 pub struct BackendPools {
     by_id: Arc<[Option<Arc<ConnectionPool>>]>,
+    /// With `upstream_protocol: "h2"`: each backend's HTTP/2 connections.
+    h2: Arc<[Option<Arc<H2Pool>>]>,
+}
+
+/// [`BackendPools::new`]'s HTTP/2 pools: one per backend when `upstream` is HTTP/2 only,
+/// kept from `previous` when it reaches the backend the same way.
+fn h2_pools(
+    endpoints: &[Arc<Endpoint>],
+    connect_timeout: Duration,
+    upstream: &UpstreamConfig,
+    previous: &BackendPools,
+) -> Arc<[Option<Arc<H2Pool>>]> {
+    if !H2Pool::wanted(upstream.protocol) {
+        return Arc::new([]);
+    }
+    let len = endpoints
+        .iter()
+        .map(|e| e.id().index() + 1)
+        .max()
+        .unwrap_or(0);
+    let mut h2 = vec![None; len];
+    for ep in endpoints {
+        let backend = &ep.backend;
+        let tls = backend.tls.then_some((&upstream.loaded, &upstream.tls));
+        let kept = previous.h2(ep.id()).filter(|p| {
+            p.serves(
+                &backend.authority,
+                connect_timeout,
+                tls.map(|(_, written)| written),
+            )
+        });
+        h2[ep.id().index()] = Some(
+            kept.cloned()
+                .unwrap_or_else(|| H2Pool::new(backend.authority.clone(), connect_timeout, tls)),
+        );
+    }
+    h2.into()
 }
 
 impl BackendPools {
     /// Pools for `endpoints`; a backend that `previous` has a pool for (same authority, same
-    /// connect timeout) keeps it, with its warm connections.
-    pub fn new(endpoints: &[Arc<Endpoint>], connect_timeout: Duration, previous: &Self) -> Self {
+    /// connect timeout, same `upstream_tls`) keeps it, with its warm connections. With
+    /// `upstream_protocol: "h2"` every backend also gets an [`H2Pool`].
+    pub fn new(
+        endpoints: &[Arc<Endpoint>],
+        connect_timeout: Duration,
+        upstream: &UpstreamConfig,
+        previous: &Self,
+    ) -> Self {
         let len = endpoints
             .iter()
             .map(|e| e.id().index() + 1)
@@ -200,7 +243,13 @@ impl BackendPools {
         }
         BackendPools {
             by_id: by_id.into(),
+            h2: h2_pools(endpoints, connect_timeout, upstream, previous),
         }
+    }
+
+    /// The HTTP/2 pool of backend `id`, when backends speak HTTP/2 only.
+    pub fn h2(&self, id: BackendId) -> Option<&Arc<H2Pool>> {
+        self.h2.get(id.index())?.as_ref()
     }
 
     /// The pool of backend `id`.
@@ -272,6 +321,8 @@ pub enum ResponseBody {
     Pooled(PooledBody),
     /// Read by hyper-util's client.
     Hyper(Incoming),
+    /// Read from a backend's pooled HTTP/2 connections (`upstream_protocol: "h2"`).
+    H2(H2Body),
 }
 
 impl http_body::Body for ResponseBody {
@@ -285,6 +336,7 @@ impl http_body::Body for ResponseBody {
         match self.get_mut() {
             ResponseBody::Pooled(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
             ResponseBody::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            ResponseBody::H2(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
         }
     }
 
@@ -292,6 +344,7 @@ impl http_body::Body for ResponseBody {
         match self {
             ResponseBody::Pooled(body) => body.is_end_stream(),
             ResponseBody::Hyper(body) => body.is_end_stream(),
+            ResponseBody::H2(body) => body.is_end_stream(),
         }
     }
 
@@ -299,6 +352,7 @@ impl http_body::Body for ResponseBody {
         match self {
             ResponseBody::Pooled(body) => body.size_hint(),
             ResponseBody::Hyper(body) => body.size_hint(),
+            ResponseBody::H2(body) => body.size_hint(),
         }
     }
 }
@@ -377,6 +431,23 @@ impl Service<Routed<Body>> for Forward {
                 e
             }))
         });
+        // HTTP/2-only backends: their own pool opens connections at their stream limit.
+        if let Some(pool) = shared
+            .pools
+            .h2(endpoint.id())
+            .filter(|_| client_upgrade.is_none())
+        {
+            let sent = pool.clone().send(request);
+            return Box::pin(async move {
+                let mut response = match tokio::time::timeout(timeout, sent).await {
+                    Err(_) => return Err(ForwardError::Timeout(timeout)),
+                    Ok(Err(e)) => return Err(h2_failure(e, &client_failed)),
+                    Ok(Ok(response)) => response,
+                };
+                strip_hop_by_hop(response.headers_mut(), false);
+                Ok(response.map(ResponseBody::H2))
+            });
+        }
         let connection = capture_connection(&mut request);
         let sent = shared.client.request(request);
         Box::pin(async move {
@@ -425,6 +496,17 @@ impl Service<Routed<Body>> for Forward {
             }
             Ok(response.map(ResponseBody::Hyper))
         })
+    }
+}
+
+/// The [`ForwardError`] of a request that failed on a backend's HTTP/2 pool.
+fn h2_failure(error: H2Error, client_failed: &AtomicBool) -> ForwardError {
+    match error {
+        H2Error::Connect(e) => ForwardError::Connect(e.into()),
+        H2Error::Tls(e) => ForwardError::Tls(e.into()),
+        H2Error::Request(e) if caused_by_length_limit(&e) => ForwardError::BodyTooLarge,
+        H2Error::Request(_) if client_failed.load(Ordering::Relaxed) => ForwardError::ClientBody,
+        other => ForwardError::Upstream(other.into()),
     }
 }
 

@@ -258,6 +258,7 @@ impl Proxy {
         let pools = BackendPools::new(
             &endpoints,
             config.connect_timeout,
+            upstream,
             previous.map_or(&BackendPools::default(), |p| &p.pools),
         );
         let client_ip = ClientIp::new(&config.trusted_proxies);

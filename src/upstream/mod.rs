@@ -17,6 +17,7 @@
 
 mod body;
 mod client;
+pub mod h2_pool;
 mod head;
 #[cfg(test)]
 mod mutation;
@@ -33,6 +34,7 @@ use crate::semantics::idempotent;
 
 pub use body::PooledBody;
 pub use client::{backend_client, caused_by_tls, root_cause, BackendClient};
+pub use h2_pool::{H2Body, H2Error, H2Pool};
 pub use head::{
     encode_request, parse_response, Framing, HeadError, ResponseHead, MAX_RESPONSE_HEADERS,
     MAX_RESPONSE_HEAD_BYTES,
