@@ -192,6 +192,11 @@ impl FrameReader {
                 let flags = h[4];
                 self.keep = (self.kind == FRAME_SETTINGS && flags & FLAG_ACK == 0)
                     || self.kind == FRAME_GOAWAY;
+                // The preface is a SETTINGS frame and comes first (RFC 9113 §3.4): anything
+                // else (an HTTP/1.1 answer, TLS garbage) is known from its 9 first bytes.
+                if self.frames == 0 && !(self.kind == FRAME_SETTINGS && flags & FLAG_ACK == 0) {
+                    peer.preface(PREFACE_BAD);
+                }
                 if self.remaining == 0 {
                     self.frame_done(peer);
                 }
@@ -234,10 +239,6 @@ impl FrameReader {
                 peer.going_away.store(true, Ordering::SeqCst);
             }
             _ => {}
-        }
-        // The preface is a SETTINGS frame and comes first (RFC 9113 §3.4).
-        if first {
-            peer.preface(PREFACE_BAD);
         }
         self.have = 0;
         self.keep = false;
@@ -860,12 +861,106 @@ mod tests {
                 reader.feed(piece, &peer);
                 seen_five |= peer.max_streams.load(Ordering::SeqCst) == 5;
             }
-            assert!(seen_five, "chunk {chunk}");
+            // (Read in one piece, the later SETTINGS overwrites it within the same read.)
+            assert!(seen_five || chunk == stream.len(), "chunk {chunk}");
             assert_eq!(peer.preface.load(Ordering::SeqCst), PREFACE_OK);
             assert_eq!(peer.max_streams.load(Ordering::SeqCst), 9, "chunk {chunk}");
             assert!(peer.going_away.load(Ordering::SeqCst));
             assert_eq!(reader.frames, 5);
         }
+    }
+
+    /// An HTTP/2 server (the h2 crate's) that refuses the first stream of every connection
+    /// and every stream to `/refused` with `REFUSED_STREAM`, and answers `ok` otherwise;
+    /// returns its address and the count of streams to `/refused`.
+    async fn refusing_server() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let refused = Arc::new(AtomicUsize::new(0));
+        let counted = refused.clone();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let counted = counted.clone();
+                tokio::spawn(async move {
+                    let Ok(mut conn) = h2::server::handshake(socket).await else {
+                        return;
+                    };
+                    let mut first = true;
+                    while let Some(Ok((request, mut respond))) = conn.accept().await {
+                        if request.uri().path() == "/refused" {
+                            counted.fetch_add(1, Ordering::SeqCst);
+                            respond.send_reset(h2::Reason::REFUSED_STREAM);
+                        } else if std::mem::take(&mut first) {
+                            respond.send_reset(h2::Reason::REFUSED_STREAM);
+                        } else if let Ok(mut body) = respond.send_response(Response::new(()), false)
+                        {
+                            let _ = body.send_data(Bytes::from_static(b"ok"), true);
+                        }
+                    }
+                });
+            }
+        });
+        (addr, refused)
+    }
+
+    #[tokio::test]
+    async fn refused_streams_are_sent_again_when_safe() {
+        use http_body_util::BodyExt as _;
+        let (addr, refused) = refusing_server().await;
+        let pool = H2Pool::new(
+            addr.to_string().parse().unwrap(),
+            Duration::from_secs(5),
+            None,
+        );
+        let get = |path: &str| {
+            Request::get(format!("http://{addr}{path}"))
+                .body(Body::empty())
+                .unwrap()
+        };
+        // The first stream of the connection is refused, and sent again.
+        for _ in 0..3 {
+            let response = pool.clone().send(get("/")).await.unwrap();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], b"ok");
+        }
+        assert_eq!(pool.connections(), 1);
+        // Refused every time: sent MAX_ATTEMPTS times, then the error.
+        let e = pool.clone().send(get("/refused")).await.unwrap_err();
+        assert!(matches!(e, H2Error::Request(_)), "{e}");
+        assert_eq!(refused.load(Ordering::SeqCst), MAX_ATTEMPTS);
+        // A body already streamed out cannot be sent again.
+        let post = Request::post(format!("http://{addr}/refused"))
+            .body(Body::from("payload"))
+            .unwrap();
+        assert!(pool.clone().send(post).await.is_err());
+        assert_eq!(refused.load(Ordering::SeqCst), MAX_ATTEMPTS + 1);
+    }
+
+    #[tokio::test]
+    async fn a_backend_that_is_not_http2_is_a_handshake_error() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut buf = [0u8; 1024];
+                let _ = socket.read(&mut buf).await;
+                let _ = socket
+                    .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+                    .await;
+            }
+        });
+        let pool = H2Pool::new(
+            addr.to_string().parse().unwrap(),
+            Duration::from_secs(5),
+            None,
+        );
+        let request = Request::get(format!("http://{addr}/"))
+            .body(Body::empty())
+            .unwrap();
+        let e = pool.send(request).await.unwrap_err();
+        assert!(matches!(e, H2Error::Handshake(_)), "{e}");
+        assert!(e.to_string().contains("upstream_protocol"), "{e}");
     }
 
     #[test]
