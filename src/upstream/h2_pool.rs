@@ -12,7 +12,7 @@
 //! The limit is the one the backend sent: a connection is used only once the backend's first
 //! `SETTINGS` frame (its connection preface, RFC 9113 §3.4) has arrived, so the first burst
 //! of streams already fits. hyper applies that frame but does not expose it on the sending
-//! side, so [`Sniff`] reads the frame headers of what the backend sends (9 bytes each, RFC
+//! side, so `Sniff` reads the frame headers of what the backend sends (9 bytes each, RFC
 //! 9113 §4.1; the payload of `DATA` frames is skipped, not copied) and keeps the last
 //! `SETTINGS_MAX_CONCURRENT_STREAMS` (§6.5.2; 100 when absent, the value hyper assumes) and
 //! whether a `GOAWAY` (§6.8) arrived.
