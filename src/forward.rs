@@ -16,11 +16,12 @@
 //! - `X-Forwarded-For` gets the peer appended; `X-Forwarded-Proto` and `X-Forwarded-Host`
 //!   are set.
 //!
-//! Two ways out: a request without a body (the common case) to a plain HTTP/1.1 backend goes
-//! over ALB's own pooled HTTP/1.1 connections ([`crate::upstream`]); a request with a body,
-//! an upgrade, and every request to an `https://` backend or over HTTP/2
-//! (`upstream_protocol`) goes through hyper-util's pooled client, which streams both ways at
-//! once and speaks TLS and HTTP/2. A gRPC call's `grpc-timeout` shortens the request timeout. Bodies are never
+//! Three ways out: a request without a body (the common case) to a plain HTTP/1.1 backend goes
+//! over ALB's own pooled HTTP/1.1 connections ([`crate::upstream`]); with
+//! `upstream_protocol: "h2"`, every request but an upgrade goes over the backend's
+//! [`H2Pool`], which opens connections at the backend's stream limit and drains on GOAWAY;
+//! the rest (a body or an upgrade to an HTTP/1.1 backend, `auto` over TLS) goes through
+//! hyper-util's pooled client, which streams both ways at once and speaks TLS and HTTP/2. A gRPC call's `grpc-timeout` shortens the request timeout. Bodies are never
 //! buffered whole. A `101 Switching Protocols` answer to an upgrade request joins the two
 //! upgraded connections with a byte tunnel.
 

@@ -14,6 +14,8 @@
 //! traffic). Requests with a body need full-duplex streaming (a backend may answer before
 //! the upload ends) and upgrades need connection hand-over: those stay on hyper-util's
 //! client ([`backend_client`]), which does both well; `forward` chooses between the two.
+//! Backends that speak HTTP/2 only (`upstream_protocol: "h2"`) get [`h2_pool`] instead:
+//! several multiplexed connections each, opened at the backend's stream limit.
 
 mod body;
 mod client;
