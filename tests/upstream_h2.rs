@@ -241,3 +241,46 @@ async fn goaway_drains_connections_without_failing_requests() {
         assert_eq!(answer.bytes().await.unwrap(), body);
     }
 }
+
+#[tokio::test]
+async fn nginx_as_an_h2c_backend_accepts_what_alb_sends() {
+    // nginx refuses an HTTP/2 request whose Host differs from its :authority (RFC 9113
+    // §8.3.1): ALB must send the client's host as the authority, not next to it.
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let d = dir.path().display();
+    let conf = format!(
+        "worker_processes 1; daemon off; pid {d}/nginx.pid; error_log {d}/error.log info;
+events {{ worker_connections 64; }}
+http {{ access_log off;
+ server {{ listen 127.0.0.1:{port} http2; location / {{ return 200 'nginx saw $host\\n'; }} }}
+}}"
+    );
+    let path = write_config(dir.path(), "nginx.conf", &conf);
+    let mut nginx = Command::new("nginx")
+        .args(["-c", &path.to_string_lossy(), "-p", &d.to_string()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("nginx runs");
+    wait_for_port(port);
+    let lb = alb(json!({
+        "backends": [format!("http://127.0.0.1:{port}")],
+        "upstream_protocol": "h2",
+        "health_check_interval": 3600,
+    }));
+    let answer = client()
+        .get(format!("{}/x", lb.url()))
+        .header("host", "shop.example")
+        .send()
+        .await
+        .unwrap();
+    let status = answer.status();
+    let text = answer.text().await.unwrap();
+    // SIGTERM, not SIGKILL: the master then stops its worker too.
+    let _ = Command::new("kill")
+        .args(["-TERM", &nginx.id().to_string()])
+        .status();
+    let _ = nginx.wait();
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(text, "nginx saw shop.example\n");
+}

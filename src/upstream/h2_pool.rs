@@ -514,8 +514,9 @@ impl H2Pool {
     /// streams (see the module docs).
     pub async fn send(
         self: Arc<Self>,
-        request: Request<Body>,
+        mut request: Request<Body>,
     ) -> Result<Response<H2Body>, H2Error> {
+        host_as_authority(&mut request);
         // A bodiless request can be rebuilt if its stream is refused; one with a body cannot.
         let idempotent = idempotent(request.method());
         let replay = request.body().is_end_stream().then(|| {
@@ -526,7 +527,6 @@ impl H2Pool {
             *copy.headers_mut() = request.headers().clone();
             copy
         });
-        let mut request = request;
         let mut attempt = 1;
         loop {
             let slot = self.checkout().await?;
@@ -754,6 +754,26 @@ impl H2Pool {
     }
 }
 
+/// Moves `Host` into the URI's authority (`:authority`): an HTTP/2 request must not carry a
+/// `Host` that differs from it (RFC 9113 §8.3.1), and nginx answers `400` ("duplicate host
+/// header") when they differ. The connection is to the pool's backend whatever the URI says.
+fn host_as_authority<B>(request: &mut Request<B>) {
+    let Some(host) = request.headers().get(http::header::HOST) else {
+        return;
+    };
+    let Ok(authority) = Authority::try_from(host.as_bytes()) else {
+        return;
+    };
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = request.uri().scheme().cloned();
+    parts.authority = Some(authority);
+    parts.path_and_query = request.uri().path_and_query().cloned();
+    if let Ok(uri) = http::Uri::from_parts(parts) {
+        *request.uri_mut() = uri;
+        request.headers_mut().remove(http::header::HOST);
+    }
+}
+
 /// Whether a sent request's stream was refused: `Some(false)` by `RST_STREAM(REFUSED_STREAM)`
 /// (not processed), `Some(true)` by the backend's GOAWAY (above its last stream id, not
 /// processed, or opened as it arrived, maybe processed: see the module docs), `None`
@@ -961,6 +981,25 @@ mod tests {
         let e = pool.send(request).await.unwrap_err();
         assert!(matches!(e, H2Error::Handshake(_)), "{e}");
         assert!(e.to_string().contains("upstream_protocol"), "{e}");
+    }
+
+    #[test]
+    fn host_becomes_the_authority() {
+        let mut request = Request::get("http://127.0.0.1:9000/a?b=1")
+            .header("host", "shop.example:8080")
+            .body(())
+            .unwrap();
+        host_as_authority(&mut request);
+        assert_eq!(request.uri(), "http://shop.example:8080/a?b=1");
+        assert!(request.headers().get("host").is_none());
+        // A Host that is no authority stays as it is.
+        let mut request = Request::get("http://127.0.0.1:9000/")
+            .header("host", "bad host")
+            .body(())
+            .unwrap();
+        host_as_authority(&mut request);
+        assert_eq!(request.uri(), "http://127.0.0.1:9000/");
+        assert_eq!(request.headers()["host"], "bad host");
     }
 
     #[test]
