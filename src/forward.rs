@@ -16,11 +16,13 @@
 //! - `X-Forwarded-For` gets the peer appended; `X-Forwarded-Proto` and `X-Forwarded-Host`
 //!   are set.
 //!
-//! Two ways out: a request without a body (the common case) or with a `Content-Length` body
+//! Three ways out: a request without a body (the common case) or with a `Content-Length` body
 //! to a plain HTTP/1.1 backend goes over ALB's own pooled HTTP/1.1 connections
-//! ([`crate::upstream`]); a chunked body, an upgrade, and every request to an `https://` backend or over HTTP/2
-//! (`upstream_protocol`) goes through hyper-util's pooled client, which streams both ways at
-//! once and speaks TLS and HTTP/2. A gRPC call's `grpc-timeout` shortens the request timeout. Bodies are never
+//! ([`crate::upstream`]); with `upstream_protocol: "h2"`, every request but an upgrade goes
+//! over the backend's [`H2Pool`], which opens connections at the backend's stream limit and
+//! drains on GOAWAY; the rest (a chunked body or an upgrade to an HTTP/1.1 backend, `auto`
+//! over TLS) goes through hyper-util's pooled client, which streams both ways at once and
+//! speaks TLS and HTTP/2. A gRPC call's `grpc-timeout` shortens the request timeout. Bodies are never
 //! buffered whole. A `101 Switching Protocols` answer to an upgrade request joins the two
 //! upgraded connections with a byte tunnel.
 
@@ -57,8 +59,8 @@ use crate::{
     local_reply::local_reply,
     semantics::{strip_hop_by_hop, upgrade_protocol, ClientUpgrade},
     upstream::{
-        self, caused_by_tls, root_cause, BackendClient, ConnectionPool, PooledBody, UpstreamError,
-        UpstreamProtocol,
+        self, caused_by_tls, root_cause, BackendClient, ConnectionPool, H2Body, H2Error, H2Pool,
+        PooledBody, UpstreamConfig, UpstreamError, UpstreamProtocol,
     },
 };
 
@@ -183,12 +185,55 @@ pub fn caused_by_length_limit(error: &(dyn std::error::Error + 'static)) -> bool
 #[derive(Debug, Clone, Default)]
 pub struct BackendPools {
     by_id: Arc<[Option<Arc<ConnectionPool>>]>,
+    /// With `upstream_protocol: "h2"`: each backend's HTTP/2 connections.
+    h2: Arc<[Option<Arc<H2Pool>>]>,
+}
+
+/// [`BackendPools::new`]'s HTTP/2 pools: one per backend when `upstream` is HTTP/2 only,
+/// kept from `previous` when it reaches the backend the same way.
+fn h2_pools(
+    endpoints: &[Arc<Endpoint>],
+    connect_timeout: Duration,
+    upstream: &UpstreamConfig,
+    previous: &BackendPools,
+) -> Arc<[Option<Arc<H2Pool>>]> {
+    if !H2Pool::wanted(upstream.protocol) {
+        return Arc::new([]);
+    }
+    let len = endpoints
+        .iter()
+        .map(|e| e.id().index() + 1)
+        .max()
+        .unwrap_or(0);
+    let mut h2 = vec![None; len];
+    for ep in endpoints {
+        let backend = &ep.backend;
+        let tls = backend.tls.then_some((&upstream.loaded, &upstream.tls));
+        let kept = previous.h2(ep.id()).filter(|p| {
+            p.serves(
+                &backend.authority,
+                connect_timeout,
+                tls.map(|(_, written)| written),
+            )
+        });
+        h2[ep.id().index()] = Some(
+            kept.cloned()
+                .unwrap_or_else(|| H2Pool::new(backend.authority.clone(), connect_timeout, tls)),
+        );
+    }
+    h2.into()
 }
 
 impl BackendPools {
     /// Pools for `endpoints`; a backend that `previous` has a pool for (same authority, same
-    /// connect timeout) keeps it, with its warm connections.
-    pub fn new(endpoints: &[Arc<Endpoint>], connect_timeout: Duration, previous: &Self) -> Self {
+    /// connect timeout, same `upstream_tls`) keeps it, with its warm connections. With
+    /// `upstream_protocol: "h2"` every backend also gets an [`H2Pool`].
+    pub fn new(
+        endpoints: &[Arc<Endpoint>],
+        connect_timeout: Duration,
+        upstream: &UpstreamConfig,
+        previous: &Self,
+    ) -> Self {
         let len = endpoints
             .iter()
             .map(|e| e.id().index() + 1)
@@ -205,7 +250,13 @@ impl BackendPools {
         }
         BackendPools {
             by_id: by_id.into(),
+            h2: h2_pools(endpoints, connect_timeout, upstream, previous),
         }
+    }
+
+    /// The HTTP/2 pool of backend `id`, when backends speak HTTP/2 only.
+    pub fn h2(&self, id: BackendId) -> Option<&Arc<H2Pool>> {
+        self.h2.get(id.index())?.as_ref()
     }
 
     /// The pool of backend `id`.
@@ -277,6 +328,8 @@ pub enum ResponseBody {
     Pooled(PooledBody),
     /// Read by hyper-util's client.
     Hyper(Incoming),
+    /// Read from a backend's pooled HTTP/2 connections (`upstream_protocol: "h2"`).
+    H2(H2Body),
 }
 
 impl http_body::Body for ResponseBody {
@@ -290,6 +343,7 @@ impl http_body::Body for ResponseBody {
         match self.get_mut() {
             ResponseBody::Pooled(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
             ResponseBody::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            ResponseBody::H2(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
         }
     }
 
@@ -297,6 +351,7 @@ impl http_body::Body for ResponseBody {
         match self {
             ResponseBody::Pooled(body) => body.is_end_stream(),
             ResponseBody::Hyper(body) => body.is_end_stream(),
+            ResponseBody::H2(body) => body.is_end_stream(),
         }
     }
 
@@ -304,6 +359,7 @@ impl http_body::Body for ResponseBody {
         match self {
             ResponseBody::Pooled(body) => body.size_hint(),
             ResponseBody::Hyper(body) => body.size_hint(),
+            ResponseBody::H2(body) => body.size_hint(),
         }
     }
 }
@@ -392,6 +448,23 @@ impl Service<Routed<Body>> for Forward {
                 e
             }))
         });
+        // HTTP/2-only backends: their own pool opens connections at their stream limit.
+        if let Some(pool) = shared
+            .pools
+            .h2(endpoint.id())
+            .filter(|_| client_upgrade.is_none())
+        {
+            let sent = pool.clone().send(request);
+            return Box::pin(async move {
+                let mut response = match tokio::time::timeout(timeout, sent).await {
+                    Err(_) => return Err(ForwardError::Timeout(timeout)),
+                    Ok(Err(e)) => return Err(h2_failure(e, &client_failed)),
+                    Ok(Ok(response)) => response,
+                };
+                strip_hop_by_hop(response.headers_mut(), false);
+                Ok(response.map(ResponseBody::H2))
+            });
+        }
         let connection = capture_connection(&mut request);
         let sent = shared.client.request(request);
         Box::pin(async move {
@@ -440,6 +513,17 @@ impl Service<Routed<Body>> for Forward {
             }
             Ok(response.map(ResponseBody::Hyper))
         })
+    }
+}
+
+/// The [`ForwardError`] of a request that failed on a backend's HTTP/2 pool.
+fn h2_failure(error: H2Error, client_failed: &AtomicBool) -> ForwardError {
+    match error {
+        H2Error::Connect(e) => ForwardError::Connect(e.into()),
+        H2Error::Tls(e) => ForwardError::Tls(e.into()),
+        H2Error::Request(e) if caused_by_length_limit(&e) => ForwardError::BodyTooLarge,
+        H2Error::Request(_) if client_failed.load(Ordering::Relaxed) => ForwardError::ClientBody,
+        other => ForwardError::Upstream(other.into()),
     }
 }
 

@@ -26,7 +26,8 @@
 //!                 └─► Route (the pool's): pick ─► overflow ─► shadows ─► attempt ─► retry ─► decision
 //!                      │     (balance/)  (balance/)   (balance/)        (retry)   (decision)
 //!                      └─► Forward ─┬─ no body, plain HTTP/1.1: upstream, ALB's own pool ─► backend
-//!                                   └─ body, upgrade, TLS or HTTP/2: hyper-util's client ─► backend
+//!                                   ├─ upstream_protocol h2: upstream::H2Pool ─► backend
+//!                                   └─ body, upgrade, TLS (auto): hyper-util's client ─► backend
 //!
 //!  HealthChecker, OutlierDetector ── Change::Insert / Remove ─► Discover ─► Balancer snapshot
 //!  DnsDiscovery ── addresses changed ─► LiveProxy rebuilds as a reload would (new ones wait

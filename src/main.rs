@@ -88,6 +88,12 @@ enum Command {
         /// Require client certificates issued by this CA (PEM); needs --tls-cert.
         #[arg(long, requires = "tls_cert")]
         tls_client_ca: Option<PathBuf>,
+        /// HTTP/2: allow this many concurrent streams per connection (SETTINGS_MAX_CONCURRENT_STREAMS).
+        #[arg(long, conflicts_with = "tls_cert")]
+        h2_max_streams: Option<u32>,
+        /// HTTP/2: send a graceful GOAWAY once a connection has received this many requests.
+        #[arg(long, conflicts_with = "tls_cert", value_parser = clap::value_parser!(u64).range(1..))]
+        h2_goaway_after: Option<u64>,
     },
     /// Write a self-signed certificate for localhost (DIR/localhost.crt, DIR/localhost.key).
     GenCert {
@@ -305,6 +311,8 @@ fn main() -> ExitCode {
             tls_cert,
             tls_key,
             tls_client_ca,
+            h2_max_streams,
+            h2_goaway_after,
         } => {
             let settings = SimSettings {
                 service: service.unwrap_or(ServiceTime::constant(delay)),
@@ -328,10 +336,18 @@ fn main() -> ExitCode {
                     Ok(())
                 });
             }
+            let tuning = sim::H2Tuning {
+                max_streams: h2_max_streams,
+                goaway_after: h2_goaway_after,
+            };
             block_on(None, async move {
                 let listener = tokio::net::TcpListener::bind((bind, port)).await?;
                 tracing::info!("backend listening on {}", listener.local_addr()?);
-                sim::run(listener, settings, slots).await?;
+                if tuning.max_streams.is_some() || tuning.goaway_after.is_some() {
+                    sim::run_tuned(listener, settings, slots, tuning).await?;
+                } else {
+                    sim::run(listener, settings, slots).await?;
+                }
                 Ok(())
             })
         }

@@ -210,6 +210,7 @@ impl Pool {
         let connections = BackendPools::new(
             &endpoints,
             pool.connect_timeout,
+            upstream,
             previous.map_or(&BackendPools::default(), |p| &p.connections),
         );
         let (changes, stream) = discover::channel();

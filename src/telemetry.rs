@@ -82,6 +82,14 @@ pub const DNS_LOOKUPS_TOTAL: &str = "lb_dns_lookups_total";
 /// Addresses of a backend name's last good answer (kept while lookups fail).
 pub const DNS_ADDRESSES: &str = "lb_dns_addresses";
 
+// === HTTP/2 upstream connections ===
+
+/// Open HTTP/2 connections to a backend (`upstream_protocol: "h2"`), draining ones excepted.
+pub const UPSTREAM_H2_CONNECTIONS: &str = "lb_upstream_h2_connections";
+/// Requests sent again on another HTTP/2 connection because the backend refused their stream
+/// unprocessed, by backend and reason (`goaway`, `refused_stream`).
+pub const UPSTREAM_H2_RETRIES_TOTAL: &str = "lb_upstream_h2_retries_total";
+
 /// Failure kinds counted in [`BACKEND_ERRORS_TOTAL`].
 /// (`tls`: the handshake with an `https://` backend failed; `grpc_status`: a gRPC answer with
 /// a `grpc-status` other than 0.)
@@ -165,6 +173,7 @@ pub fn describe() {
         "TLS handshakes whose SNI was not a valid host name (e.g. `localhost:8443`), served as if no SNI was sent."
     );
     describe_capacity();
+    describe_upstream_h2();
     describe_counter!(
         RATE_LIMIT_STORE_ERRORS_TOTAL,
         "Calls to the rate-limit store (Redis) that failed or timed out."
@@ -182,6 +191,18 @@ pub fn describe() {
     describe_gauge!(
         DNS_ADDRESSES,
         "Addresses of a backend name's last good answer."
+    );
+}
+
+/// Describes the HTTP/2 upstream connection metrics.
+fn describe_upstream_h2() {
+    describe_gauge!(
+        UPSTREAM_H2_CONNECTIONS,
+        "Open HTTP/2 connections per backend (upstream_protocol h2), draining ones excepted."
+    );
+    describe_counter!(
+        UPSTREAM_H2_RETRIES_TOTAL,
+        "Requests sent again on another HTTP/2 connection after the backend refused their stream unprocessed, by reason (goaway, refused_stream)."
     );
 }
 

@@ -303,3 +303,58 @@ fn bad_upstream_tls_settings_name_the_key() {
     );
     assert_eq!(code, 0, "{stderr}");
 }
+
+#[tokio::test]
+async fn h2_protocol_over_tls_uses_the_http2_pool_and_checks_certificates() {
+    let ca = Ca::new();
+    ca.issue(
+        "server",
+        &["localhost", "127.0.0.1"],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    ca.issue(
+        "other",
+        &["other.test"],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let good = ca.backend("server", &[]);
+    let lb = alb(json!({
+        "backends": [https_url(&good)],
+        "upstream_tls": {"ca_file": ca.path("ca.pem")},
+        "upstream_protocol": "h2",
+    }));
+    let client = client();
+    let echo: Value = json_of(client.get(format!("{}/_sim/echo", lb.url()))).await;
+    assert_eq!(echo["version"], "HTTP/2.0", "{echo}");
+    let body = vec![9u8; 100_000];
+    let mirrored = client
+        .post(format!("{}/_sim/mirror", lb.url()))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(mirrored.status(), 200);
+    assert_eq!(mirrored.bytes().await.unwrap(), body);
+    // The pool opened its connection (the health checker has its own client).
+    let metrics = scrape(&lb).await;
+    let series = format!(
+        "lb_upstream_h2_connections{{backend=\"127.0.0.1:{}\"}}",
+        good.port
+    );
+    assert_eq!(sample(&metrics, &series), Some(1.0), "{metrics}");
+
+    // A certificate for another name: 502 naming the certificate check.
+    let wrong = ca.backend("other", &[]);
+    let lb = alb(json!({
+        "backends": [https_url(&wrong)],
+        "upstream_tls": {"ca_file": ca.path("ca.pem")},
+        "upstream_protocol": "h2",
+        // Keep the backend in service: the answer comes from the request's own handshake.
+        "health_check_interval": 3600,
+    }));
+    let answer = client.get(lb.url()).send().await.unwrap();
+    assert_eq!(answer.status(), 502);
+    let text = answer.text().await.unwrap();
+    assert!(text.contains("TLS handshake failed"), "{text}");
+    assert!(text.to_lowercase().contains("certificate"), "{text}");
+}

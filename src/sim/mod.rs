@@ -19,7 +19,7 @@ pub mod service_time;
 use std::{
     net::SocketAddr,
     sync::{
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         Arc, Mutex,
     },
     time::Duration,
@@ -102,6 +102,12 @@ pub struct SimReport {
     pub queued: usize,
     /// Requests served since start.
     pub served: u64,
+    /// Connections accepted (only with [`H2Tuning`], see [`run_tuned`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connections: Option<u64>,
+    /// Most requests in flight at once on one connection (only with [`H2Tuning`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_streams_per_connection: Option<usize>,
 }
 
 #[derive(Debug)]
@@ -114,6 +120,10 @@ struct Sim {
     active: AtomicUsize,
     queued: AtomicUsize,
     served: AtomicU64,
+    /// Whether connections are counted ([`run_tuned`]).
+    tuned: AtomicBool,
+    connections: AtomicU64,
+    peak_streams_per_connection: AtomicUsize,
 }
 
 impl Sim {
@@ -144,6 +154,14 @@ impl Sim {
             active: self.active.load(Ordering::Relaxed),
             queued: self.queued.load(Ordering::Relaxed),
             served: self.served.load(Ordering::Relaxed),
+            connections: self
+                .tuned
+                .load(Ordering::Relaxed)
+                .then(|| self.connections.load(Ordering::Relaxed)),
+            peak_streams_per_connection: self
+                .tuned
+                .load(Ordering::Relaxed)
+                .then(|| self.peak_streams_per_connection.load(Ordering::Relaxed)),
         }
     }
 }
@@ -203,6 +221,9 @@ fn new_sim(port: u16, settings: SimSettings, slots: Option<usize>) -> Arc<Sim> {
         active: AtomicUsize::new(0),
         queued: AtomicUsize::new(0),
         served: AtomicU64::new(0),
+        tuned: AtomicBool::new(false),
+        connections: AtomicU64::new(0),
+        peak_streams_per_connection: AtomicUsize::new(0),
     })
 }
 
@@ -237,6 +258,89 @@ async fn serve_on(listener: TcpListener, sim: Arc<Sim>) -> std::io::Result<()> {
         router_for(sim).into_make_service_with_connect_info::<SocketAddr>(),
     )
     .await
+}
+
+/// How a simulated backend treats HTTP/2 connections, for tests of ALB's HTTP/2 pool
+/// (`alb backend --h2-max-streams N --h2-goaway-after N`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct H2Tuning {
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS` sent to clients (hyper's default, 200, otherwise).
+    pub max_streams: Option<u32>,
+    /// Graceful GOAWAY (RFC 9113 §6.8) once a connection has received this many requests:
+    /// those in flight finish, later streams are refused, the connection closes.
+    pub goaway_after: Option<u64>,
+}
+
+/// One connection of [`run_tuned`].
+#[derive(Debug, Default)]
+struct TunedConnection {
+    requests: AtomicU64,
+    in_flight: AtomicUsize,
+    goaway: tokio::sync::Notify,
+}
+
+/// Serves a simulated backend on `listener` with `tuning`, counting connections and the
+/// most requests in flight on one (both in `GET /control`), until the task is dropped.
+pub async fn run_tuned(
+    listener: TcpListener,
+    settings: SimSettings,
+    slots: Option<usize>,
+    tuning: H2Tuning,
+) -> std::io::Result<()> {
+    use hyper_util::{
+        rt::{TokioExecutor, TokioIo},
+        server::conn::auto,
+    };
+    use tower::ServiceExt as _;
+
+    let port = listener.local_addr()?.port();
+    let sim = new_sim(port, settings, slots);
+    sim.tuned.store(true, Ordering::Relaxed);
+    let router = router_for(sim.clone());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    if let Some(n) = tuning.max_streams {
+        builder.http2().max_concurrent_streams(n);
+    }
+    let builder = Arc::new(builder);
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::debug!(error = %e, "accept failed");
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        sim.connections.fetch_add(1, Ordering::Relaxed);
+        let connection = Arc::new(TunedConnection::default());
+        let (sim, router, builder) = (sim.clone(), router.clone(), builder.clone());
+        let counted = connection.clone();
+        let service =
+            hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                let (sim, router, connection) = (sim.clone(), router.clone(), counted.clone());
+                async move {
+                    let now = connection.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                    sim.peak_streams_per_connection
+                        .fetch_max(now, Ordering::SeqCst);
+                    let seen = connection.requests.fetch_add(1, Ordering::SeqCst) + 1;
+                    if Some(seen) == tuning.goaway_after {
+                        connection.goaway.notify_one();
+                    }
+                    let response = router.oneshot(request).await;
+                    connection.in_flight.fetch_sub(1, Ordering::SeqCst);
+                    response
+                }
+            });
+        tokio::spawn(async move {
+            let serving = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            tokio::pin!(serving);
+            tokio::select! {
+                _ = serving.as_mut() => return,
+                () = connection.goaway.notified() => serving.as_mut().graceful_shutdown(),
+            }
+            let _ = serving.await;
+        });
+    }
 }
 
 /// Serves a simulated backend over TLS on `listener` (ALPN `h2` and `http/1.1`, as `tls`

@@ -15,11 +15,14 @@
 //! body is written as it arrives (module `upload`), a small one in the same write as the head,
 //! while the response head is read, so a backend may answer before the upload ends; the rest
 //! of the upload then goes on as the response body is pulled ([`PooledBody`]). Chunked
-//! bodies, upgrades (connection hand-over), TLS and HTTP/2 backends stay on hyper-util's
-//! client ([`backend_client`]); `forward` chooses between the two.
+//! bodies, upgrades (connection hand-over) and TLS backends stay on hyper-util's client
+//! ([`backend_client`]); `forward` chooses between them. Backends that speak HTTP/2 only
+//! (`upstream_protocol: "h2"`) get [`h2_pool`] instead: several multiplexed connections
+//! each, opened at the backend's stream limit.
 
 mod body;
 mod client;
+pub mod h2_pool;
 mod head;
 #[cfg(test)]
 mod mutation;
@@ -43,6 +46,7 @@ use crate::semantics::idempotent;
 
 pub use body::PooledBody;
 pub use client::{backend_client, caused_by_tls, root_cause, BackendClient};
+pub use h2_pool::{H2Body, H2Error, H2Pool};
 pub use head::{
     encode_request, encode_request_with_length, parse_response, request_content_length, Framing,
     HeadError, ResponseHead, MAX_RESPONSE_HEADERS, MAX_RESPONSE_HEAD_BYTES,
