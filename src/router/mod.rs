@@ -472,13 +472,16 @@ where
 {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = RouterFuture;
+    type Future = Either<
+        AddHeader<<RouteService<S> as Service<Request<Body>>>::Future>,
+        std::future::Ready<Result<Response<Body>, Infallible>>,
+    >;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request<Body>) -> RouterFuture {
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
         let Some((route, service)) = self
             .routes
             .iter()
@@ -486,14 +489,15 @@ where
         else {
             metrics::counter!(ROUTE_NOT_FOUND_TOTAL).increment(1);
             let reply = local_reply(StatusCode::NOT_FOUND, "no route matches this request");
-            return Box::pin(std::future::ready(Ok(reply)));
+            return Either::Right(std::future::ready(Ok(reply)));
         };
-        let header = route.name_header.clone();
-        let mut service = service.clone();
-        Box::pin(async move {
-            let Ok(mut response) = service.call(request).await;
-            response.headers_mut().insert(X_ALB_ROUTE.clone(), header);
-            Ok(response)
-        })
+        // Every layer of a route is always ready, so a clone is as good as a ready one; the
+        // answer is named by a small future, not a boxed one.
+        let future = service.clone().call(request);
+        Either::Left(AddHeader::new(
+            future,
+            &X_ALB_ROUTE,
+            route.name_header.clone(),
+        ))
     }
 }
