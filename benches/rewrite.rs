@@ -1,4 +1,5 @@
-//! The request rewrite (URI, version, hop-by-hop stripping, X-Forwarded-*) and the wire
+//! The request checks (`normalize`: one valid `Host`), the request rewrite (URI, version,
+//! hop-by-hop stripping, X-Forwarded-*) and the wire
 //! work of the pooled upstream client: encoding the request head (without a body, and with a
 //! `Content-Length` one, its length checked first), parsing the response head.
 
@@ -6,6 +7,7 @@ use std::hint::black_box;
 
 use alb::{
     forward::{rewrite_request, ClientProto},
+    layer::normalize::normalize,
     upstream::{declared_length, encode_request, encode_request_with_length, parse_response},
 };
 use bytes::BytesMut;
@@ -33,6 +35,32 @@ fn rewrite(c: &mut Criterion) {
             criterion::BatchSize::SmallInput,
         )
     });
+}
+
+fn checks(c: &mut Criterion) {
+    // The usual Host (a name and a port) is checked in place; an IPv6 literal goes through
+    // `http`'s authority parser, which copies it.
+    for (name, host) in [
+        ("normalize_host_name", "app.example:8080"),
+        ("normalize_host_ipv6", "[2001:db8::1]:8080"),
+    ] {
+        let request = http::Request::builder()
+            .uri("/api/items?page=2")
+            .header("host", host)
+            .header("user-agent", "bench/1.0")
+            .body(())
+            .unwrap();
+        c.bench_function(name, |b| {
+            b.iter_batched(
+                || request.clone(),
+                |mut request| {
+                    let checked = normalize(&mut request);
+                    black_box((checked, request))
+                },
+                criterion::BatchSize::SmallInput,
+            )
+        });
+    }
 }
 
 fn wire(c: &mut Criterion) {
@@ -89,5 +117,5 @@ fn wire(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, rewrite, wire);
+criterion_group!(benches, checks, rewrite, wire);
 criterion_main!(benches);

@@ -622,40 +622,58 @@ fn rewrite<B>(
 /// `X-Forwarded-For: <existing>, <peer>`, folding repeated headers into one.
 fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
     use std::fmt::Write as _;
-    let mut value = String::with_capacity(48);
-    for existing in headers.get_all(&X_FORWARDED_FOR) {
-        if let Ok(text) = existing.to_str() {
-            value.push_str(text);
-            value.push_str(", ");
+    let mut earlier = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .peekable();
+    let value = match (earlier.peek(), peer.ip()) {
+        // The usual case, an IPv4 client with no proxy before ALB: formatted by hand on the
+        // stack (the `fmt` machinery costs more than the rest of the header work) and copied
+        // once into the header.
+        (None, std::net::IpAddr::V4(ip)) => {
+            let mut buf = [0u8; IPV4_TEXT_LEN];
+            let len = write_ipv4(&mut buf, ip);
+            HeaderValue::from_bytes(&buf[..len])
         }
-    }
-    match peer.ip() {
-        // Most peers: formatted by hand, the `fmt` machinery costs more than the rest of
-        // the header work.
-        std::net::IpAddr::V4(ip) => push_ipv4(&mut value, ip),
-        ip => {
+        (_, ip) => {
+            let mut value = String::with_capacity(48);
+            for text in earlier {
+                value.push_str(text);
+                value.push_str(", ");
+            }
             let _ = write!(value, "{ip}");
+            HeaderValue::from_maybe_shared(bytes::Bytes::from(value))
         }
-    }
-    if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
+    };
+    if let Ok(value) = value {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
 }
 
-/// Appends `a.b.c.d`.
-fn push_ipv4(out: &mut String, ip: std::net::Ipv4Addr) {
+/// The longest dotted-quad text, `255.255.255.255`.
+const IPV4_TEXT_LEN: usize = 15;
+
+/// Writes `a.b.c.d` at the start of `out`; returns its length.
+fn write_ipv4(out: &mut [u8; IPV4_TEXT_LEN], ip: std::net::Ipv4Addr) -> usize {
+    let mut len = 0;
+    let mut push = |b: u8| {
+        out[len] = b;
+        len += 1;
+    };
     for (i, octet) in ip.octets().into_iter().enumerate() {
         if i > 0 {
-            out.push('.');
+            push(b'.');
         }
         if octet >= 100 {
-            out.push(char::from(b'0' + octet / 100));
+            push(b'0' + octet / 100);
         }
         if octet >= 10 {
-            out.push(char::from(b'0' + octet / 10 % 10));
+            push(b'0' + octet / 10 % 10);
         }
-        out.push(char::from(b'0' + octet % 10));
+        push(b'0' + octet % 10);
     }
+    len
 }
 
 /// Joins an upgraded client connection to an upgraded backend connection.
@@ -708,10 +726,16 @@ mod tests {
 
     #[test]
     fn ipv4_is_written_like_display() {
-        for ip in ["0.0.0.0", "127.0.0.1", "10.20.100.255", "192.168.9.99"] {
-            let mut out = String::new();
-            push_ipv4(&mut out, ip.parse().unwrap());
-            assert_eq!(out, ip);
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.100.255",
+            "192.168.9.99",
+            "255.255.255.255",
+        ] {
+            let mut out = [0u8; IPV4_TEXT_LEN];
+            let len = write_ipv4(&mut out, ip.parse().unwrap());
+            assert_eq!(&out[..len], ip.as_bytes());
         }
     }
 

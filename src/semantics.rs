@@ -8,7 +8,10 @@ use http::{
 };
 
 /// Hop-by-hop headers of RFC 9110 §7.6.1 and the legacy ones proxies also drop.
-pub const HOP_BY_HOP: [HeaderName; 8] = [
+///
+/// A `static`, not a `const`: a `const` array of `HeaderName`s is built and dropped at every
+/// use, on every request.
+pub static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("proxy-connection"),
     HeaderName::from_static("keep-alive"),

@@ -24,12 +24,13 @@ pub fn is_sane(value: &HeaderValue) -> bool {
 /// A new random id: a version 4 UUID from the thread's random generator (`Uuid::new_v4`
 /// asks the kernel for every id, a system call per request).
 pub fn generate() -> HeaderValue {
+    let mut buffer = uuid::Uuid::encode_buffer();
     let text = uuid::Builder::from_random_bytes(rand::random())
         .into_uuid()
         .hyphenated()
-        .encode_lower(&mut uuid::Uuid::encode_buffer())
-        .to_owned();
-    HeaderValue::from_str(&text).expect("a UUID is a valid header value")
+        .encode_lower(&mut buffer);
+    // Straight from the stack buffer into the header: one allocation.
+    HeaderValue::from_str(text).expect("a UUID is a valid header value")
 }
 
 /// Adds request ids to a service (or, turned off, passes requests through untouched).

@@ -17,6 +17,11 @@ use crate::semantics::is_hop_by_hop;
 /// Most headers a backend's response head may carry (hyper's limit too).
 pub const MAX_RESPONSE_HEADERS: usize = 100;
 
+/// At most how many headers ALB adds to an answer after its head is read (`x-alb-backend`,
+/// `x-alb-route`, `x-alb-pool`, `x-request-id`, `x-alb-decision`): the parsed map is made
+/// with this much room to spare, so those inserts never reallocate it.
+pub const ANSWER_HEADERS_ADDED: usize = 5;
+
 /// Largest response head accepted from a backend, in bytes.
 pub const MAX_RESPONSE_HEAD_BYTES: usize = 64 * 1024;
 
@@ -254,7 +259,8 @@ fn build(
     minor_version: u8,
     request_method: &Method,
 ) -> Result<ResponseHead, HeadError> {
-    let mut headers = HeaderMap::with_capacity(indices.len());
+    // Room for the headers ALB adds on the way back, so adding them never grows the map.
+    let mut headers = HeaderMap::with_capacity(indices.len() + ANSWER_HEADERS_ADDED);
     let mut connection = ConnectionTokens::default();
     let mut transfer_encoding = TransferCodings::default();
     for index in indices {

@@ -86,7 +86,7 @@ pub enum UpstreamError {
 }
 
 /// Bytes asked of the socket per read while waiting for a response head.
-const HEAD_READ: usize = 4096;
+pub(crate) const HEAD_READ: usize = 4096;
 
 /// Sends a request that has no body over a pooled connection to `pool`'s backend and reads
 /// the response head; the body streams from the connection afterwards.
@@ -194,9 +194,13 @@ async fn exchange(
         return Err(Failure::Unanswered(e, reused));
     }
     loop {
-        if let Some(head) =
+        // Nothing to parse before the first read (the usual case: the head was just sent).
+        let parsed = if connection.buffer.is_empty() {
+            None
+        } else {
             parse_response(&mut connection.buffer, method).map_err(|e| Failure::Other(e.into()))?
-        {
+        };
+        if let Some(head) = parsed {
             let ResponseHead {
                 response,
                 framing,
@@ -260,10 +264,12 @@ async fn exchange_with_body(
             }
         }
         loop {
-            match parse_response(&mut connection.buffer, method) {
-                Ok(Some(head)) => return Poll::Ready(Ok(head)),
-                Ok(None) => {}
-                Err(e) => return Poll::Ready(Err(Failure::Other(e.into()))),
+            if !connection.buffer.is_empty() {
+                match parse_response(&mut connection.buffer, method) {
+                    Ok(Some(head)) => return Poll::Ready(Ok(head)),
+                    Ok(None) => {}
+                    Err(e) => return Poll::Ready(Err(Failure::Other(e.into()))),
+                }
             }
             let answered = !connection.buffer.is_empty();
             match ready!(connection.poll_read(cx, HEAD_READ)) {

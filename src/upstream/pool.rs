@@ -38,8 +38,10 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(SWEEP_INTERVAL.as_secs() 
 /// Most idle connections kept per backend; more are closed when they are released.
 pub const MAX_IDLE: usize = 1024;
 
-/// Initial read buffer of a connection (grown when a response head or body needs it).
-const BUFFER_CAPACITY: usize = 8 * 1024;
+/// Initial read buffer of a connection: one response head's read. A body read grows it;
+/// a small answer never does. Each open connection keeps its buffer, so at 1024 connections
+/// every kilobyte here is a mebibyte of memory.
+const BUFFER_CAPACITY: usize = super::HEAD_READ;
 
 /// The idle connections to one backend, and how to open new ones.
 #[derive(Debug)]
