@@ -19,7 +19,10 @@ use std::{
     task::{Context, Poll},
 };
 
-use axum_server::{accept::Accept, tls_rustls::RustlsAcceptor};
+use axum_server::{
+    accept::{Accept, NoDelayAcceptor},
+    tls_rustls::{RustlsAcceptor, RustlsConfig},
+};
 use http::Request;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::server::TlsStream;
@@ -209,25 +212,30 @@ impl TlsVersion {
 /// when an access log will read it).
 #[derive(Debug, Clone)]
 pub struct VersionAcceptor {
-    inner: RustlsAcceptor,
+    inner: RustlsAcceptor<NoDelayAcceptor>,
     record: bool,
 }
 
 impl VersionAcceptor {
-    /// Wraps `inner`.
-    pub fn new(inner: RustlsAcceptor, record: bool) -> Self {
-        VersionAcceptor { inner, record }
+    /// TLS with `config` over connections with `TCP_NODELAY` set (see [`NoDelayAcceptor`]'s
+    /// use in `server`: without it a TLS record split over two writes waits for the client's
+    /// delayed ACK).
+    pub fn new(config: RustlsConfig, record: bool) -> Self {
+        VersionAcceptor {
+            inner: RustlsAcceptor::new(config).acceptor(NoDelayAcceptor::new()),
+            record,
+        }
     }
 }
 
 impl<I, S> Accept<I, S> for VersionAcceptor
 where
-    RustlsAcceptor: Accept<I, S, Stream = TlsStream<I>>,
-    <RustlsAcceptor as Accept<I, S>>::Future: Send + 'static,
+    RustlsAcceptor<NoDelayAcceptor>: Accept<I, S, Stream = TlsStream<I>>,
+    <RustlsAcceptor<NoDelayAcceptor> as Accept<I, S>>::Future: Send + 'static,
     I: AsyncRead + AsyncWrite + Unpin,
 {
     type Stream = TlsStream<I>;
-    type Service = WithTlsVersion<<RustlsAcceptor as Accept<I, S>>::Service>;
+    type Service = WithTlsVersion<<RustlsAcceptor<NoDelayAcceptor> as Accept<I, S>>::Service>;
     type Future = Pin<Box<dyn Future<Output = io::Result<(Self::Stream, Self::Service)>> + Send>>;
 
     fn accept(&self, stream: I, service: S) -> Self::Future {
