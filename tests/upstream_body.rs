@@ -210,6 +210,20 @@ fn connections(seen: &Log, prefix: &str) -> HashSet<usize> {
         .collect()
 }
 
+/// `POST` of `body` to `path` through `lb`; panics when no answer comes at all.
+async fn post(
+    c: &reqwest::Client,
+    lb: &Proc,
+    path: &str,
+    body: impl Into<reqwest::Body>,
+) -> reqwest::Response {
+    c.post(format!("{}{path}", lb.url()))
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
 fn quiet_alb(url: &str, extra: serde_json::Value) -> Proc {
     let mut config = json!({
         "backends": [url],
@@ -240,12 +254,7 @@ async fn bodies_arrive_exactly_over_one_reused_connection() {
     for (i, size) in sizes.into_iter().enumerate() {
         let body = body_of(size, i as u8);
         let expected = format!("{size} {}", checksum(&body, 0));
-        let r = c
-            .post(format!("{}/sum/{i}", lb.url()))
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+        let r = post(&c, &lb, &format!("/sum/{i}"), body).await;
         assert_eq!(r.status(), 200);
         assert_eq!(r.text().await.unwrap(), expected, "body of {size} bytes");
     }
@@ -306,12 +315,7 @@ async fn a_backend_may_answer_before_reading_the_body() {
         assert_eq!(r.text().await.unwrap_or_default(), "nope");
     }
     // The next request takes another backend connection and succeeds.
-    let r = c
-        .post(format!("{}/sum/after", lb.url()))
-        .body("abc")
-        .send()
-        .await
-        .unwrap();
+    let r = post(&c, &lb, "/sum/after", "abc").await;
     assert_eq!(r.status(), 200);
     assert_ne!(
         connections(&seen, "POST /early-close"),
@@ -324,23 +328,13 @@ async fn a_backend_may_answer_before_reading_the_body() {
     // began would hang).
     let size = 4_000_000;
     let body = body_of(size, 3);
-    let r = c
-        .post(format!("{}/echo", lb.url()))
-        .body(body.clone())
-        .send()
-        .await
-        .unwrap();
+    let r = post(&c, &lb, "/echo", body.clone()).await;
     assert_eq!(r.status(), 200);
     let echoed = r.bytes().await.unwrap();
     assert_eq!(echoed.len(), size);
     assert!(echoed[..] == body[..], "the echo differs");
     // Both ended cleanly: that connection is reused.
-    let r = c
-        .post(format!("{}/sum/reuse", lb.url()))
-        .body("abc")
-        .send()
-        .await
-        .unwrap();
+    let r = post(&c, &lb, "/sum/reuse", "abc").await;
     assert_eq!(r.status(), 200);
     assert_eq!(
         connections(&seen, "POST /echo"),
@@ -354,12 +348,7 @@ async fn a_client_that_breaks_off_mid_upload_closes_the_backend_connection() {
     let lb = quiet_alb(&url, json!({}));
     let c = client();
     // Warm one connection.
-    let r = c
-        .post(format!("{}/sum/warm", lb.url()))
-        .body("abc")
-        .send()
-        .await
-        .unwrap();
+    let r = post(&c, &lb, "/sum/warm", "abc").await;
     assert_eq!(r.status(), 200);
     let warm = connections(&seen, "POST /sum/warm");
     // Announce a megabyte, send 10 bytes, go away.
@@ -399,12 +388,7 @@ async fn a_client_that_breaks_off_mid_upload_closes_the_backend_connection() {
     let cut = connections(&seen, "POST /sum/cut");
     assert_eq!(cut, warm, "the cut request took the warm connection");
     // The next request cannot use the broken connection.
-    let r = c
-        .post(format!("{}/sum/next", lb.url()))
-        .body("abc")
-        .send()
-        .await
-        .unwrap();
+    let r = post(&c, &lb, "/sum/next", "abc").await;
     assert_eq!(r.status(), 200);
     assert_eq!(
         r.text().await.unwrap(),
@@ -419,12 +403,7 @@ async fn a_dropped_keep_alive_connection_is_replaced_for_a_put_not_a_post() {
     let lb = quiet_alb(&url, json!({}));
     let c = client();
     let drop_next = || async {
-        let r = c
-            .post(format!("{}/drop-next", lb.url()))
-            .body("x")
-            .send()
-            .await
-            .unwrap();
+        let r = post(&c, &lb, "/drop-next", "x").await;
         assert_eq!(r.text().await.unwrap(), "sure");
     };
     drop_next().await;
@@ -444,12 +423,7 @@ async fn a_dropped_keep_alive_connection_is_replaced_for_a_put_not_a_post() {
         format!("5 {}", checksum(b"hello", 0))
     );
     drop_next().await;
-    let r = c
-        .post(format!("{}/sum/post", lb.url()))
-        .body("hello")
-        .send()
-        .await
-        .unwrap();
+    let r = post(&c, &lb, "/sum/post", "hello").await;
     assert_eq!(r.status(), 502, "a POST is never sent twice");
     assert!(connections(&seen, "POST /sum/post").is_empty());
 }
