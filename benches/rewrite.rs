@@ -1,12 +1,13 @@
 //! The request checks (`normalize`: one valid `Host`), the request rewrite (URI, version,
-//! hop-by-hop stripping, X-Forwarded-*) and the wire
+//! hop-by-hop stripping, X-Forwarded-*), the same rewrite applied while the head is written
+//! (the own pool's way), and the wire
 //! work of the pooled upstream client: encoding the request head (without a body, and with a
 //! `Content-Length` one, its length checked first), parsing the response head.
 
 use std::hint::black_box;
 
 use alb::{
-    forward::{rewrite_request, ClientProto},
+    forward::{encode_forwarded_head, rewrite_request, ClientProto},
     layer::normalize::normalize,
     upstream::{declared_length, encode_request, encode_request_with_length, parse_response},
 };
@@ -31,6 +32,56 @@ fn rewrite(c: &mut Criterion) {
             |mut request| {
                 rewrite_request(&mut request, &backend, peer, ClientProto::Http);
                 black_box(request)
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+}
+
+/// The own pool's way to the same head: the request as received, its fields changed while
+/// the head is written (`encode_forwarded_head`), against `rewrite_request` then
+/// `encode_request`.
+fn forwarded_head(c: &mut Criterion) {
+    let backend: http::uri::Authority = "127.0.0.1:9000".parse().unwrap();
+    let peer = Some("192.0.2.7:51000".parse().unwrap());
+    let request = || {
+        http::Request::builder()
+            .uri("/api/items?page=2")
+            .header("host", "app.example")
+            .header("user-agent", "bench/1.0")
+            .header("accept", "*/*")
+            .header("connection", "keep-alive")
+            .body(())
+            .unwrap()
+    };
+    let mut out = BytesMut::with_capacity(1024);
+    c.bench_function("rewrite_then_encode_head", |b| {
+        b.iter_batched(
+            request,
+            |mut request| {
+                out.clear();
+                rewrite_request(&mut request, &backend, peer, ClientProto::Http);
+                encode_request(&request, &mut out);
+                black_box((out.len(), request))
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    c.bench_function("encode_forwarded_head", |b| {
+        b.iter_batched(
+            request,
+            |request| {
+                out.clear();
+                encode_forwarded_head(
+                    &request,
+                    &backend,
+                    None,
+                    peer,
+                    ClientProto::Http,
+                    None,
+                    &mut out,
+                );
+                black_box((out.len(), request))
             },
             criterion::BatchSize::SmallInput,
         )
@@ -117,5 +168,5 @@ fn wire(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, checks, rewrite, wire);
+criterion_group!(benches, checks, rewrite, forwarded_head, wire);
 criterion_main!(benches);

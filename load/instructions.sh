@@ -9,11 +9,17 @@
 #   load/instructions.sh target/release/alb             # prints instructions per request
 #   load/instructions.sh OLD NEW                        # two binaries, one after the other
 #   N=50000 OUT=/tmp/profiles load/instructions.sh target/release/alb
+#   ARGS="{config} forward" load/instructions.sh target/release/examples/hyper_floor
+#   EXTRA='"retries": {"attempts": 0}' load/instructions.sh target/release/alb
 #
 # `callgrind_annotate --inclusive=yes` on the profile it names then shows where they go.
 set -euo pipefail
 [ $# -ge 1 ] || { echo "usage: $0 ALB_BINARY [ALB_BINARY ...]" >&2; exit 2; }
 n=${N:-20000}
+# More config members, as JSON text: EXTRA='"retries": {"attempts": 0}'.
+extra=${EXTRA:-}
+# The binary's arguments; `{config}` becomes the config file's path.
+args=${ARGS:-run --config \{config\}}
 out=${OUT:-$(mktemp -d)}
 mkdir -p "$out"
 dir=$(mktemp -d)
@@ -32,13 +38,13 @@ CONF
 cat > "$dir/alb.json" <<CONF
 {"port": "18401", "admin_addr": "127.0.0.1:18402", "strategy": "round_robin", "workers": 1,
  "backends": ["http://127.0.0.1:19401", "http://127.0.0.1:19402", "http://127.0.0.1:19403"],
- "health_check_path": "/health", "health_check_interval": 5}
+ "health_check_path": "/health", "health_check_interval": 5${extra:+, $extra}}
 CONF
 nginx -c "$dir/backends.conf" -p "$dir" &
 for binary in "$@"; do
   name=$(basename "$binary").$$
   valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out/$name.out" \
-    "$binary" run --config "$dir/alb.json" > "$dir/$name.log" 2>&1 &
+    "$binary" ${args//\{config\}/$dir/alb.json} > "$dir/$name.log" 2>&1 &
   grinder=$!
   for _ in $(seq 1 200); do
     curl -s -o /dev/null http://127.0.0.1:18401/ && break

@@ -29,7 +29,7 @@
 use std::{
     fmt,
     future::Future,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     pin::Pin,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -41,6 +41,7 @@ use std::{
 
 use axum::{body::Body, BoxError};
 use bytes::Bytes;
+use futures_util::FutureExt as _;
 use http::{
     header::{self, HeaderMap, HeaderName, HeaderValue},
     uri::{PathAndQuery, Scheme, Uri},
@@ -50,6 +51,7 @@ use http_body::Body as _;
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper_util::{client::legacy::connect::capture_connection, rt::TokioIo};
+use tokio::time::error::Elapsed;
 use tower::Service;
 
 use crate::{
@@ -57,7 +59,9 @@ use crate::{
     client_ip::ClientIp,
     grpc,
     local_reply::local_reply,
-    semantics::{strip_hop_by_hop, upgrade_protocol, ClientUpgrade},
+    semantics::{
+        connection_listed, is_hop_by_hop, strip_hop_by_hop, upgrade_protocol, ClientUpgrade,
+    },
     upstream::{
         self, caused_by_tls, root_cause, BackendClient, ConnectionPool, H2Body, H2Error, H2Pool,
         PooledBody, UpstreamConfig, UpstreamError, UpstreamProtocol,
@@ -78,11 +82,15 @@ pub enum ClientProto {
 }
 
 impl ClientProto {
-    fn header_value(self) -> HeaderValue {
-        HeaderValue::from_static(match self {
+    fn as_str(self) -> &'static str {
+        match self {
             ClientProto::Http => "http",
             ClientProto::Https => "https",
-        })
+        }
+    }
+
+    fn header_value(self) -> HeaderValue {
+        HeaderValue::from_static(self.as_str())
     }
 }
 
@@ -384,14 +392,7 @@ impl Service<Routed<Body>> for Forward {
             .then(|| ClientUpgrade::of(&mut request));
         let shared = &*self.shared;
         let backend = &endpoint.backend;
-        rewrite(
-            &mut request,
-            backend.scheme(),
-            &backend.authority,
-            backend.host.as_ref(),
-            peer,
-            shared.proto,
-        );
+        let proto = shared.proto;
         // A gRPC client's deadline (`grpc-timeout`) bounds the wait when it is shorter.
         let timeout = match grpc::timeout(request.headers()) {
             Some(deadline) => deadline.min(shared.request_timeout),
@@ -405,28 +406,41 @@ impl Service<Routed<Body>> for Forward {
             .filter(|_| own_pool)
             .cloned();
         if let Some(pool) = pool {
+            // A combinator, not an `async` block: a block would hold the send future twice
+            // (as its capture and as the awaited value) and copy it on the first poll.
+            // The head parser already left the hop-by-hop headers out.
+            let pooled = move |sent: Result<
+                Result<Response<PooledBody>, UpstreamError>,
+                Elapsed,
+            >| match sent {
+                Err(_) => Err(ForwardError::Timeout(timeout)),
+                Ok(result) => Ok(result?.map(ResponseBody::Pooled)),
+            };
+            // The request goes as received: its fields change while its head is written.
+            let (authority, host) = (&backend.authority, backend.host.as_ref());
             if request.body().is_end_stream() {
-                let sent = upstream::send(pool, &request);
-                return Box::pin(async move {
-                    let response = match tokio::time::timeout(timeout, sent).await {
-                        Err(_) => return Err(ForwardError::Timeout(timeout)),
-                        Ok(result) => result?,
-                    };
-                    // The head parser already left the hop-by-hop headers out.
-                    Ok(response.map(ResponseBody::Pooled))
+                let sent = with_forwarded_fields(&request, authority, host, peer, proto, |rw| {
+                    upstream::send_rewritten(pool, &request, rw)
                 });
+                return Box::pin(tokio::time::timeout(timeout, sent).map(pooled));
             }
             if let Some(length) = upstream::declared_length(&request) {
-                let sent = upstream::send_with_body(pool, request, length);
-                return Box::pin(async move {
-                    let response = match tokio::time::timeout(timeout, sent).await {
-                        Err(_) => return Err(ForwardError::Timeout(timeout)),
-                        Ok(result) => result?,
-                    };
-                    Ok(response.map(ResponseBody::Pooled))
+                let (parts, body) = request.into_parts();
+                let head = Request::from_parts(parts, ());
+                let sent = with_forwarded_fields(&head, authority, host, peer, proto, |rw| {
+                    upstream::send_with_body(pool, &head, body, Some(rw), length)
                 });
+                return Box::pin(tokio::time::timeout(timeout, sent).map(pooled));
             }
         }
+        rewrite(
+            &mut request,
+            backend.scheme(),
+            &backend.authority,
+            backend.host.as_ref(),
+            peer,
+            proto,
+        );
         // hyper's client sends a GET, HEAD or CONNECT body of unknown length as no body at all
         // (it assumes such methods have none) unless the request says it is chunked: say so,
         // so the backend gets every byte the client sent.
@@ -577,11 +591,7 @@ fn rewrite<B>(
     // A gRPC call's `TE: trailers` is passed on rather than dropped with the other
     // hop-by-hop headers: gRPC servers require it ("gRPC over HTTP/2", PROTOCOL-HTTP2.md),
     // and it is the one `TE` value HTTP/2 allows (RFC 9113 §8.2.2).
-    let te_trailers = headers.contains_key(header::TE)
-        && grpc::is_grpc(headers)
-        && headers
-            .get(header::TE)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    let te_trailers = keeps_te_trailers(headers);
     strip_hop_by_hop(headers, keep_upgrade);
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -619,36 +629,158 @@ fn rewrite<B>(
     headers.insert(X_FORWARDED_PROTO.clone(), proto.header_value());
 }
 
+/// A gRPC call's `TE: trailers`, passed on rather than dropped with the other hop-by-hop
+/// headers: gRPC servers require it ("gRPC over HTTP/2", PROTOCOL-HTTP2.md), and it is the
+/// one `TE` value HTTP/2 allows (RFC 9113 §8.2.2).
+fn keeps_te_trailers(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::TE)
+        && grpc::is_grpc(headers)
+        && headers
+            .get(header::TE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+}
+
 /// `X-Forwarded-For: <existing>, <peer>`, folding repeated headers into one.
 fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
-    use std::fmt::Write as _;
-    let mut earlier = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .peekable();
-    let value = match (earlier.peek(), peer.ip()) {
-        // The usual case, an IPv4 client with no proxy before ALB: formatted by hand on the
-        // stack (the `fmt` machinery costs more than the rest of the header work) and copied
-        // once into the header.
-        (None, std::net::IpAddr::V4(ip)) => {
-            let mut buf = [0u8; IPV4_TEXT_LEN];
-            let len = write_ipv4(&mut buf, ip);
-            HeaderValue::from_bytes(&buf[..len])
-        }
-        (_, ip) => {
-            let mut value = String::with_capacity(48);
-            for text in earlier {
-                value.push_str(text);
-                value.push_str(", ");
-            }
-            let _ = write!(value, "{ip}");
-            HeaderValue::from_maybe_shared(bytes::Bytes::from(value))
-        }
-    };
-    if let Ok(value) = value {
+    let value = ForwardedFor::new(headers.get_all(&X_FORWARDED_FOR), peer.ip());
+    if let Ok(value) = value.into_header_value() {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
+}
+
+/// The `X-Forwarded-For` value ALB sends: the earlier hops' values, then the peer.
+enum ForwardedFor {
+    /// The usual case, an IPv4 client with no proxy before ALB: formatted by hand on the
+    /// stack (the `fmt` machinery costs more than the rest of the header work).
+    Peer([u8; IPV4_TEXT_LEN], usize),
+    /// Earlier hops, or an IPv6 peer.
+    Joined(String),
+}
+
+impl ForwardedFor {
+    /// The value for `peer` after the `earlier` ones; values that are not visible ASCII are
+    /// left out.
+    fn new<'a>(earlier: impl IntoIterator<Item = &'a HeaderValue>, peer: IpAddr) -> Self {
+        use std::fmt::Write as _;
+        let mut earlier = earlier
+            .into_iter()
+            .filter_map(|v| v.to_str().ok())
+            .peekable();
+        match (earlier.peek(), peer) {
+            (None, IpAddr::V4(ip)) => {
+                let mut text = [0u8; IPV4_TEXT_LEN];
+                let len = write_ipv4(&mut text, ip);
+                ForwardedFor::Peer(text, len)
+            }
+            (_, ip) => {
+                let mut value = String::with_capacity(48);
+                for text in earlier {
+                    value.push_str(text);
+                    value.push_str(", ");
+                }
+                let _ = write!(value, "{ip}");
+                ForwardedFor::Joined(value)
+            }
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            ForwardedFor::Peer(text, len) => &text[..*len],
+            ForwardedFor::Joined(value) => value.as_bytes(),
+        }
+    }
+
+    fn into_header_value(self) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
+        match self {
+            ForwardedFor::Peer(text, len) => HeaderValue::from_bytes(&text[..len]),
+            ForwardedFor::Joined(value) => HeaderValue::from_maybe_shared(Bytes::from(value)),
+        }
+    }
+}
+
+/// Writes the head [`rewrite_request_for`] and then [`upstream::encode_request`] (or
+/// [`upstream::encode_request_with_length`], given `length`) would write for `request`,
+/// without changing the request: the fields are filtered and added while the head is
+/// written ([`upstream::FieldRewrite`]). This is the own pool's path: it only encodes the
+/// rewritten request, so inserting the new fields into the map first would be work for
+/// nothing. `tests/properties.rs` checks that both ways send the same fields.
+///
+/// For requests that are not upgrades (those keep `Upgrade`, and go through hyper's
+/// client after [`rewrite_request_for`]).
+pub fn encode_forwarded_head<B>(
+    request: &Request<B>,
+    backend: &http::uri::Authority,
+    host: Option<&HeaderValue>,
+    peer: Option<SocketAddr>,
+    proto: ClientProto,
+    length: Option<u64>,
+    out: &mut bytes::BytesMut,
+) {
+    with_forwarded_fields(request, backend, host, peer, proto, |rewrite| {
+        upstream::encode_request_rewritten(request, rewrite, length, out)
+    })
+}
+
+/// The [`upstream::FieldRewrite`] that [`rewrite`] amounts to for `request` (not an
+/// upgrade), handed to `write`: its parts borrow from this frame.
+fn with_forwarded_fields<B, T>(
+    request: &Request<B>,
+    backend: &http::uri::Authority,
+    host: Option<&HeaderValue>,
+    peer: Option<SocketAddr>,
+    proto: ClientProto,
+    write: impl FnOnce(&upstream::FieldRewrite<'_>) -> T,
+) -> T {
+    let headers = request.headers();
+    // Names `Connection` lists go, as in `strip_hop_by_hop` (usually none: no allocation).
+    let listed = connection_listed(headers);
+    // The client's host: its first `Host`, else its absolute URI's authority. It is both
+    // what goes out as `Host` and what `X-Forwarded-Host` says; with neither, the backend's
+    // name goes out and no `X-Forwarded-Host`.
+    let client_host = headers
+        .get(header::HOST)
+        .map(HeaderValue::as_bytes)
+        .or_else(|| request.uri().authority().map(|a| a.as_str().as_bytes()));
+    let sent_host = client_host
+        .unwrap_or_else(|| host.map_or_else(|| backend.as_str().as_bytes(), HeaderValue::as_bytes));
+    let forwarded_for = peer.map(|peer| {
+        let earlier = if listed.contains(&X_FORWARDED_FOR) {
+            None
+        } else {
+            Some(headers.get_all(&X_FORWARDED_FOR))
+        };
+        ForwardedFor::new(earlier.into_iter().flatten(), peer.ip())
+    });
+    let te = header::TE;
+    // At most four fields are added; no allocation for them.
+    let proto_field: (&HeaderName, &[u8]) = (&X_FORWARDED_PROTO, proto.as_str().as_bytes());
+    let mut added = [proto_field; 4];
+    let mut count = 1;
+    if keeps_te_trailers(headers) {
+        added[count] = (&te, b"trailers");
+        count += 1;
+    }
+    if let Some(client_host) = client_host {
+        added[count] = (&X_FORWARDED_HOST, client_host);
+        count += 1;
+    }
+    if let Some(forwarded_for) = &forwarded_for {
+        added[count] = (&X_FORWARDED_FOR, forwarded_for.as_bytes());
+        count += 1;
+    }
+    let skip = |name: &HeaderName| {
+        is_hop_by_hop(name)
+            || *name == X_FORWARDED_PROTO
+            || (forwarded_for.is_some() && *name == X_FORWARDED_FOR)
+            || (client_host.is_some() && *name == X_FORWARDED_HOST)
+            || listed.contains(name)
+    };
+    write(&upstream::FieldRewrite {
+        host: sent_host,
+        skip: &skip,
+        added: &added[..count],
+    })
 }
 
 /// The longest dotted-quad text, `255.255.255.255`.

@@ -61,23 +61,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     let upgrade = keep_upgrade
         .then(|| headers.get(header::UPGRADE).cloned())
         .flatten();
-    // Names listed in Connection are hop-by-hop too (RFC 9110 §7.6.1); `keep-alive` and
-    // `close`, the usual tokens, name nothing else to remove. `Connection: host` is not
-    // obeyed: a request without `Host` names no site (nginx ignores such tokens altogether).
-    for value in headers.get_all(header::CONNECTION) {
-        let Ok(text) = value.to_str() else { continue };
-        for token in text.split(',').map(str::trim) {
-            if token.eq_ignore_ascii_case("keep-alive")
-                || token.eq_ignore_ascii_case("close")
-                || token.eq_ignore_ascii_case("host")
-            {
-                continue;
-            }
-            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
-                present.push(name);
-            }
-        }
-    }
+    present.extend(connection_listed(headers));
     for name in &present {
         headers.remove(name);
     }
@@ -88,6 +72,29 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, upgrade);
     }
+}
+
+/// The field names a request's `Connection` headers list, which are hop-by-hop too (RFC
+/// 9110 §7.6.1); empty, without allocating, when there are none. `keep-alive` and `close`,
+/// the usual tokens, name nothing to remove. `Connection: host` is not obeyed: a request
+/// without `Host` names no site (nginx ignores such tokens altogether).
+pub fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
+    let mut listed = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
+        let Ok(text) = value.to_str() else { continue };
+        for token in text.split(',').map(str::trim) {
+            if token.eq_ignore_ascii_case("keep-alive")
+                || token.eq_ignore_ascii_case("close")
+                || token.eq_ignore_ascii_case("host")
+            {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                listed.push(name);
+            }
+        }
+    }
+    listed
 }
 
 /// Whether a method may be sent twice without changing the outcome (RFC 9110 §9.2.2).

@@ -1,10 +1,11 @@
 //! Property tests: config parsing and the request rewrite never panic, whatever the input.
 
 use std::path::Path;
+use std::{collections::BTreeMap, net::SocketAddr};
 
 use alb::{
     config::Config,
-    forward::{rewrite_request, ClientProto},
+    forward::{encode_forwarded_head, rewrite_request, rewrite_request_for, ClientProto},
 };
 use proptest::prelude::*;
 
@@ -255,5 +256,112 @@ proptest! {
             .map(|h| (h.name.to_ascii_lowercase(), trim_ows(h.value).to_vec()))
             .collect();
         prop_assert_eq!(got, expected);
+    }
+}
+
+/// A request from generated parts; `None` when `http` refuses the method or the target.
+fn request_of(
+    method: &str,
+    target: &str,
+    headers: &[(String, Vec<u8>)],
+) -> Option<http::Request<()>> {
+    let mut request = http::Request::new(());
+    *request.method_mut() = http::Method::from_bytes(method.as_bytes()).ok()?;
+    *request.uri_mut() = target.parse().ok()?;
+    for (name, value) in headers {
+        if let (Ok(n), Ok(v)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            http::HeaderValue::from_bytes(value),
+        ) {
+            request.headers_mut().append(n, v);
+        }
+    }
+    Some(request)
+}
+
+/// A request head's line and its fields by name, each name's values in the order sent
+/// (the order of different names carries no meaning, RFC 9110 §5.3).
+type HeadFields = (String, String, BTreeMap<String, Vec<Vec<u8>>>);
+
+fn head_fields(head: &[u8]) -> Result<HeadFields, String> {
+    let mut slots = [httparse::EMPTY_HEADER; 64];
+    let mut parsed = httparse::Request::new(&mut slots);
+    match parsed.parse(head) {
+        Ok(httparse::Status::Complete(n)) if n == head.len() => {}
+        other => return Err(format!("{other:?} for {:?}", String::from_utf8_lossy(head))),
+    }
+    let mut fields: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
+    for h in parsed.headers.iter() {
+        fields
+            .entry(h.name.to_ascii_lowercase())
+            .or_default()
+            .push(h.value.to_vec());
+    }
+    Ok((
+        parsed.method.unwrap_or_default().to_owned(),
+        parsed.path.unwrap_or_default().to_owned(),
+        fields,
+    ))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(fuzz_cases()))]
+
+    /// The own pool's head, written from the request as received with its fields changed on
+    /// the way (`encode_forwarded_head`), sends the same request line and fields as the
+    /// rewrite followed by `encode_request` (or `encode_request_with_length`): for any
+    /// method, target and headers `http` accepts (upgrades aside: they take hyper's client),
+    /// any peer, with or without a `Host` fallback, over HTTP or HTTPS.
+    #[test]
+    fn forwarded_head_sends_what_the_rewrite_sends(
+        method in prop::sample::select(&["GET", "HEAD", "DELETE", "POST", "PUT", "PATCH", "PURGE"][..]),
+        target in prop_oneof![
+            "/[a-zA-Z0-9/%?=&._~-]{0,20}",
+            "http://[a-z0-9.-]{1,12}(:[0-9]{1,5})?/[!-~]{0,12}",
+        ],
+        headers in prop::collection::vec((
+            prop_oneof![
+                header_name(),
+                prop::sample::select(&["X-Forwarded-Proto", "Content-Type", "x-forwarded-for"][..]).prop_map(str::to_owned),
+            ],
+            prop_oneof![
+                header_value(),
+                prop::sample::select(&[
+                    "trailers", "application/grpc", "10.1.2.3", "te, x-forwarded-for",
+                    "x-forwarded-host, x-forwarded-proto", "content-length", "host", "\u{e9}t\u{e9}",
+                ][..]).prop_map(|v| v.as_bytes().to_vec()),
+            ],
+        ), 0..12),
+        peer in prop_oneof![
+            Just(None),
+            any::<[u8; 4]>().prop_map(|ip| Some(SocketAddr::from((ip, 4000)))),
+            Just(Some("[2001:db8::7]:4000".parse::<SocketAddr>().unwrap())),
+        ],
+        fallback in any::<bool>(),
+        https in any::<bool>(),
+        length in prop::option::of(0u64..100_000),
+    ) {
+        let Some(mut rewritten) = request_of(method, &target, &headers) else { return Ok(()); };
+        if alb::semantics::upgrade_protocol(rewritten.headers()).is_some() {
+            return Ok(());
+        }
+        let received = request_of(method, &target, &headers).unwrap();
+        let backend: http::uri::Authority = "127.0.0.1:9000".parse().unwrap();
+        let fallback = fallback.then(|| http::HeaderValue::from_static("svc.internal:8080"));
+        let proto = if https { ClientProto::Https } else { ClientProto::Http };
+
+        rewrite_request_for(&mut rewritten, &backend, fallback.as_ref(), peer, proto);
+        let mut expected = bytes::BytesMut::new();
+        match length {
+            Some(length) => alb::upstream::encode_request_with_length(&rewritten, length, &mut expected),
+            None => alb::upstream::encode_request(&rewritten, &mut expected),
+        }
+        let mut got = bytes::BytesMut::new();
+        encode_forwarded_head(&received, &backend, fallback.as_ref(), peer, proto, length, &mut got);
+
+        let expected_fields = head_fields(&expected).map_err(TestCaseError::fail)?;
+        let got_fields = head_fields(&got).map_err(TestCaseError::fail)?;
+        prop_assert_eq!(got_fields, expected_fields, "\nsent:     {:?}\nrewritten: {:?}",
+            String::from_utf8_lossy(&got), String::from_utf8_lossy(&expected));
     }
 }

@@ -270,6 +270,44 @@ async fn slow_header_clients_are_cut_off_and_others_served() {
     assert_eq!(closed, 200);
 }
 
+/// One GET with `count` header fields in all (`Host` among them), written by hand so
+/// nothing adds fields of its own: whether ALB forwarded it (the answer names the backend;
+/// what the backend thought of 100-odd fields is its own affair) or refused it with `431`.
+fn forwarded_with_fields(lb: &Proc, count: usize) -> bool {
+    let mut head = String::from("GET / HTTP/1.1\r\nhost: svc\r\nconnection: close\r\n");
+    for i in 2..count {
+        head.push_str(&format!("x-field-{i}: v\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut stream = TcpStream::connect(addr(lb.port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream.write_all(head.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    let forwarded = answer.contains("\r\nx-alb-backend: ");
+    assert!(
+        forwarded || answer.starts_with("http/1.1 431"),
+        "{count} fields: {answer}"
+    );
+    forwarded
+}
+
+/// `max_headers` counts every field, `Host` included: at the limit the request is
+/// forwarded, one past it ALB answers `431` itself. The default (100) is hyper's own limit,
+/// which ALB then leaves unset (see `server::HYPER_MAX_HEADERS`): this is what notices if
+/// hyper's changes.
+#[tokio::test]
+async fn max_headers_holds_at_exactly_its_value_default_or_set() {
+    let b = backend(&[]);
+    let default = alb(json!({"backends": urls(&[&b])}));
+    assert!(forwarded_with_fields(&default, 100));
+    assert!(!forwarded_with_fields(&default, 101));
+    let set = alb(json!({"backends": urls(&[&b]), "max_headers": 20}));
+    assert!(forwarded_with_fields(&set, 20));
+    assert!(!forwarded_with_fields(&set, 21));
+}
+
 #[tokio::test]
 async fn oversized_header_gets_431_and_oversized_body_413() {
     let b = backend(&[]);

@@ -36,7 +36,7 @@ pub const MAX_RESPONSE_HEAD_BYTES: usize = 64 * 1024;
 /// one `X-Forwarded-Host` copies), the URI's authority when it sent none (what hyper's
 /// client writes on the other path).
 pub fn encode_request<B>(request: &Request<B>, out: &mut BytesMut) {
-    encode_head(request, None, out)
+    encode_head(request, None, None, out)
 }
 
 /// [`encode_request`] for a request whose body of `length` bytes follows the head: exactly
@@ -44,10 +44,39 @@ pub fn encode_request<B>(request: &Request<B>, out: &mut BytesMut) {
 /// carried (they were checked against `length`, see `upstream::declared_length`; two equal
 /// fields forwarded as they came would be two framings to a strict recipient).
 pub fn encode_request_with_length<B>(request: &Request<B>, length: u64, out: &mut BytesMut) {
-    encode_head(request, Some(length), out)
+    encode_head(request, None, Some(length), out)
 }
 
-fn encode_head<B>(request: &Request<B>, length: Option<u64>, out: &mut BytesMut) {
+/// How a request's fields change on their way to a backend, applied while its head is
+/// written: the received `HeaderMap` is read once and left as it is. `forward` builds one
+/// (`forward::encode_forwarded_head`) with the same outcome as rewriting the map first;
+/// inserting into the map only to encode it afterwards costs more than the encoding.
+pub struct FieldRewrite<'a> {
+    /// The `Host` to send, in place of every received `Host`.
+    pub host: &'a [u8],
+    /// Which received fields to leave out.
+    pub skip: &'a dyn Fn(&HeaderName) -> bool,
+    /// Fields written after the received ones, as `(name, value)`.
+    pub added: &'a [(&'a HeaderName, &'a [u8])],
+}
+
+/// [`encode_request`] with `rewrite` applied to the fields, and for a body of `length`
+/// bytes when there is one ([`encode_request_with_length`]).
+pub fn encode_request_rewritten<B>(
+    request: &Request<B>,
+    rewrite: &FieldRewrite<'_>,
+    length: Option<u64>,
+    out: &mut BytesMut,
+) {
+    encode_head(request, Some(rewrite), length, out)
+}
+
+fn encode_head<B>(
+    request: &Request<B>,
+    rewrite: Option<&FieldRewrite<'_>>,
+    length: Option<u64>,
+    out: &mut BytesMut,
+) {
     let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
     let headers = request.headers();
     out.reserve(64 + path.len() + headers.len() * 48);
@@ -56,26 +85,33 @@ fn encode_head<B>(request: &Request<B>, length: Option<u64>, out: &mut BytesMut)
     out.put_slice(path.as_bytes());
     out.put_slice(b" HTTP/1.1\r\n");
     let mut host_written = false;
+    let mut length_written = false;
+    if let Some(rewrite) = rewrite {
+        put_field(out, b"host", rewrite.host);
+        host_written = true;
+    }
     for (name, value) in headers {
         if name == header::HOST {
             if host_written {
                 continue;
             }
             host_written = true;
-        }
-        if length.is_some() && name == header::CONTENT_LENGTH {
+        } else if rewrite.is_some_and(|rewrite| (rewrite.skip)(name)) {
             continue;
+        } else if name == header::CONTENT_LENGTH {
+            if length.is_some() {
+                continue;
+            }
+            length_written = true;
         }
-        out.put_slice(name.as_str().as_bytes());
-        out.put_slice(b": ");
-        out.put_slice(value.as_bytes());
-        out.put_slice(b"\r\n");
+        put_field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    for (name, value) in rewrite.map_or(&[][..], |rewrite| rewrite.added) {
+        put_field(out, name.as_str().as_bytes(), value);
     }
     if !host_written {
         if let Some(authority) = request.uri().authority() {
-            out.put_slice(b"host: ");
-            out.put_slice(authority.as_str().as_bytes());
-            out.put_slice(b"\r\n");
+            put_field(out, b"host", authority.as_str().as_bytes());
         }
     }
     match length {
@@ -89,11 +125,19 @@ fn encode_head<B>(request: &Request<B>, length: Option<u64>, out: &mut BytesMut)
                 *request.method(),
                 Method::POST | Method::PUT | Method::PATCH
             );
-            if expects_body && !headers.contains_key(header::CONTENT_LENGTH) {
+            if expects_body && !length_written {
                 out.put_slice(b"content-length: 0\r\n");
             }
         }
     }
+    out.put_slice(b"\r\n");
+}
+
+/// One `name: value` line.
+fn put_field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
+    out.put_slice(name);
+    out.put_slice(b": ");
+    out.put_slice(value);
     out.put_slice(b"\r\n");
 }
 

@@ -48,8 +48,9 @@ pub use body::PooledBody;
 pub use client::{backend_client, caused_by_tls, root_cause, BackendClient};
 pub use h2_pool::{H2Body, H2Error, H2Pool};
 pub use head::{
-    encode_request, encode_request_with_length, parse_response, request_content_length, Framing,
-    HeadError, ResponseHead, MAX_RESPONSE_HEADERS, MAX_RESPONSE_HEAD_BYTES,
+    encode_request, encode_request_rewritten, encode_request_with_length, parse_response,
+    request_content_length, FieldRewrite, Framing, HeadError, ResponseHead, MAX_RESPONSE_HEADERS,
+    MAX_RESPONSE_HEAD_BYTES,
 };
 pub use pool::{Connection, ConnectionPool, IDLE_SWEEPS, IDLE_TIMEOUT, MAX_IDLE, SWEEP_INTERVAL};
 pub use tls::{UpstreamConfig, UpstreamProtocol, UpstreamTls, UpstreamTlsConfig, UpstreamTlsError};
@@ -101,18 +102,36 @@ pub fn send<B>(
 ) -> impl Future<Output = Result<Response<PooledBody>, UpstreamError>> + Send + 'static {
     let mut head = BytesMut::new();
     encode_request(request, &mut head);
-    let method = request.method().clone();
-    async move {
-        let connection = pool.checkout().await.map_err(UpstreamError::Connect)?;
-        match exchange(connection, &head, &method).await {
-            Err(Failure::Unanswered(_, true)) if idempotent(&method) => {
-                let connection = pool.connect().await.map_err(UpstreamError::Connect)?;
-                exchange(connection, &head, &method)
-                    .await
-                    .map_err(Failure::into_error)
-            }
-            done => done.map_err(Failure::into_error),
+    send_head(pool, head, request.method().clone())
+}
+
+/// [`send`] for a request as received: `rewrite` changes its fields while the head is
+/// written (see [`FieldRewrite`]).
+pub fn send_rewritten<B>(
+    pool: Arc<ConnectionPool>,
+    request: &Request<B>,
+    rewrite: &FieldRewrite<'_>,
+) -> impl Future<Output = Result<Response<PooledBody>, UpstreamError>> + Send + 'static {
+    let mut head = BytesMut::new();
+    encode_request_rewritten(request, rewrite, None, &mut head);
+    send_head(pool, head, request.method().clone())
+}
+
+/// Sends an encoded head (a request without a body), with [`send`]'s one retry.
+async fn send_head(
+    pool: Arc<ConnectionPool>,
+    head: BytesMut,
+    method: Method,
+) -> Result<Response<PooledBody>, UpstreamError> {
+    let connection = pool.checkout().await.map_err(UpstreamError::Connect)?;
+    match exchange(connection, &head, &method).await {
+        Err(Failure::Unanswered(_, true)) if idempotent(&method) => {
+            let connection = pool.connect().await.map_err(UpstreamError::Connect)?;
+            exchange(connection, &head, &method)
+                .await
+                .map_err(Failure::into_error)
         }
+        done => done.map_err(Failure::into_error),
     }
 }
 
@@ -132,16 +151,25 @@ pub fn declared_length<B: http_body::Body>(request: &Request<B>) -> Option<u64> 
 /// past the head's own write is retried once on a new connection, for idempotent methods
 /// only, as [`send`] does: the client's body has not been consumed beyond what the head
 /// buffer holds.
-pub fn send_with_body(
+///
+/// `request` gives the head and `body` the body. With `rewrite`, the request is as
+/// received and its fields change while the head is written ([`send_rewritten`]); without,
+/// it is already rewritten ([`send`]).
+pub fn send_with_body<B>(
     pool: Arc<ConnectionPool>,
-    request: Request<Body>,
+    request: &Request<B>,
+    body: Body,
+    rewrite: Option<&FieldRewrite<'_>>,
     length: u64,
 ) -> impl Future<Output = Result<Response<PooledBody>, UpstreamError>> + Send + 'static {
     // Room for the head and the body bytes that may be copied behind it, in one allocation.
     let mut head = BytesMut::with_capacity(512 + length.min(COALESCE_LIMIT as u64) as usize);
-    encode_request_with_length(&request, length, &mut head);
+    match rewrite {
+        Some(rewrite) => encode_request_rewritten(request, rewrite, Some(length), &mut head),
+        None => encode_request_with_length(request, length, &mut head),
+    }
     let method = request.method().clone();
-    let mut upload = Upload::new(request.into_body(), length);
+    let mut upload = Upload::new(body, length);
     async move {
         // The body bytes already here go out with the head.
         poll_fn(|cx| Poll::Ready(upload.coalesce(cx, &mut head)))
