@@ -11,6 +11,7 @@
 #   N=50000 OUT=/tmp/profiles load/instructions.sh target/release/alb
 #   ARGS="{config} forward" load/instructions.sh target/release/examples/hyper_floor
 #   EXTRA='"retries": {"attempts": 0}' load/instructions.sh target/release/alb
+#   POST_BYTES=1024 load/instructions.sh target/release/alb     # 1 KiB POSTs instead of GETs
 #
 # `callgrind_annotate --inclusive=yes` on the profile it names then shows where they go.
 set -euo pipefail
@@ -23,6 +24,12 @@ args=${ARGS:-run --config \{config\}}
 out=${OUT:-$(mktemp -d)}
 mkdir -p "$out"
 dir=$(mktemp -d)
+# POST_BYTES=1024: each request is a POST with a body of that many bytes instead of a GET.
+load=()
+if [ -n "${POST_BYTES:-}" ]; then
+  head -c "$POST_BYTES" /dev/zero | tr '\0' x > "$dir/body"
+  load=(-d "$dir/body")
+fi
 chmod 755 "$dir"
 trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
 servers=""
@@ -50,9 +57,9 @@ for binary in "$@"; do
     curl -s -o /dev/null http://127.0.0.1:18401/ && break
     sleep 0.5
   done
-  h2load --h1 -n 2000 -c 64 http://127.0.0.1:18401/ > /dev/null
+  h2load --h1 -n 2000 -c 64 "${load[@]}" http://127.0.0.1:18401/ > /dev/null
   callgrind_control -i on "$grinder" > /dev/null
-  h2load --h1 -n "$n" -c 64 http://127.0.0.1:18401/ | grep -E "^requests:"
+  h2load --h1 -n "$n" -c 64 "${load[@]}" http://127.0.0.1:18401/ | grep -E "^requests:"
   callgrind_control -i off "$grinder" > /dev/null
   callgrind_control -d "$grinder" > /dev/null
   sleep 1

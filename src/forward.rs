@@ -387,14 +387,15 @@ impl Service<Routed<Body>> for Forward {
             endpoint,
         } = routed;
         let peer = ClientIp::peer(&request);
-        let client_upgrade = upgrade_protocol(request.headers())
-            .is_some()
+        let scan = FieldScan::of(request.headers());
+        let client_upgrade = (scan.connection && upgrade_protocol(request.headers()).is_some())
             .then(|| ClientUpgrade::of(&mut request));
         let shared = &*self.shared;
         let backend = &endpoint.backend;
         let proto = shared.proto;
         // A gRPC client's deadline (`grpc-timeout`) bounds the wait when it is shorter.
-        let timeout = match grpc::timeout(request.headers()) {
+        let deadline = scan.grpc_timeout.then(|| grpc::timeout(request.headers()));
+        let timeout = match deadline.flatten() {
             Some(deadline) => deadline.min(shared.request_timeout),
             None => shared.request_timeout,
         };
@@ -417,9 +418,15 @@ impl Service<Routed<Body>> for Forward {
                 Ok(result) => Ok(result?.map(ResponseBody::Pooled)),
             };
             // The request goes as received: its fields change while its head is written.
-            let (authority, host) = (&backend.authority, backend.host.as_ref());
+            let hop = Hop {
+                scan,
+                backend: &backend.authority,
+                host: backend.host.as_ref(),
+                peer,
+                proto,
+            };
             if request.body().is_end_stream() {
-                let sent = with_forwarded_fields(&request, authority, host, peer, proto, |rw| {
+                let sent = with_forwarded_fields(&request, hop, |rw| {
                     upstream::send_rewritten(pool, &request, rw)
                 });
                 return Box::pin(tokio::time::timeout(timeout, sent).map(pooled));
@@ -427,7 +434,7 @@ impl Service<Routed<Body>> for Forward {
             if let Some(length) = upstream::declared_length(&request) {
                 let (parts, body) = request.into_parts();
                 let head = Request::from_parts(parts, ());
-                let sent = with_forwarded_fields(&head, authority, host, peer, proto, |rw| {
+                let sent = with_forwarded_fields(&head, hop, |rw| {
                     upstream::send_with_body(pool, &head, body, Some(rw), length)
                 });
                 return Box::pin(tokio::time::timeout(timeout, sent).map(pooled));
@@ -588,9 +595,6 @@ fn rewrite<B>(
 
     let keep_upgrade = upgrade_protocol(request.headers()).is_some();
     let headers = request.headers_mut();
-    // A gRPC call's `TE: trailers` is passed on rather than dropped with the other
-    // hop-by-hop headers: gRPC servers require it ("gRPC over HTTP/2", PROTOCOL-HTTP2.md),
-    // and it is the one `TE` value HTTP/2 allows (RFC 9113 §8.2.2).
     let te_trailers = keeps_te_trailers(headers);
     strip_hop_by_hop(headers, keep_upgrade);
     if te_trailers {
@@ -717,24 +721,83 @@ pub fn encode_forwarded_head<B>(
     length: Option<u64>,
     out: &mut bytes::BytesMut,
 ) {
-    with_forwarded_fields(request, backend, host, peer, proto, |rewrite| {
+    let scan = FieldScan::of(request.headers());
+    let hop = Hop {
+        scan,
+        backend,
+        host,
+        peer,
+        proto,
+    };
+    with_forwarded_fields(request, hop, |rewrite| {
         upstream::encode_request_rewritten(request, rewrite, length, out)
     })
+}
+
+/// Which of the fields the forwarder looks up a request carries, found in one pass over its
+/// names: comparing a name costs less than a hashed lookup, and most requests carry none of
+/// these. Each lookup then runs only when its field is there.
+#[derive(Clone, Copy, Default)]
+struct FieldScan {
+    connection: bool,
+    te: bool,
+    forwarded_for: bool,
+    grpc_timeout: bool,
+}
+
+impl FieldScan {
+    fn of(headers: &HeaderMap) -> Self {
+        let mut scan = FieldScan::default();
+        for name in headers.keys() {
+            if name == header::CONNECTION {
+                scan.connection = true;
+            } else if name == header::TE {
+                scan.te = true;
+            } else if name == X_FORWARDED_FOR {
+                scan.forwarded_for = true;
+            } else if name == grpc::GRPC_TIMEOUT {
+                scan.grpc_timeout = true;
+            }
+        }
+        scan
+    }
+}
+
+/// What [`with_forwarded_fields`] needs besides the request.
+#[derive(Clone, Copy)]
+struct Hop<'a> {
+    /// The request's [`FieldScan`].
+    scan: FieldScan,
+    /// The backend's `host:port`.
+    backend: &'a http::uri::Authority,
+    /// The `Host` for a request that names none, when not `backend` (a DNS-found name).
+    host: Option<&'a HeaderValue>,
+    /// The client, for `X-Forwarded-For`.
+    peer: Option<SocketAddr>,
+    /// The client's scheme, for `X-Forwarded-Proto`.
+    proto: ClientProto,
 }
 
 /// The [`upstream::FieldRewrite`] that [`rewrite`] amounts to for `request` (not an
 /// upgrade), handed to `write`: its parts borrow from this frame.
 fn with_forwarded_fields<B, T>(
     request: &Request<B>,
-    backend: &http::uri::Authority,
-    host: Option<&HeaderValue>,
-    peer: Option<SocketAddr>,
-    proto: ClientProto,
+    Hop {
+        scan,
+        backend,
+        host,
+        peer,
+        proto,
+    }: Hop<'_>,
     write: impl FnOnce(&upstream::FieldRewrite<'_>) -> T,
 ) -> T {
     let headers = request.headers();
     // Names `Connection` lists go, as in `strip_hop_by_hop` (usually none: no allocation).
-    let listed = connection_listed(headers);
+    let listed = if scan.connection {
+        connection_listed(headers)
+    } else {
+        Vec::new()
+    };
     // The client's host: its first `Host`, else its absolute URI's authority. It is both
     // what goes out as `Host` and what `X-Forwarded-Host` says; with neither, the backend's
     // name goes out and no `X-Forwarded-Host`.
@@ -745,7 +808,7 @@ fn with_forwarded_fields<B, T>(
     let sent_host = client_host
         .unwrap_or_else(|| host.map_or_else(|| backend.as_str().as_bytes(), HeaderValue::as_bytes));
     let forwarded_for = peer.map(|peer| {
-        let earlier = if listed.contains(&X_FORWARDED_FOR) {
+        let earlier = if !scan.forwarded_for || listed.contains(&X_FORWARDED_FOR) {
             None
         } else {
             Some(headers.get_all(&X_FORWARDED_FOR))
@@ -757,7 +820,7 @@ fn with_forwarded_fields<B, T>(
     let proto_field: (&HeaderName, &[u8]) = (&X_FORWARDED_PROTO, proto.as_str().as_bytes());
     let mut added = [proto_field; 4];
     let mut count = 1;
-    if keeps_te_trailers(headers) {
+    if scan.te && keeps_te_trailers(headers) {
         added[count] = (&te, b"trailers");
         count += 1;
     }

@@ -280,7 +280,9 @@ fn forwarded_with_fields(lb: &Proc, count: usize) -> bool {
     }
     head.push_str("\r\n");
     let mut stream = TcpStream::connect(addr(lb.port)).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     stream.write_all(head.as_bytes()).unwrap();
     let mut answer = Vec::new();
     let _ = stream.read_to_end(&mut answer);

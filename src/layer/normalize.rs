@@ -109,13 +109,17 @@ pub fn normalize<B>(request: &mut Request<B>) -> Result<(), Refusal> {
         Method::TRACE => return Err(Refusal::Method("TRACE")),
         _ => {}
     }
-    if chunked_count(request.headers()) > 1 {
+    let fields = HostAndChunked::of(request.headers());
+    if fields.chunked > 1 {
         return Err(Refusal::RepeatedChunked);
     }
     if request.uri().path() == "*" && request.method() != Method::OPTIONS {
         return Err(Refusal::InvalidTarget);
     }
-    let host = single_host(request.headers())?;
+    if fields.hosts > 1 {
+        return Err(Refusal::DuplicateHost);
+    }
+    let host = fields.host;
     if let Some(host) = host {
         if !valid_authority(host.as_bytes()) {
             return Err(Refusal::InvalidHost);
@@ -156,24 +160,39 @@ pub fn normalize<B>(request: &mut Request<B>) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// How many times `chunked` is named over every `Transfer-Encoding` line.
-fn chunked_count(headers: &HeaderMap) -> usize {
-    headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-        .filter(|token| token.trim_ascii().eq_ignore_ascii_case(b"chunked"))
-        .count()
+/// The request's `Host` lines and how many times `chunked` is named over its
+/// `Transfer-Encoding` lines, found in one pass over its fields (cheaper than a hashed
+/// lookup of each name).
+struct HostAndChunked<'a> {
+    /// The first `Host` value.
+    host: Option<&'a HeaderValue>,
+    /// How many `Host` lines.
+    hosts: usize,
+    /// How many `chunked` codings, over every `Transfer-Encoding` line.
+    chunked: usize,
 }
 
-/// The request's one `Host` value, `None` when absent.
-fn single_host(headers: &HeaderMap) -> Result<Option<&HeaderValue>, Refusal> {
-    let mut hosts = headers.get_all(header::HOST).iter();
-    let first = hosts.next();
-    if hosts.next().is_some() {
-        return Err(Refusal::DuplicateHost);
+impl<'a> HostAndChunked<'a> {
+    fn of(headers: &'a HeaderMap) -> Self {
+        let mut fields = HostAndChunked {
+            host: None,
+            hosts: 0,
+            chunked: 0,
+        };
+        for (name, value) in headers {
+            if name == header::HOST {
+                fields.host = fields.host.or(Some(value));
+                fields.hosts += 1;
+            } else if name == header::TRANSFER_ENCODING {
+                fields.chunked += value
+                    .as_bytes()
+                    .split(|b| *b == b',')
+                    .filter(|token| token.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+                    .count();
+            }
+        }
+        fields
     }
-    Ok(first)
 }
 
 /// `host[:port]` with no userinfo, path or empty host.

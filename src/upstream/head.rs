@@ -307,6 +307,7 @@ fn build(
     let mut headers = HeaderMap::with_capacity(indices.len() + ANSWER_HEADERS_ADDED);
     let mut connection = ConnectionTokens::default();
     let mut transfer_encoding = TransferCodings::default();
+    let mut content_length = ContentLength::default();
     for index in indices {
         let name = HeaderName::from_bytes(&head[index.name()])
             .map_err(|_| HeadError::InvalidHeader("name"))?;
@@ -324,6 +325,9 @@ fn build(
         if is_hop_by_hop(&name) {
             continue;
         }
+        if name == header::CONTENT_LENGTH {
+            content_length.add(raw);
+        }
         let value = HeaderValue::from_maybe_shared(head.slice(index.value()))
             .map_err(|_| HeadError::InvalidHeader("value"))?;
         headers.append(name, value);
@@ -338,8 +342,14 @@ fn build(
     // Both framings: chunked wins, but the connection is not trusted with another request
     // (RFC 9112 §6.3: a recipient "ought to" treat it as an error and close; an intermediary
     // that read it the other way could be out of step with us).
-    let both_framings = transfer_encoding.present && headers.contains_key(header::CONTENT_LENGTH);
-    let framing = framing(&mut headers, transfer_encoding, status, request_method)?;
+    let both_framings = transfer_encoding.present && content_length.seen;
+    let framing = framing(
+        &mut headers,
+        transfer_encoding,
+        content_length,
+        status,
+        request_method,
+    )?;
     if connection.lists_others {
         // Names listed in Connection are hop-by-hop too (RFC 9110 §7.6.1). Rare: a second pass.
         for index in indices {
@@ -444,6 +454,7 @@ fn content_length(value: &[u8]) -> Option<u64> {
 fn framing(
     headers: &mut HeaderMap,
     transfer_encoding: TransferCodings,
+    content_length: ContentLength,
     status: StatusCode,
     request_method: &Method,
 ) -> Result<Framing, HeadError> {
@@ -461,16 +472,34 @@ fn framing(
             Framing::UntilClose
         });
     }
-    let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        let n =
-            content_length(value.as_bytes()).ok_or(HeadError::InvalidHeader("content-length"))?;
-        if length.is_some_and(|l| l != n) {
-            return Err(HeadError::InvalidHeader("content-length"));
-        }
-        length = Some(n);
+    if content_length.invalid {
+        return Err(HeadError::InvalidHeader("content-length"));
     }
-    Ok(length.map_or(Framing::UntilClose, Framing::Length))
+    Ok(content_length
+        .length
+        .map_or(Framing::UntilClose, Framing::Length))
+}
+
+/// What the `Content-Length` fields of a response say, gathered while the head is read
+/// (instead of looked up again in the map afterwards).
+#[derive(Default, Clone, Copy)]
+struct ContentLength {
+    /// Any field at all.
+    seen: bool,
+    /// The length every field gave so far.
+    length: Option<u64>,
+    /// A field that is not 1*DIGIT, or that disagrees with another.
+    invalid: bool,
+}
+
+impl ContentLength {
+    fn add(&mut self, value: &[u8]) {
+        self.seen = true;
+        match content_length(value) {
+            Some(n) if self.length.is_none_or(|l| l == n) => self.length = Some(n),
+            _ => self.invalid = true,
+        }
+    }
 }
 
 #[cfg(test)]
