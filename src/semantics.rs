@@ -30,6 +30,12 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
 
 /// The `Upgrade` protocol if this is an upgrade request (`Connection: upgrade` + `Upgrade`).
 pub fn upgrade_protocol(headers: &HeaderMap) -> Option<&HeaderValue> {
+    // Most requests have no `Connection` field. Comparing the (few) names, a standard one by
+    // its tag, is cheaper than the hashed lookup that would find nothing (callgrind: 145
+    // instructions per GET for the lookups, on `Replay::of`'s path).
+    if !headers.keys().any(|name| name == header::CONNECTION) {
+        return None;
+    }
     let connection_says_upgrade = headers
         .get_all(header::CONNECTION)
         .iter()

@@ -115,6 +115,46 @@ async fn sigterm_lets_in_flight_requests_finish_and_exits_zero() {
     assert_eq!(code, Some(0));
 }
 
+/// Graceful shutdown reaches connections that are open but idle: each is closed at once
+/// (axum-server's connection loop delivers the signal; ALB patches how that loop polls it,
+/// see vendor/axum-server/ALB-PATCH.md), long before the drain deadline would force it.
+#[tokio::test]
+async fn sigterm_closes_idle_keep_alive_connections_before_the_drain_deadline() {
+    let b = backend(&[]);
+    // An idle connection is also closed when it sends no next request within
+    // `client_header_timeout`: both are set far above the wait below.
+    let mut lb = alb(json!({
+        "backends": urls(&[&b]), "drain_timeout": "120s", "client_header_timeout": "120s"
+    }));
+    let mut idle = TcpStream::connect(("127.0.0.1", lb.port)).unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    let mut answer = [0u8; 4096];
+    let n = idle.read(&mut answer).unwrap();
+    assert!(
+        answer[..n].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&answer[..n])
+    );
+    lb.signal("TERM");
+    idle.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let closed = tokio::task::spawn_blocking(move || {
+        let mut rest = Vec::new();
+        idle.read_to_end(&mut rest).map(|_| rest)
+    })
+    .await
+    .unwrap();
+    match closed {
+        Ok(rest) => assert!(rest.is_empty(), "unexpected bytes: {rest:?}"),
+        Err(e) => panic!("the idle connection was not closed within 30 s of SIGTERM: {e}"),
+    }
+    let code = tokio::task::spawn_blocking(move || lb.wait_exit())
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0));
+}
+
 #[tokio::test]
 async fn sighup_adds_a_backend_without_failing_requests_and_refuses_a_broken_file() {
     let (a, b, c) = (
