@@ -51,7 +51,6 @@ use http_body::Body as _;
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper_util::{client::legacy::connect::capture_connection, rt::TokioIo};
-use tokio::time::error::Elapsed;
 use tower::Service;
 
 use crate::{
@@ -409,13 +408,14 @@ impl Service<Routed<Body>> for Forward {
         if let Some(pool) = pool {
             // A combinator, not an `async` block: a block would hold the send future twice
             // (as its capture and as the awaited value) and copy it on the first poll.
-            // The head parser already left the hop-by-hop headers out.
-            let pooled = move |sent: Result<
-                Result<Response<PooledBody>, UpstreamError>,
-                Elapsed,
-            >| match sent {
-                Err(_) => Err(ForwardError::Timeout(timeout)),
-                Ok(result) => Ok(result?.map(ResponseBody::Pooled)),
+            // The head parser already left the hop-by-hop headers out. The deadline is
+            // kept by the connection's own timer (see `upstream::ConnectionPool`), not by a
+            // timer per request.
+            let deadline = Some(tokio::time::Instant::now() + timeout);
+            let pooled = move |sent: Result<Response<PooledBody>, UpstreamError>| match sent {
+                Err(UpstreamError::Timeout) => Err(ForwardError::Timeout(timeout)),
+                Err(error) => Err(error.into()),
+                Ok(response) => Ok(response.map(ResponseBody::Pooled)),
             };
             // The request goes as received: its fields change while its head is written.
             let hop = Hop {
@@ -427,17 +427,17 @@ impl Service<Routed<Body>> for Forward {
             };
             if request.body().is_end_stream() {
                 let sent = with_forwarded_fields(&request, hop, |rw| {
-                    upstream::send_rewritten(pool, &request, rw)
+                    upstream::send_rewritten(pool, &request, rw, deadline)
                 });
-                return Box::pin(tokio::time::timeout(timeout, sent).map(pooled));
+                return Box::pin(sent.map(pooled));
             }
             if let Some(length) = upstream::declared_length(&request) {
                 let (parts, body) = request.into_parts();
                 let head = Request::from_parts(parts, ());
                 let sent = with_forwarded_fields(&head, hop, |rw| {
-                    upstream::send_with_body(pool, &head, body, Some(rw), length)
+                    upstream::send_with_body(pool, &head, body, Some(rw), length, deadline)
                 });
-                return Box::pin(tokio::time::timeout(timeout, sent).map(pooled));
+                return Box::pin(sent.map(pooled));
             }
         }
         rewrite(

@@ -189,6 +189,55 @@ async fn refused_backend_gives_502() {
     assert_eq!(answer.body.lines().count(), 1);
 }
 
+/// A kept-alive backend connection keeps one timer for its requests' deadlines: each
+/// request moves it (later), so requests in a row that each take a tenth of the timeout all
+/// pass, together far longer than it; a slow answer still times out on such a connection,
+/// and so does a shorter client deadline (moved earlier); connections that timed out are not
+/// reused.
+#[tokio::test]
+async fn request_timeout_holds_on_a_reused_backend_connection() {
+    let b = backend(&["--delay", "100ms"]);
+    let lb = alb(json!({"backends": urls(&[&b]), "request_timeout": "1s"}));
+    let c = client();
+    for _ in 0..15 {
+        assert_eq!(get(&c, &lb.url()).await.status, 200);
+    }
+    let slow = c
+        .post(format!("{}/control", b.url()))
+        .json(&json!({"delay": "3s"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(slow.status(), 200);
+    let answer = get(&c, &lb.url()).await;
+    assert_eq!(answer.status, 504);
+    assert!(
+        answer.body.contains("no response within 1s"),
+        "{}",
+        answer.body
+    );
+    let answer = c
+        .get(lb.url())
+        .header("content-type", "application/grpc")
+        .header("grpc-timeout", "100m")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 504);
+    let text = answer.text().await.unwrap();
+    assert!(text.contains("no response within 100ms"), "{text}");
+    let quick = c
+        .post(format!("{}/control", b.url()))
+        .json(&json!({"delay": "0s"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(quick.status(), 200);
+    for _ in 0..3 {
+        assert_eq!(get(&c, &lb.url()).await.status, 200);
+    }
+}
+
 #[tokio::test]
 async fn slow_backend_gives_504() {
     let slow = backend(&["--delay", "3s"]);

@@ -33,14 +33,15 @@ mod upload;
 use std::{
     future::{poll_fn, Future},
     io,
+    pin::Pin,
     sync::Arc,
-    task::{ready, Poll},
+    task::{ready, Context, Poll},
 };
 
 use axum::{body::Body, BoxError};
 use bytes::BytesMut;
 use http::{Method, Request, Response};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::{io::AsyncWrite, time::Instant};
 
 use crate::semantics::idempotent;
 
@@ -84,6 +85,9 @@ pub enum UpstreamError {
     /// limit, or did not match its `Content-Length`): nothing the backend did.
     #[error("client body: {0}")]
     ClientBody(BoxError),
+    /// The deadline passed before the response head came.
+    #[error("no response head before the deadline")]
+    Timeout,
 }
 
 /// Bytes asked of the socket per read while waiting for a response head.
@@ -102,19 +106,21 @@ pub fn send<B>(
 ) -> impl Future<Output = Result<Response<PooledBody>, UpstreamError>> + Send + 'static {
     let mut head = BytesMut::new();
     encode_request(request, &mut head);
-    send_head(pool, head, request.method().clone())
+    send_head(pool, head, request.method().clone(), None)
 }
 
 /// [`send`] for a request as received: `rewrite` changes its fields while the head is
-/// written (see [`FieldRewrite`]).
+/// written (see [`FieldRewrite`]). With a `deadline`, the response head must come before it
+/// ([`UpstreamError::Timeout`] otherwise), connecting included.
 pub fn send_rewritten<B>(
     pool: Arc<ConnectionPool>,
     request: &Request<B>,
     rewrite: &FieldRewrite<'_>,
+    deadline: Option<Instant>,
 ) -> impl Future<Output = Result<Response<PooledBody>, UpstreamError>> + Send + 'static {
     let mut head = BytesMut::new();
     encode_request_rewritten(request, rewrite, None, &mut head);
-    send_head(pool, head, request.method().clone())
+    send_head(pool, head, request.method().clone(), deadline)
 }
 
 /// Sends an encoded head (a request without a body), with [`send`]'s one retry.
@@ -122,17 +128,43 @@ async fn send_head(
     pool: Arc<ConnectionPool>,
     head: BytesMut,
     method: Method,
+    deadline: Option<Instant>,
 ) -> Result<Response<PooledBody>, UpstreamError> {
-    let connection = pool.checkout().await.map_err(UpstreamError::Connect)?;
-    match exchange(connection, &head, &method).await {
+    let connection = checkout(&pool, deadline).await?;
+    match exchange(connection, &head, &method, deadline).await {
         Err(Failure::Unanswered(_, true)) if idempotent(&method) => {
-            let connection = pool.connect().await.map_err(UpstreamError::Connect)?;
-            exchange(connection, &head, &method)
+            let connection = connect(&pool, deadline).await?;
+            exchange(connection, &head, &method, deadline)
                 .await
                 .map_err(Failure::into_error)
         }
         done => done.map_err(Failure::into_error),
     }
+}
+
+/// A warm idle connection, else a new one opened before `deadline`.
+async fn checkout(
+    pool: &Arc<ConnectionPool>,
+    deadline: Option<Instant>,
+) -> Result<Connection, UpstreamError> {
+    match pool.take_idle() {
+        Some(connection) => Ok(connection),
+        None => connect(pool, deadline).await,
+    }
+}
+
+/// A new connection, opened before `deadline` (and within the pool's connect timeout).
+async fn connect(
+    pool: &Arc<ConnectionPool>,
+    deadline: Option<Instant>,
+) -> Result<Connection, UpstreamError> {
+    let connected = match deadline {
+        Some(deadline) => tokio::time::timeout_at(deadline, pool.connect())
+            .await
+            .map_err(|_| UpstreamError::Timeout)?,
+        None => pool.connect().await,
+    };
+    connected.map_err(UpstreamError::Connect)
 }
 
 /// The body length of a request that [`send_with_body`] can carry: its `Content-Length`
@@ -154,13 +186,14 @@ pub fn declared_length<B: http_body::Body>(request: &Request<B>) -> Option<u64> 
 ///
 /// `request` gives the head and `body` the body. With `rewrite`, the request is as
 /// received and its fields change while the head is written ([`send_rewritten`]); without,
-/// it is already rewritten ([`send`]).
+/// it is already rewritten ([`send`]). `deadline` is [`send_rewritten`]'s.
 pub fn send_with_body<B>(
     pool: Arc<ConnectionPool>,
     request: &Request<B>,
     body: Body,
     rewrite: Option<&FieldRewrite<'_>>,
     length: u64,
+    deadline: Option<Instant>,
 ) -> impl Future<Output = Result<Response<PooledBody>, UpstreamError>> + Send + 'static {
     // Room for the head and the body bytes that may be copied behind it, in one allocation.
     let mut head = BytesMut::with_capacity(512 + length.min(COALESCE_LIMIT as u64) as usize);
@@ -175,11 +208,11 @@ pub fn send_with_body<B>(
         poll_fn(|cx| Poll::Ready(upload.coalesce(cx, &mut head)))
             .await
             .map_err(upload_error)?;
-        let connection = pool.checkout().await.map_err(UpstreamError::Connect)?;
-        match exchange_with_body(connection, &head, &method, &mut upload).await {
+        let connection = checkout(&pool, deadline).await?;
+        match exchange_with_body(connection, &head, &method, &mut upload, deadline).await {
             Err(Failure::Unanswered(_, true)) if idempotent(&method) && !upload.wrote() => {
-                let connection = pool.connect().await.map_err(UpstreamError::Connect)?;
-                exchange_with_body(connection, &head, &method, &mut upload)
+                let connection = connect(&pool, deadline).await?;
+                exchange_with_body(connection, &head, &method, &mut upload, deadline)
                     .await
                     .map_err(Failure::into_error)
             }
@@ -211,52 +244,89 @@ impl Failure {
     }
 }
 
-/// Writes the request head and reads the response head.
+/// Writes the request head and reads the response head, before `deadline`.
 async fn exchange(
     mut connection: Connection,
     head: &[u8],
     method: &Method,
+    deadline: Option<Instant>,
 ) -> Result<Response<PooledBody>, Failure> {
     let reused = connection.reused;
-    if let Err(e) = connection.stream.write_all(head).await {
-        return Err(Failure::Unanswered(e, reused));
+    connection.set_deadline(deadline);
+    let mut written = 0;
+    let parsed = poll_fn(|cx| {
+        if connection.poll_deadline(cx).is_ready() {
+            return Poll::Ready(Err(Failure::Other(UpstreamError::Timeout)));
+        }
+        if let Err(e) = ready!(poll_write_all(&mut connection, cx, head, &mut written)) {
+            return Poll::Ready(Err(Failure::Unanswered(e, reused)));
+        }
+        poll_response_head(&mut connection, cx, method, &mut None)
+    })
+    .await?;
+    let ResponseHead {
+        response,
+        framing,
+        reusable,
+    } = parsed;
+    Ok(response.map(|()| PooledBody::new(connection, framing, reusable, None)))
+}
+
+/// Writes `bytes` from `written` on.
+fn poll_write_all(
+    connection: &mut Connection,
+    cx: &mut Context<'_>,
+    bytes: &[u8],
+    written: &mut usize,
+) -> Poll<io::Result<()>> {
+    while *written < bytes.len() {
+        match ready!(Pin::new(&mut connection.stream).poll_write(cx, &bytes[*written..])) {
+            Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+            Ok(n) => *written += n,
+            Err(e) => return Poll::Ready(Err(e)),
+        }
     }
+    Poll::Ready(Ok(()))
+}
+
+/// Reads until the response head parses. An end of stream or a read error before any byte
+/// of it is [`Failure::Unanswered`] (with `write_failed`'s error if a write failed first).
+fn poll_response_head(
+    connection: &mut Connection,
+    cx: &mut Context<'_>,
+    method: &Method,
+    write_failed: &mut Option<io::Error>,
+) -> Poll<Result<ResponseHead, Failure>> {
     loop {
         // Nothing to parse before the first read (the usual case: the head was just sent).
-        let parsed = if connection.buffer.is_empty() {
-            None
-        } else {
-            parse_response(&mut connection.buffer, method).map_err(|e| Failure::Other(e.into()))?
-        };
-        if let Some(head) = parsed {
-            let ResponseHead {
-                response,
-                framing,
-                reusable,
-            } = head;
-            return Ok(response.map(|()| PooledBody::new(connection, framing, reusable, None)));
-        }
-        connection.buffer.reserve(HEAD_READ);
-        let read = connection.stream.read_buf(&mut connection.buffer).await;
-        let answered = !connection.buffer.is_empty();
-        match read {
-            Ok(0) if !answered => {
-                let closed = io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "backend closed the connection without answering",
-                );
-                return Err(Failure::Unanswered(closed, reused));
+        if !connection.buffer.is_empty() {
+            match parse_response(&mut connection.buffer, method) {
+                Ok(Some(head)) => return Poll::Ready(Ok(head)),
+                Ok(None) => {}
+                Err(e) => return Poll::Ready(Err(Failure::Other(e.into()))),
             }
+        }
+        let answered = !connection.buffer.is_empty();
+        match ready!(connection.poll_read(cx, HEAD_READ)) {
             Ok(0) => {
                 let closed = io::Error::new(
                     io::ErrorKind::UnexpectedEof,
-                    "backend closed the connection mid-head",
+                    if answered {
+                        "backend closed the connection mid-head"
+                    } else {
+                        "backend closed the connection without answering"
+                    },
                 );
-                return Err(Failure::Other(UpstreamError::Io(closed)));
+                let error = write_failed.take().unwrap_or(closed);
+                return Poll::Ready(Err(if answered {
+                    Failure::Other(UpstreamError::Io(error))
+                } else {
+                    Failure::Unanswered(error, connection.reused)
+                }));
             }
             Ok(_) => {}
-            Err(e) if !answered => return Err(Failure::Unanswered(e, reused)),
-            Err(e) => return Err(Failure::Other(UpstreamError::Io(e))),
+            Err(e) if answered => return Poll::Ready(Err(Failure::Other(UpstreamError::Io(e)))),
+            Err(e) => return Poll::Ready(Err(Failure::Unanswered(e, connection.reused))),
         }
     }
 }
@@ -269,15 +339,21 @@ async fn exchange_with_body(
     head: &[u8],
     method: &Method,
     upload: &mut Upload,
+    deadline: Option<Instant>,
 ) -> Result<Response<PooledBody>, Failure> {
     let reused = connection.reused;
-    if let Err(e) = connection.stream.write_all(head).await {
-        return Err(Failure::Unanswered(e, reused));
-    }
+    connection.set_deadline(deadline);
+    let mut written = 0;
     // Set when a write failed: the backend may still answer (and close), so read on.
     let mut write_failed = None;
     let mut uploading = !upload.is_done();
     let parsed = poll_fn(|cx| {
+        if connection.poll_deadline(cx).is_ready() {
+            return Poll::Ready(Err(Failure::Other(UpstreamError::Timeout)));
+        }
+        if let Err(e) = ready!(poll_write_all(&mut connection, cx, head, &mut written)) {
+            return Poll::Ready(Err(Failure::Unanswered(e, reused)));
+        }
         if uploading {
             match upload.poll_write(&mut connection.stream, cx) {
                 Poll::Pending => {}
@@ -291,39 +367,7 @@ async fn exchange_with_body(
                 }
             }
         }
-        loop {
-            if !connection.buffer.is_empty() {
-                match parse_response(&mut connection.buffer, method) {
-                    Ok(Some(head)) => return Poll::Ready(Ok(head)),
-                    Ok(None) => {}
-                    Err(e) => return Poll::Ready(Err(Failure::Other(e.into()))),
-                }
-            }
-            let answered = !connection.buffer.is_empty();
-            match ready!(connection.poll_read(cx, HEAD_READ)) {
-                Ok(0) => {
-                    let closed = io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        if answered {
-                            "backend closed the connection mid-head"
-                        } else {
-                            "backend closed the connection without answering"
-                        },
-                    );
-                    let error = write_failed.take().unwrap_or(closed);
-                    return Poll::Ready(Err(if answered {
-                        Failure::Other(UpstreamError::Io(error))
-                    } else {
-                        Failure::Unanswered(error, reused)
-                    }));
-                }
-                Ok(_) => {}
-                Err(e) if answered => {
-                    return Poll::Ready(Err(Failure::Other(UpstreamError::Io(e))))
-                }
-                Err(e) => return Poll::Ready(Err(Failure::Unanswered(e, reused))),
-            }
-        }
+        poll_response_head(&mut connection, cx, method, &mut write_failed)
     })
     .await?;
     let ResponseHead {

@@ -11,9 +11,15 @@
 //! Idle time is counted in sweeps, not read from the clock: [`ConnectionPool::sweep`] runs
 //! every [`SWEEP_INTERVAL`] and closes connections that stayed idle through
 //! [`IDLE_SWEEPS`] of them, so checkout and release read no clock.
+//!
+//! Each connection keeps one timer for the deadlines of all the requests it carries
+//! ([`Connection::poll_deadline`]). Moving a registered tokio timer later is one atomic
+//! exchange; a timer per request is registered and removed under the timer driver's lock
+//! each time.
 
 use std::{
     collections::VecDeque,
+    future::Future,
     io,
     pin::Pin,
     sync::{Arc, Mutex},
@@ -23,7 +29,10 @@ use std::{
 
 use bytes::BytesMut;
 use http::uri::Authority;
-use tokio::net::TcpStream;
+use tokio::{
+    net::TcpStream,
+    time::{Instant, Sleep},
+};
 
 /// How often idle connections are checked ([`ConnectionPool::sweep`]).
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
@@ -62,6 +71,7 @@ struct IdleStack {
 struct Idle {
     stream: TcpStream,
     buffer: BytesMut,
+    timer: Option<Pin<Box<Sleep>>>,
     /// The sweep count when it was released.
     since_sweep: u64,
 }
@@ -74,6 +84,10 @@ pub struct Connection {
     pub(crate) buffer: BytesMut,
     /// Whether it served a request before (a stale keep-alive connection can fail once).
     pub(crate) reused: bool,
+    /// The current request's deadline, if it has one.
+    deadline: Option<Instant>,
+    /// The connection's one timer, made at its first deadline and moved for each later one.
+    timer: Option<Pin<Box<Sleep>>>,
     pool: Arc<ConnectionPool>,
 }
 
@@ -125,6 +139,8 @@ impl ConnectionPool {
             stream,
             buffer: BytesMut::with_capacity(BUFFER_CAPACITY),
             reused: false,
+            deadline: None,
+            timer: None,
             pool: self.clone(),
         })
     }
@@ -140,7 +156,8 @@ impl ConnectionPool {
             .retain_mut(|idle| idle.since_sweep >= oldest_kept && idle.alive());
     }
 
-    fn take_idle(self: &Arc<Self>) -> Option<Connection> {
+    /// A warm idle connection, if one is usable.
+    pub(crate) fn take_idle(self: &Arc<Self>) -> Option<Connection> {
         loop {
             let mut idle = self.lock().connections.pop_back()?;
             if !idle.alive() {
@@ -150,12 +167,14 @@ impl ConnectionPool {
                 stream: idle.stream,
                 buffer: std::mem::take(&mut idle.buffer),
                 reused: true,
+                deadline: None,
+                timer: idle.timer.take(),
                 pool: self.clone(),
             });
         }
     }
 
-    fn put(&self, stream: TcpStream, buffer: BytesMut) {
+    fn put(&self, stream: TcpStream, buffer: BytesMut, timer: Option<Pin<Box<Sleep>>>) {
         let mut stack = self.lock();
         if stack.connections.len() >= MAX_IDLE {
             return;
@@ -164,6 +183,7 @@ impl ConnectionPool {
         stack.connections.push_back(Idle {
             stream,
             buffer,
+            timer,
             since_sweep,
         });
     }
@@ -205,7 +225,34 @@ impl Connection {
     /// closed otherwise.
     pub(crate) fn release(self, reusable: bool) {
         if reusable && self.buffer.is_empty() {
-            self.pool.put(self.stream, self.buffer);
+            self.pool.put(self.stream, self.buffer, self.timer);
         }
+    }
+
+    /// Sets the current request's deadline (`None`: it has none).
+    pub(crate) fn set_deadline(&mut self, deadline: Option<Instant>) {
+        self.deadline = deadline;
+    }
+
+    /// Ready once the current request's deadline has passed; never without one. The timer
+    /// is moved here rather than when the deadline is set: a request that is answered
+    /// before its first wait never touches it.
+    pub(crate) fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(deadline) = self.deadline else {
+            return Poll::Pending;
+        };
+        let timer = match &mut self.timer {
+            Some(timer) => {
+                if timer.deadline() != deadline {
+                    // Later than before (the usual case): one atomic exchange, no lock.
+                    timer.as_mut().reset(deadline);
+                }
+                timer
+            }
+            None => self
+                .timer
+                .insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        timer.as_mut().poll(cx)
     }
 }
