@@ -189,6 +189,17 @@ async fn refused_backend_gives_502() {
     assert_eq!(answer.body.lines().count(), 1);
 }
 
+/// Sets the simulated backend's service time (`POST /control`).
+async fn set_delay(c: &reqwest::Client, b: &Proc, delay: &str) {
+    let changed = c
+        .post(format!("{}/control", b.url()))
+        .json(&json!({ "delay": delay }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(changed.status(), 200, "POST /control delay {delay}");
+}
+
 /// A kept-alive backend connection keeps one timer for its requests' deadlines: each
 /// request moves it (later), so requests in a row that each take a tenth of the timeout all
 /// pass, together far longer than it; a slow answer still times out on such a connection,
@@ -202,13 +213,7 @@ async fn request_timeout_holds_on_a_reused_backend_connection() {
     for _ in 0..15 {
         assert_eq!(get(&c, &lb.url()).await.status, 200);
     }
-    let slow = c
-        .post(format!("{}/control", b.url()))
-        .json(&json!({"delay": "3s"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(slow.status(), 200);
+    set_delay(&c, &b, "3s").await;
     let answer = get(&c, &lb.url()).await;
     assert_eq!(answer.status, 504);
     assert!(
@@ -226,13 +231,7 @@ async fn request_timeout_holds_on_a_reused_backend_connection() {
     assert_eq!(answer.status(), 504);
     let text = answer.text().await.unwrap();
     assert!(text.contains("no response within 100ms"), "{text}");
-    let quick = c
-        .post(format!("{}/control", b.url()))
-        .json(&json!({"delay": "0s"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(quick.status(), 200);
+    set_delay(&c, &b, "0s").await;
     for _ in 0..3 {
         assert_eq!(get(&c, &lb.url()).await.status, 200);
     }

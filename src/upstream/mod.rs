@@ -251,15 +251,11 @@ async fn exchange(
     method: &Method,
     deadline: Option<Instant>,
 ) -> Result<Response<PooledBody>, Failure> {
-    let reused = connection.reused;
     connection.set_deadline(deadline);
     let mut written = 0;
     let parsed = poll_fn(|cx| {
-        if connection.poll_deadline(cx).is_ready() {
-            return Poll::Ready(Err(Failure::Other(UpstreamError::Timeout)));
-        }
-        if let Err(e) = ready!(poll_write_all(&mut connection, cx, head, &mut written)) {
-            return Poll::Ready(Err(Failure::Unanswered(e, reused)));
+        if let Err(failure) = ready!(poll_head_in_time(&mut connection, cx, head, &mut written)) {
+            return Poll::Ready(Err(failure));
         }
         poll_response_head(&mut connection, cx, method, &mut None)
     })
@@ -270,6 +266,21 @@ async fn exchange(
         reusable,
     } = parsed;
     Ok(response.map(|()| PooledBody::new(connection, framing, reusable, None)))
+}
+
+/// What both exchanges do first on each poll: fail once the deadline has passed, then
+/// write the rest of the head (from `written` on).
+fn poll_head_in_time(
+    connection: &mut Connection,
+    cx: &mut Context<'_>,
+    head: &[u8],
+    written: &mut usize,
+) -> Poll<Result<(), Failure>> {
+    if connection.poll_deadline(cx).is_ready() {
+        return Poll::Ready(Err(Failure::Other(UpstreamError::Timeout)));
+    }
+    let reused = connection.reused;
+    poll_write_all(connection, cx, head, written).map_err(|e| Failure::Unanswered(e, reused))
 }
 
 /// Writes `bytes` from `written` on.
@@ -341,18 +352,14 @@ async fn exchange_with_body(
     upload: &mut Upload,
     deadline: Option<Instant>,
 ) -> Result<Response<PooledBody>, Failure> {
-    let reused = connection.reused;
     connection.set_deadline(deadline);
     let mut written = 0;
     // Set when a write failed: the backend may still answer (and close), so read on.
     let mut write_failed = None;
     let mut uploading = !upload.is_done();
     let parsed = poll_fn(|cx| {
-        if connection.poll_deadline(cx).is_ready() {
-            return Poll::Ready(Err(Failure::Other(UpstreamError::Timeout)));
-        }
-        if let Err(e) = ready!(poll_write_all(&mut connection, cx, head, &mut written)) {
-            return Poll::Ready(Err(Failure::Unanswered(e, reused)));
+        if let Err(failure) = ready!(poll_head_in_time(&mut connection, cx, head, &mut written)) {
+            return Poll::Ready(Err(failure));
         }
         if uploading {
             match upload.poll_write(&mut connection.stream, cx) {

@@ -111,14 +111,6 @@ impl ConnectionPool {
         self.connect_timeout
     }
 
-    /// A warm idle connection if one is usable, else a new one.
-    pub async fn checkout(self: &Arc<Self>) -> io::Result<Connection> {
-        match self.take_idle() {
-            Some(connection) => Ok(connection),
-            None => self.connect().await,
-        }
-    }
-
     /// A new connection, bypassing idle ones.
     pub async fn connect(self: &Arc<Self>) -> io::Result<Connection> {
         let connecting = TcpStream::connect(self.authority.as_str());
