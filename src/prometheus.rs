@@ -15,8 +15,11 @@ pub const DURATION_BUCKETS: [f64; 15] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 7.5, 10.0,
 ];
 
-/// How often the exporter's histograms are compacted when nobody scrapes.
-const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+/// How often the exporter's histograms are compacted when nobody scrapes. Until then each
+/// sample waits in the histogram's buffer (8 bytes a sample): at 35 000 requests a second,
+/// 5 s held 1.4 MiB, a twelfth of the proxy's memory in the benchmark (heaptrack); 1 s holds
+/// a fifth of that for the same work spread over more, smaller compactions.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Installs the process-wide Prometheus recorder once and returns its handle. Later calls
 /// return the same handle, so the binary, tests and an embedding app can all call it.
